@@ -1,0 +1,116 @@
+"""Loading weights: this project's checkpoints and checkpoints written by the official training script.
+
+Every file is read with `torch.load(weights_only=True)`: a checkpoint is untrusted input and must not
+be able to run code. The official key quirks are handled in one place, `normalize_state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ranet_serve.model.config import RANetConfig
+from ranet_serve.model.ranet import RANet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not match the config it is loaded into."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file safely onto the CPU (CUDA tensors of official checkpoints included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")
+    return dict(raw)
+
+
+def normalize_state_dict(raw: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Extract a bare state_dict from any accepted checkpoint layout.
+
+    Accepted: the official training dict (`{"state_dict": ..., "optimizer": ..., ...}`), this project's
+    training dict (same key), or a bare state_dict. The official script trains under
+    `torch.nn.DataParallel`, so its keys carry a `module.` prefix; it is stripped here and nowhere else.
+    """
+    state = raw.get("state_dict", raw)
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError("checkpoint has no state_dict (expected a dict of tensors)")
+    cleaned: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        cleaned[key.removeprefix("module.")] = value
+    return cleaned
+
+
+def load_weights(model: RANet, state: Mapping[str, Tensor]) -> None:
+    """Load `state` into `model` strictly, explaining the first mismatches in terms of the config."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys, first: {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, first: {', '.join(unexpected[:3])}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} keys with wrong shapes, first: {'; '.join(wrong_shape[:3])}")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint does not fit config {model.config.name!r} "
+            f"({model.config.model_dump_json(exclude={'name'})}): " + " | ".join(problems)
+        )
+    model.load_state_dict(dict(state), strict=True)
+
+
+def load_model(path: str | Path, config: RANetConfig | None = None) -> RANet:
+    """Build a RANet and load a checkpoint into it, in eval mode.
+
+    This project's checkpoints carry their config; an official checkpoint needs `config` (its file
+    records only the weights). An explicit `config` always wins.
+    """
+    raw = read_checkpoint(path)
+    if config is None:
+        stored = raw.get("config")
+        if stored is None:
+            raise CheckpointError(
+                f"{path} does not record its config (an official checkpoint?): pass the config name or file"
+            )
+        config = RANetConfig.model_validate(stored)
+    model = RANet(config)
+    load_weights(model, normalize_state_dict(raw))
+    return model.eval()
+
+
+def save_checkpoint(path: str | Path, model: RANet, **extra: Any) -> None:
+    """Write a checkpoint this project and `torch.load(weights_only=True)` can read back.
+
+    Only plain containers, numbers, strings and tensors are stored (the config as a dict), so a
+    weights-only load of it never needs to unpickle a class.
+    """
+    payload: dict[str, Any] = {
+        "format": "ranet-serve-checkpoint/1",
+        "config": model.config.model_dump(mode="json"),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
