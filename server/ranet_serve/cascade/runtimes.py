@@ -1,0 +1,206 @@
+"""Stage runtimes: "run stage k on these named tensors", for onnxruntime, TorchScript and eager PyTorch.
+
+Runtimes know nothing of requests, thresholds or HTTP. Tensors crossing the interface are torch
+tensors on the runtime's device, so the executor can gather surviving images with one `index_select`
+per state tensor without leaving the device; only logits are copied to the host.
+
+The onnxruntime runtime on CUDA uses I/O binding onto torch-owned device buffers, so state tensors
+stay on the GPU between stages. On CPU, numpy views of the same memory are passed (no copies).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ranet_serve.errors import BundleError, StageExecutionError
+from ranet_serve.export.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["onnxruntime", "torchscript", "eager"]
+
+
+class StageRuntime(ABC):
+    """Runs the stages of one bundle. Called only from the executor's worker thread."""
+
+    backend: str
+    device: torch.device
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+
+    @abstractmethod
+    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run stage `stage` on a batch; return every output named in the manifest."""
+
+    def to_device(self, images: Tensor) -> Tensor:
+        return images.to(self.device, non_blocking=True)
+
+    def describe(self) -> str:
+        return f"{self.backend} on {self.device}"
+
+
+class OnnxRuntime(StageRuntime):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        threads: int = 0,
+        optimization: Literal["disable", "basic", "extended", "all"] = "all",
+    ):
+        super().__init__(bundle)
+        import onnxruntime as ort
+
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[optimization]
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Several sessions with spinning thread pools fight over few cores (platform notes: 41-44 us
+        # per stage boundary with spinning, 15 us without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers: list[str | tuple[str, dict[str, str]]]
+        if device == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.sessions = []
+        for index in range(len(self.manifest.stages)):
+            path = bundle.stage_file(index, "onnx")
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            except Exception as exc:
+                raise BundleError(f"{path}: onnxruntime cannot load it ({exc})", file=str(path)) from exc
+            if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+                # onnxruntime-gpu lists CUDA even without a GPU; only the created session tells the truth.
+                raise BundleError("onnxruntime could not create a CUDA session (no GPU or no onnxruntime-gpu)")
+            self.sessions.append(session)
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self._ort = ort
+
+    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        session = self.sessions[stage]
+        spec = self.manifest.stages[stage]
+        try:
+            if self.device.type == "cuda":
+                return self._run_bound(session, spec.inputs, spec.outputs, inputs)
+            feeds = {name: inputs[name].contiguous().numpy() for name in spec.inputs}
+            results = session.run(list(spec.outputs), feeds)
+        except Exception as exc:
+            raise StageExecutionError(f"stage {stage} failed in onnxruntime: {exc}", stage=stage) from exc
+        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(spec.outputs, results, strict=True)}
+
+    def _run_bound(
+        self, session: object, input_names: tuple[str, ...], output_names: tuple[str, ...], inputs: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """CUDA path: bind torch-owned device buffers so nothing crosses PCIe but what the caller asks."""
+        binding = session.io_binding()  # type: ignore[attr-defined]
+        batch = next(iter(inputs.values())).shape[0]
+        for name in input_names:
+            tensor = inputs[name].contiguous()
+            binding.bind_input(name, "cuda", 0, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        outputs: dict[str, Tensor] = {}
+        for name in output_names:
+            shape = (batch, *self._output_shape(name))
+            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+            binding.bind_output(name, "cuda", 0, np.float32, shape, out.data_ptr())
+            outputs[name] = out
+        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        return outputs
+
+    def _output_shape(self, name: str) -> tuple[int, ...]:
+        if name.startswith("logits_"):
+            return (self.manifest.config.num_classes,)
+        return self.manifest.tensor(name).shape
+
+
+class TorchScriptRuntime(StageRuntime):
+    backend = "torchscript"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu"):
+        super().__init__(bundle)
+        self.device = torch.device(device)
+        self.modules = []
+        for index in range(len(self.manifest.stages)):
+            path = bundle.stage_file(index, "torchscript")
+            try:
+                self.modules.append(torch.jit.load(str(path), map_location=self.device).eval())
+            except Exception as exc:
+                raise BundleError(f"{path}: TorchScript cannot load it ({exc})", file=str(path)) from exc
+
+    @torch.no_grad()
+    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        spec = self.manifest.stages[stage]
+        try:
+            outputs = self.modules[stage](*(inputs[name] for name in spec.inputs))
+        except Exception as exc:
+            raise StageExecutionError(f"stage {stage} failed in TorchScript: {exc}", stage=stage) from exc
+        return dict(zip(spec.outputs, outputs, strict=True))
+
+
+class EagerRuntime(StageRuntime):
+    """PyTorch eager stages built from the bundle's checkpoint: the reference for parity tests."""
+
+    backend = "eager"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu"):
+        super().__init__(bundle)
+        from ranet_serve.model.stages import build_stages
+
+        self.device = torch.device(device)
+        self.model = bundle.load_model().to(self.device)
+        self.stages = build_stages(self.model)
+
+    @torch.no_grad()
+    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        module = self.stages[stage]
+        outputs = module(*(inputs[name] for name in module.spec.inputs))
+        return dict(zip(module.spec.outputs, outputs, strict=True))
+
+
+def resolve_device(requested: str, backend: str) -> str:
+    """`auto` picks CUDA when the backend can use it here, else CPU."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "cpu"
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "cpu"
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return "cuda"
+
+
+def create_runtime(bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", threads: int = 0) -> StageRuntime:
+    """Build the runtime a setting names; log what was chosen."""
+    chosen = resolve_device(device, backend)
+    runtime: StageRuntime
+    if backend == "onnxruntime":
+        runtime = OnnxRuntime(bundle, device=chosen, threads=threads)
+    elif backend == "torchscript":
+        if threads > 0:
+            torch.set_num_threads(threads)
+        runtime = TorchScriptRuntime(bundle, device=chosen)
+    elif backend == "eager":
+        runtime = EagerRuntime(bundle, device=chosen)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose onnxruntime, torchscript or eager")
+    logger.info("bundle %s/%s: %s", bundle.manifest.name, bundle.manifest.version, runtime.describe())
+    return runtime

@@ -1,0 +1,1 @@
+"""One module per `ranet` command group; each exposes `register(app)`."""

@@ -1,0 +1,74 @@
+"""The domain's error hierarchy. No HTTP here: the API maps each class to a status in one table.
+
+Errors carry structured fields (the offending value, the limit) so the API can answer precisely
+without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class RanetServeError(Exception):
+    """Base of every error this project raises on purpose. `code` is a stable machine-readable name."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: object):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BundleError(RanetServeError):
+    """A bundle is missing a file, fails a checksum, or has an invalid manifest."""
+
+    code = "bundle_invalid"
+
+
+class ModelNotFoundError(RanetServeError):
+    code = "model_not_found"
+
+
+class InvalidInputError(RanetServeError):
+    """The request's images or tensors cannot be used (undecodable, wrong shape, too large...)."""
+
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    code = "unsupported_media_type"
+
+
+class BudgetError(RanetServeError):
+    """A compute-budget knob cannot be honoured (e.g. `max_flops` below the cheapest exit)."""
+
+    code = "invalid_budget"
+
+
+class OverloadedError(RanetServeError):
+    """The bounded queue is full; the client should retry after `retry_after_seconds`."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0, **details: object):
+        super().__init__(message, retry_after_seconds=retry_after_seconds, **details)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class DeadlineExceededError(RanetServeError):
+    """A request waited past its deadline before it could run."""
+
+    code = "deadline_exceeded"
+
+
+class NotReadyError(RanetServeError):
+    code = "not_ready"
+
+
+class StageExecutionError(RanetServeError):
+    """A runtime failed while running a stage; only that batch's requests fail."""
+
+    code = "stage_failed"
