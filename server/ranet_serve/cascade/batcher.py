@@ -128,7 +128,9 @@ class Batcher:
                 except queue.Empty:
                     break
                 if pending is not None and pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(OverloadedError("server is shutting down", reason="shutdown"))
+                    pending.future.set_exception(
+                        OverloadedError("server is shutting down", reason="shutdown")
+                    )
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -184,7 +186,9 @@ class Batcher:
                 top_k=max(p.top_k for p in runnable),
             )
         except Exception as exc:
-            error = exc if isinstance(exc, RanetServeError) else StageExecutionError(f"inference failed: {exc}")
+            error = (
+                exc if isinstance(exc, RanetServeError) else StageExecutionError(f"inference failed: {exc}")
+            )
             logger.exception("batch of %d requests failed", len(runnable))
             for pending in runnable:
                 pending.future.set_exception(error)
@@ -199,9 +203,7 @@ class Batcher:
         total = sum(p.images.shape[0] for p in runnable)
         for pending in runnable:
             count = pending.images.shape[0]
-            images = tuple(
-                _trim_top_k(r, pending.top_k) for r in result.images[offset : offset + count]
-            )
+            images = tuple(_trim_top_k(r, pending.top_k) for r in result.images[offset : offset + count])
             offset += count
             pending.future.set_result(
                 RequestResult(

@@ -66,7 +66,9 @@ class CascadeExecutor:
             if tensor.last_reader_stage is not None and tensor.name != "image":
                 self._drop_after[tensor.last_reader_stage].append(tensor.name)
 
-    def run(self, images: Tensor, thresholds: np.ndarray, max_exit: np.ndarray, top_k: int = 1) -> BatchResult:
+    def run(
+        self, images: Tensor, thresholds: np.ndarray, max_exit: np.ndarray, top_k: int = 1
+    ) -> BatchResult:
         """Classify `images` [N, C, H, W] float32.
 
         `thresholds` [N, exits]: per-image confidence threshold at each exit. `max_exit` [N]: the last

@@ -73,7 +73,9 @@ class ExitPolicy:
             return ExitPlan(values, max_exit, "custom-thresholds")
         if budget.confidence is not None:
             value = self._check_unit("confidence", budget.confidence)
-            return ExitPlan(np.full(self.num_exits, value, dtype=np.float32), max_exit, f"confidence={value:g}")
+            return ExitPlan(
+                np.full(self.num_exits, value, dtype=np.float32), max_exit, f"confidence={value:g}"
+            )
         if budget.operating_point is not None:
             point = self.point(budget.operating_point)
         elif budget.target_flops is not None:
@@ -109,7 +111,8 @@ class ExitPolicy:
         if not fitting:
             cheapest = min(p.expected_flops for p in self.points)
             raise BudgetError(
-                f"target_flops {target:.6g} is below the cheapest operating point ({cheapest:.0f} FLOPs per image)",
+                f"target_flops {target:.6g} is below the cheapest operating point "
+                f"({cheapest:.0f} FLOPs per image)",
                 cheapest_point_flops=cheapest,
             )
         return max(fitting, key=lambda p: (p.val_accuracy, -p.expected_flops))

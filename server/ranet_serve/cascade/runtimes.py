@@ -88,7 +88,9 @@ class OnnxRuntime(StageRuntime):
                 raise BundleError(f"{path}: onnxruntime cannot load it ({exc})", file=str(path)) from exc
             if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
                 # onnxruntime-gpu lists CUDA even without a GPU; only the created session tells the truth.
-                raise BundleError("onnxruntime could not create a CUDA session (no GPU or no onnxruntime-gpu)")
+                raise BundleError(
+                    "onnxruntime could not create a CUDA session (no GPU or no onnxruntime-gpu)"
+                )
             self.sessions.append(session)
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self._ort = ort
@@ -103,10 +105,17 @@ class OnnxRuntime(StageRuntime):
             results = session.run(list(spec.outputs), feeds)
         except Exception as exc:
             raise StageExecutionError(f"stage {stage} failed in onnxruntime: {exc}", stage=stage) from exc
-        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(spec.outputs, results, strict=True)}
+        return {
+            name: torch.from_numpy(np.asarray(value))
+            for name, value in zip(spec.outputs, results, strict=True)
+        }
 
     def _run_bound(
-        self, session: object, input_names: tuple[str, ...], output_names: tuple[str, ...], inputs: dict[str, Tensor]
+        self,
+        session: object,
+        input_names: tuple[str, ...],
+        output_names: tuple[str, ...],
+        inputs: dict[str, Tensor],
     ) -> dict[str, Tensor]:
         """CUDA path: bind torch-owned device buffers so nothing crosses PCIe but what the caller asks."""
         binding = session.io_binding()  # type: ignore[attr-defined]
@@ -188,7 +197,9 @@ def resolve_device(requested: str, backend: str) -> str:
     return "cuda"
 
 
-def create_runtime(bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", threads: int = 0) -> StageRuntime:
+def create_runtime(
+    bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", threads: int = 0
+) -> StageRuntime:
     """Build the runtime a setting names; log what was chosen."""
     chosen = resolve_device(device, backend)
     runtime: StageRuntime

@@ -39,7 +39,10 @@ def run_all_stages(runtime: StageRuntime, images: Tensor) -> list[Tensor]:
 def verify_bundle(bundle: Bundle, batches: dict[str, Tensor], device: str = "cpu") -> list[ExitParity]:
     """Compare onnxruntime and TorchScript stages with the full PyTorch model on each named batch."""
     model = bundle.load_model()
-    runtimes: list[StageRuntime] = [OnnxRuntime(bundle, device=device), TorchScriptRuntime(bundle, device=device)]
+    runtimes: list[StageRuntime] = [
+        OnnxRuntime(bundle, device=device),
+        TorchScriptRuntime(bundle, device=device),
+    ]
     results = []
     for label, images in batches.items():
         with torch.no_grad():

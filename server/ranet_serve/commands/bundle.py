@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 console = Console()
 
@@ -30,7 +33,9 @@ def export_command(
         str | None, typer.Option(help="config name or JSON file (required for official checkpoints)")
     ] = None,
     name: Annotated[str | None, typer.Option(help="model name (default: the out directory's parent)")] = None,
-    version: Annotated[str | None, typer.Option(help="model version (default: the out directory's name)")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="model version (default: the out directory's name)")
+    ] = None,
     labels: Annotated[Path | None, typer.Option(help="text file with one class label per line")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
 ) -> None:
@@ -88,14 +93,18 @@ def verify_command(
     results = verify_bundle(bundle, batches)
     table = Table("backend", "inputs", "exit", "max |diff|", "ok")
     for r in results:
-        table.add_row(r.backend, r.inputs, str(r.exit), f"{r.max_abs_diff:.2e}", "yes" if r.ok else "[red]NO[/red]")
+        table.add_row(
+            r.backend, r.inputs, str(r.exit), f"{r.max_abs_diff:.2e}", "yes" if r.ok else "[red]NO[/red]"
+        )
     console.print(table)
     if not all(r.ok for r in results):
         raise _fail(f"some exits differ from PyTorch by more than {TOLERANCE}")
-    console.print(f"bundle {bundle.manifest.name}/{bundle.manifest.version} verified: checksums and parity ok")
+    console.print(
+        f"bundle {bundle.manifest.name}/{bundle.manifest.version} verified: checksums and parity ok"
+    )
 
 
-def _real_batch(dataset: str, data_dir: Path | None, size: int) -> "torch.Tensor":  # noqa: F821, UP037
+def _real_batch(dataset: str, data_dir: Path | None, size: int) -> Tensor:
     import numpy as np
     import torch
 
@@ -122,21 +131,37 @@ def inspect_command(bundle_dir: Annotated[Path, typer.Argument(help="bundle dire
     except RanetServeError as exc:
         raise _fail(str(exc)) from exc
     m = bundle.manifest
-    console.print(f"[bold]{m.name}[/bold] version {m.version}  config {m.config.name}  "
-                  f"{m.config.num_classes} classes  input {m.input.channels}x{m.input.size}x{m.input.size} "
-                  f"({m.input.color_mode})")
-    table = Table("exit", "stage MFLOPs", "cumulative MFLOPs", "val acc %", "test acc %", "state out (KB/img)")
+    console.print(
+        f"[bold]{m.name}[/bold] version {m.version}  config {m.config.name}  "
+        f"{m.config.num_classes} classes  input {m.input.channels}x{m.input.size}x{m.input.size} "
+        f"({m.input.color_mode})"
+    )
+    table = Table(
+        "exit", "stage MFLOPs", "cumulative MFLOPs", "val acc %", "test acc %", "state out (KB/img)"
+    )
     for stage, exit_ in zip(m.stages, m.exits, strict=True):
         state_kb = sum(m.tensor(n).bytes_per_image for n in stage.outputs[1:]) / 1024
-        table.add_row(str(exit_.index), f"{stage.flops / 1e6:.3f}", f"{exit_.cumulative_flops / 1e6:.3f}",
-                      _pct(exit_.val_accuracy), _pct(exit_.test_accuracy), f"{state_kb:.1f}")
+        table.add_row(
+            str(exit_.index),
+            f"{stage.flops / 1e6:.3f}",
+            f"{exit_.cumulative_flops / 1e6:.3f}",
+            _pct(exit_.val_accuracy),
+            _pct(exit_.test_accuracy),
+            f"{state_kb:.1f}",
+        )
     console.print(table)
     if m.calibration is not None:
         points = Table("point", "method", "MFLOPs/img", "val acc %", "test acc %", "thresholds")
         for p in m.calibration.points:
             marker = " (default)" if p.name == m.calibration.default_point else ""
-            points.add_row(p.name + marker, p.method, f"{p.expected_flops / 1e6:.3f}", _pct(p.val_accuracy),
-                           _pct(p.test_accuracy), " ".join(f"{t:.3f}" for t in p.thresholds))
+            points.add_row(
+                p.name + marker,
+                p.method,
+                f"{p.expected_flops / 1e6:.3f}",
+                _pct(p.val_accuracy),
+                _pct(p.test_accuracy),
+                " ".join(f"{t:.3f}" for t in p.thresholds),
+            )
         console.print(points)
     else:
         console.print("not calibrated (run `ranet calibrate`)")

@@ -29,8 +29,14 @@ def configs_command() -> None:
     for name in list_configs():
         config = get_config(name)
         costs = count_exit_costs(RANet(config))
-        table.add_row(name, config.family, str(config.num_classes), str(config.num_exits),
-                      f"{costs[-1].flops / 1e6:.3f}", f"{costs[-1].params / 1e6:.3f}")
+        table.add_row(
+            name,
+            config.family,
+            str(config.num_classes),
+            str(config.num_exits),
+            f"{costs[-1].flops / 1e6:.3f}",
+            f"{costs[-1].params / 1e6:.3f}",
+        )
     console.print(table)
 
 
@@ -45,7 +51,9 @@ def flops_command(
 
     costs = count_exit_costs(RANet(load_config(config)))
     if as_json:
-        typer.echo(json.dumps([{"exit": i, "flops": c.flops, "params": c.params} for i, c in enumerate(costs)]))
+        typer.echo(
+            json.dumps([{"exit": i, "flops": c.flops, "params": c.params} for i, c in enumerate(costs)])
+        )
         return
     table = Table("exit", "cumulative FLOPs", "stage FLOPs", "params")
     previous = 0
@@ -71,5 +79,3 @@ def import_command(
         raise typer.Exit(1) from exc
     save_checkpoint(out, model, source=str(checkpoint))
     console.print(f"imported {checkpoint} as {model.config.name} ({model.num_exits} exits) -> {out}")
-
-

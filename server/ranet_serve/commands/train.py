@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console()
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
-
 
 
 def train_command(
@@ -39,17 +36,27 @@ def train_command(
     from ranet_serve.train.recipe import recipe_from_preset
 
     recipe = recipe_from_preset(
-        preset, config=config, dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size,
-        lr=lr, schedule=schedule, seed=seed, threads=threads, device=device, max_train_images=max_train_images,
+        preset,
+        config=config,
+        dataset=dataset,
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        seed=seed,
+        threads=threads,
+        device=device,
+        max_train_images=max_train_images,
     )
     console.print(f"training {recipe.config} on {recipe.dataset} for {recipe.epochs} epochs -> {out}")
 
     def report(record: dict[str, object]) -> None:
         accs = " ".join(f"{a:.2f}" for a in record["val_acc"])  # type: ignore[attr-defined]
-        console.print(f"epoch {int(record['epoch']) + 1}: loss {record['train_loss']:.4f} "  # type: ignore[call-overload]
-                      f"val acc/exit {accs} ({record['seconds']:.0f}s)")
+        console.print(
+            f"epoch {int(record['epoch']) + 1}: loss {record['train_loss']:.4f} "  # type: ignore[call-overload]
+            f"val acc/exit {accs} ({record['seconds']:.0f}s)"
+        )
 
     result = train(recipe, out, resume=resume, on_epoch=report)
     console.print(f"done: {result.checkpoint}, best {result.best_checkpoint}")
-
-

@@ -12,6 +12,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def load_cifar(root: Path, split: str, num_classes: int = 10) -> ImageArrays:
     meta_path = directory / meta_file
     class_names: tuple[str, ...]
     if meta_path.is_file():
-        class_names = tuple(str(n) for n in _load_cifar_pickle(meta_path)[names_key])
+        class_names = tuple(str(n) for n in _load_cifar_pickle(meta_path)[names_key])  # type: ignore[attr-defined]
     else:
         class_names = tuple(str(i) for i in range(num_classes))
     return ImageArrays(np.concatenate(images), np.concatenate(labels), class_names, mean, std)
@@ -123,7 +124,7 @@ def load_cifar(root: Path, split: str, num_classes: int = 10) -> ImageArrays:
 class _SafeUnpickler(pickle.Unpickler):
     """Allows only the numpy reconstruction helpers CIFAR pickles need; refuses everything else."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),

@@ -11,6 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import ValidationError
@@ -99,8 +100,13 @@ def write_bundle(
     image = torch.randn(2, config.in_channels, config.image_size, config.image_size)
     env = {"image": image}
     tensors = [
-        TensorSpec(name="image", shape=tuple(image.shape[1:]), bytes_per_image=image[0].numel() * 4,
-                   producer_stage=None, last_reader_stage=0)
+        TensorSpec(
+            name="image",
+            shape=tuple(image.shape[1:]),
+            bytes_per_image=image[0].numel() * 4,
+            producer_stage=None,
+            last_reader_stage=0,
+        )
     ]
     stage_entries, exit_entries = [], []
     previous_flops = 0
@@ -112,19 +118,37 @@ def write_bundle(
         env.update(zip(spec.outputs, outputs, strict=True))
         for tensor_name, value in zip(spec.outputs[1:], outputs[1:], strict=True):
             tensors.append(
-                TensorSpec(name=tensor_name, shape=tuple(value.shape[1:]), bytes_per_image=value[0].numel() * 4,
-                           producer_stage=spec.index, last_reader_stage=readers.get(tensor_name))
+                TensorSpec(
+                    name=tensor_name,
+                    shape=tuple(value.shape[1:]),
+                    bytes_per_image=value[0].numel() * 4,
+                    producer_stage=spec.index,
+                    last_reader_stage=readers.get(tensor_name),
+                )
             )
-        files = {"onnx": f"stages/stage_{spec.index}.onnx", "torchscript": f"stages/stage_{spec.index}.ts"}
+        files: dict[Literal["onnx", "torchscript"], str] = {
+            "onnx": f"stages/stage_{spec.index}.onnx",
+            "torchscript": f"stages/stage_{spec.index}.ts",
+        }
         export_stage_onnx(stage, example, out / files["onnx"])
         export_stage_torchscript(stage, example, out / files["torchscript"])
         cost = costs[spec.index]
-        stage_entries.append(StageEntry(index=spec.index, files=files, inputs=spec.inputs, outputs=spec.outputs,
-                                        flops=cost.flops - previous_flops))  # type: ignore[arg-type]
+        stage_entries.append(
+            StageEntry(
+                index=spec.index,
+                files=files,
+                inputs=spec.inputs,
+                outputs=spec.outputs,
+                flops=cost.flops - previous_flops,
+            )
+        )
         previous_flops = cost.flops
         exit_entries.append(
             ExitEntry(
-                index=spec.index, stage=spec.index, logits=spec.logits, cumulative_flops=cost.flops,
+                index=spec.index,
+                stage=spec.index,
+                logits=spec.logits,
+                cumulative_flops=cost.flops,
                 cumulative_params=cost.params,
                 val_accuracy=val_accuracy[spec.index] if val_accuracy else None,
                 test_accuracy=test_accuracy[spec.index] if test_accuracy else None,
@@ -146,8 +170,12 @@ def write_bundle(
         calibration=calibration,
         files={},
         provenance=Provenance(
-            checkpoint_sha256=sha256_file(checkpoint), tool="ranet-serve", tool_version=__version__,
-            torch_version=torch.__version__, opset=ONNX_OPSET, source=source,
+            checkpoint_sha256=sha256_file(checkpoint),
+            tool="ranet-serve",
+            tool_version=__version__,
+            torch_version=torch.__version__,
+            opset=ONNX_OPSET,
+            source=source,
         ),
     )
     return write_manifest(out, manifest)

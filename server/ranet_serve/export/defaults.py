@@ -27,14 +27,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def default_input_spec(config: RANetConfig) -> InputSpec:
     if config.family == "imagenet":
-        return InputSpec(channels=config.in_channels, color_mode="RGB", size=config.image_size,
-                         resize="resize_shorter_center_crop", resize_to=round(config.image_size * 256 / 224),
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return InputSpec(
+            channels=config.in_channels,
+            color_mode="RGB",
+            size=config.image_size,
+            resize="resize_shorter_center_crop",
+            resize_to=round(config.image_size * 256 / 224),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
     if config.in_channels == 1:
-        return InputSpec(channels=1, color_mode="L", size=config.image_size, mean=FASHION_MNIST_MEAN,
-                         std=FASHION_MNIST_STD)
+        return InputSpec(
+            channels=1, color_mode="L", size=config.image_size, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD
+        )
     mean, std = (CIFAR100_MEAN, CIFAR100_STD) if config.num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
-    return InputSpec(channels=config.in_channels, color_mode="RGB", size=config.image_size, mean=mean, std=std)
+    return InputSpec(
+        channels=config.in_channels, color_mode="RGB", size=config.image_size, mean=mean, std=std
+    )
 
 
 def default_labels(config: RANetConfig, labels_file: Path | None = None) -> tuple[str, ...]:

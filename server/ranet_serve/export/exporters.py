@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ ONNX_OPSET = 20
 
 
 @contextlib.contextmanager
-def _quiet() -> object:
+def _quiet() -> Iterator[None]:
     """The exporters are chatty (deprecations, torchvision notices): keep the CLI output readable."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,6 +7,7 @@ size and last reader, the input preprocessing, the labels, and the calibrated op
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -144,10 +145,11 @@ class Manifest(_Strict):
             raise ValueError(f"{len(self.labels)} labels for a {self.config.num_classes}-class model")
         if len(self.exits) != len(self.stages) or len(self.exits) != self.config.num_exits:
             raise ValueError(
-                f"{len(self.stages)} stages and {len(self.exits)} exits for a {self.config.num_exits}-exit config"
+                f"{len(self.stages)} stages and {len(self.exits)} exits "
+                f"for a {self.config.num_exits}-exit config"
             )
         flops = [e.cumulative_flops for e in self.exits]
-        if any(b <= a for a, b in zip(flops, flops[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(flops)):
             raise ValueError("exit cumulative_flops must increase strictly")
         if self.calibration is not None:
             for point in self.calibration.points:

@@ -150,27 +150,28 @@ class RANetConfig(BaseModel):
         else:
             classes = 1000
 
-        def as_tuple(value: object) -> tuple[int, ...]:
-            if isinstance(value, str):
-                return tuple(int(v) for v in value.split("-"))
-            return tuple(int(v) for v in value)  # type: ignore[attr-defined]
+        def as_tuple(value: object) -> object:
+            return value.split("-") if isinstance(value, str) else value
 
-        return cls(
-            name=name,
-            family=family,
-            num_classes=classes,
-            image_size=224 if family == "imagenet" else 32,
-            n_channels=int(args.get("nChannels", 16)),  # type: ignore[call-overload]
-            growth_rate=int(args.get("growthRate", 6)),  # type: ignore[call-overload]
-            gr_factor=as_tuple(args.get("grFactor", "4-2-1")),
-            bn_factor=as_tuple(args.get("bnFactor", "4-2-1")),
-            scale_list=as_tuple(args.get("scale_list", "1-2-3")),
-            n_blocks=int(args.get("nBlocks", 2)),  # type: ignore[call-overload]
-            block_step=int(args.get("block_step", 2)),  # type: ignore[call-overload]
-            step=int(args.get("step", 4)),  # type: ignore[call-overload]
-            step_mode=str(args.get("stepmode", "even")),  # type: ignore[arg-type]
-            compress_factor=float(args.get("compress_factor", 0.25)),  # type: ignore[arg-type]
-            reduction=float(args.get("reduction", 0.5)),  # type: ignore[arg-type]
+        # model_validate coerces the namespace's strings and numbers into the typed fields.
+        return cls.model_validate(
+            {
+                "name": name,
+                "family": family,
+                "num_classes": classes,
+                "image_size": 224 if family == "imagenet" else 32,
+                "n_channels": args.get("nChannels", 16),
+                "growth_rate": args.get("growthRate", 6),
+                "gr_factor": as_tuple(args.get("grFactor", "4-2-1")),
+                "bn_factor": as_tuple(args.get("bnFactor", "4-2-1")),
+                "scale_list": as_tuple(args.get("scale_list", "1-2-3")),
+                "n_blocks": args.get("nBlocks", 2),
+                "block_step": args.get("block_step", 2),
+                "step": args.get("step", 4),
+                "step_mode": args.get("stepmode", "even"),
+                "compress_factor": args.get("compress_factor", 0.25),
+                "reduction": args.get("reduction", 0.5),
+            }
         )
 
 

@@ -75,7 +75,7 @@ def build_layout(config: RANetConfig) -> RANetLayout:
         growth = config.growth_rate * config.gr_factor[h]
         # Downsampling fusion blocks sit at the positions where earlier sub-networks ended; there are
         # exactly scale_index - 1 of them (the official slice is wrong when that is 0: spec 12).
-        down_positions = set(blocks_per_scale[: h + 1][-(scale_index - 1):]) if scale_index > 1 else set()
+        down_positions = set(blocks_per_scale[: h + 1][-(scale_index - 1) :]) if scale_index > 1 else set()
         transition_positions = {math.floor(i * num_blocks / scale_index) for i in range(1, scale_index)}
         channels = stem_channels[h]
         scale_blocks: list[BlockSpec] = []

@@ -32,7 +32,9 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
 class ConvBasic(nn.Module):
     """Conv (no bias) -> BN -> ReLU: stem layers, transitions, `conv_last`, classifier convs."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, padding: int = 1):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, padding: int = 1
+    ):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
@@ -253,7 +255,9 @@ class RANet(nn.Module):
                     )
                 else:
                     flow.append(DenseBlock(spec, bn_width=config.bn_factor[h], reduction=config.reduction))
-                    self.classifier.append(ClassifierModule(spec.out_channels, config.num_classes, config.family))
+                    self.classifier.append(
+                        ClassifierModule(spec.out_channels, config.num_classes, config.family)
+                    )
             self.scale_flows.append(flow)
         self.FirstLayer = Stem(self.layout)
         for module in (self.scale_flows, self.classifier):
@@ -271,7 +275,7 @@ class RANet(nn.Module):
         for h, flow in enumerate(self.scale_flows):
             feature = bases[h]
             lists: list[list[Tensor]] = []
-            for j, block in enumerate(flow):
+            for j, block in enumerate(flow):  # type: ignore[arg-type, var-annotated]
                 spec = self.layout.blocks[h][j]
                 if spec.fusion:
                     feature, states = block(feature, coarse_lists[j])

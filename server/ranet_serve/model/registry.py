@@ -23,15 +23,35 @@ _CIFAR_BASE: dict[str, object] = {
 
 _CIFAR_MODELS: dict[str, dict[str, object]] = {
     # budgeted-batch models (official README; Boosted-DNN model1..3 scripts)
-    "model1": {"step": 2, "step_mode": "lg", "scale_list": (1, 2, 3), "gr_factor": (4, 2, 1),
-               "bn_factor": (4, 2, 1)},
-    "model2": {"step": 2, "step_mode": "lg", "scale_list": (1, 2, 2, 3), "gr_factor": (4, 2, 2, 1),
-               "bn_factor": (4, 2, 2, 1)},
-    "model3": {"step": 2, "step_mode": "lg", "scale_list": (1, 2, 3, 3), "gr_factor": (4, 2, 1, 1),
-               "bn_factor": (4, 2, 1, 1)},
+    "model1": {
+        "step": 2,
+        "step_mode": "lg",
+        "scale_list": (1, 2, 3),
+        "gr_factor": (4, 2, 1),
+        "bn_factor": (4, 2, 1),
+    },
+    "model2": {
+        "step": 2,
+        "step_mode": "lg",
+        "scale_list": (1, 2, 2, 3),
+        "gr_factor": (4, 2, 2, 1),
+        "bn_factor": (4, 2, 2, 1),
+    },
+    "model3": {
+        "step": 2,
+        "step_mode": "lg",
+        "scale_list": (1, 2, 3, 3),
+        "gr_factor": (4, 2, 1, 1),
+        "bn_factor": (4, 2, 1, 1),
+    },
     # anytime-prediction model (official train_cifar.sh)
-    "anytime": {"step": 4, "step_mode": "even", "scale_list": (1, 2, 3, 3), "gr_factor": (4, 2, 1, 1),
-                "bn_factor": (4, 2, 1, 1)},
+    "anytime": {
+        "step": 4,
+        "step_mode": "even",
+        "scale_list": (1, 2, 3, 3),
+        "gr_factor": (4, 2, 1, 1),
+        "bn_factor": (4, 2, 1, 1),
+    },
 }
 
 _IMAGENET_BASE: dict[str, object] = {
@@ -104,4 +124,6 @@ def get_config(name: str) -> RANetConfig:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown RANet config {name!r}; known configs: {', '.join(list_configs())}") from None
+        raise ValueError(
+            f"unknown RANet config {name!r}; known configs: {', '.join(list_configs())}"
+        ) from None

@@ -126,7 +126,7 @@ class RANetStage(nn.Module):
         self.spec = spec
         self.layout = model.layout
         self.stem = model.FirstLayer if spec.runs_stem else None
-        self.blocks = nn.ModuleList(model.scale_flows[h][j] for h, j in spec.blocks)
+        self.blocks = nn.ModuleList(model.scale_flows[h][j] for h, j in spec.blocks)  # type: ignore[index]
         exit_index = int(spec.logits.removeprefix("logits_"))
         self.head = model.classifier[exit_index]
 

@@ -96,7 +96,11 @@ def train(
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start_epoch, best_acc, history = int(state["epoch"]) + 1, float(state["best_val_acc"]), list(state["history"])
+        start_epoch, best_acc, history = (
+            int(state["epoch"]) + 1,
+            float(state["best_val_acc"]),
+            list(state["history"]),
+        )
 
     images = torch.from_numpy(train_data.images)
     labels = torch.from_numpy(train_data.labels)

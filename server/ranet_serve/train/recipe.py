@@ -35,14 +35,36 @@ class TrainRecipe(BaseModel):
 
 PRESETS: dict[str, dict[str, object]] = {
     # The paper's CIFAR recipe (spec section 9): 300 epochs, batch 64, LR x0.1 at 50% and 75%.
-    "cifar": {"dataset": "cifar10", "config": "cifar10-model1", "epochs": 300, "batch_size": 64,
-              "schedule": "multistep", "milestones": (0.5, 0.75), "crop_padding": 4, "val_size": 5000},
+    "cifar": {
+        "dataset": "cifar10",
+        "config": "cifar10-model1",
+        "epochs": 300,
+        "batch_size": 64,
+        "schedule": "multistep",
+        "milestones": (0.5, 0.75),
+        "crop_padding": 4,
+        "val_size": 5000,
+    },
     # ImageNet (third-party re-runs of the official code): 90 epochs, x0.1 every 30.
-    "imagenet": {"dataset": "folder", "config": "imagenet-model1", "epochs": 90, "batch_size": 256,
-                 "schedule": "multistep", "milestones": (1 / 3, 2 / 3), "val_size": 50000},
+    "imagenet": {
+        "dataset": "folder",
+        "config": "imagenet-model1",
+        "epochs": 90,
+        "batch_size": 256,
+        "schedule": "multistep",
+        "milestones": (1 / 3, 2 / 3),
+        "val_size": 50000,
+    },
     # The bundled default: fits in about an hour on a 2-core CPU.
-    "fmnist-default": {"dataset": "fashion-mnist", "config": "fmnist-default", "epochs": 14,
-                       "batch_size": 128, "schedule": "cosine", "crop_padding": 2, "val_size": 5000},
+    "fmnist-default": {
+        "dataset": "fashion-mnist",
+        "config": "fmnist-default",
+        "epochs": 14,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "crop_padding": 2,
+        "val_size": 5000,
+    },
 }
 
 
