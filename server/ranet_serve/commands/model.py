@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +50,11 @@ def flops_command(
     from ranet_serve.model.flops import count_exit_costs
     from ranet_serve.model.ranet import RANet
 
-    costs = count_exit_costs(RANet(load_config(config)))
+    try:
+        costs = count_exit_costs(RANet(load_config(config)))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
     if as_json:
         typer.echo(
             json.dumps([{"exit": i, "flops": c.flops, "params": c.params} for i, c in enumerate(costs)])
@@ -75,7 +80,7 @@ def import_command(
     try:
         model = load_model(checkpoint, load_config(config))
     except (CheckpointError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     save_checkpoint(out, model, source=str(checkpoint))
     console.print(f"imported {checkpoint} as {model.config.name} ({model.num_exits} exits) -> {out}")

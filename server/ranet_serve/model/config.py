@@ -90,6 +90,15 @@ class RANetConfig(BaseModel):
                 "lowest resolution; the classifiers (two stride-2 convs and a 2x2 average pool) need "
                 "5 to 12 pixels there"
             )
+        from ranet_serve.model.layout import build_layout  # layout reads the config: import lazily
+
+        for scale_blocks in build_layout(self).blocks:
+            for block in scale_blocks:
+                if block.out_channels < 1 or (block.fusion and block.last_channels < 1):
+                    raise ValueError(
+                        f"sub-network {block.scale} block {block.index}: reduction {self.reduction} / "
+                        f"compress_factor {self.compress_factor} leave a layer with 0 channels"
+                    )
         return self
 
     # -- derived facts -------------------------------------------------------------------------
@@ -142,7 +151,7 @@ class RANetConfig(BaseModel):
     def from_official_args(cls, args: dict[str, object], name: str = "imported") -> RANetConfig:
         """Build a config from the official `args` namespace (as a dict, e.g. `vars(args)`)."""
         data = str(args.get("data", "cifar10"))
-        family: Family = "imagenet" if data == "ImageNet" else "cifar"
+        family: Family = "cifar" if data.lower().startswith("cifar") else "imagenet"
         if data.startswith("cifar100"):
             classes = 100
         elif data.startswith("cifar10"):

@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny valid config, cached registered models, and the official-RANet fixture.
+
+The official fixture lives outside the repository (`shared/fixtures/official-ranet`, beside the
+clone); `RANET_FIXTURES` points elsewhere when it is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ranet_serve.model.config import RANetConfig, load_config
+from ranet_serve.model.ranet import RANet
+from ranet_serve.model.registry import get_config
+
+# The test machine is small and shared with training jobs: intra-op threads that spin-wait for a busy
+# core make a 30 ms forward take seconds, so tests run single-threaded unless told otherwise.
+torch.set_num_threads(int(os.environ.get("RANET_TEST_THREADS", "1")))
+
+_DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-ranet"
+
+
+@dataclass(frozen=True)
+class OfficialFixture:
+    """The data-only fixture produced with the official code (spec section 13)."""
+
+    directory: Path
+    checkpoint_path: Path
+    checkpoint: dict[str, Any]
+    input: torch.Tensor
+    logits: list[torch.Tensor]
+    meta: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Root of the official-RANet fixtures: $RANET_FIXTURES or <repo>/../shared/fixtures/official-ranet."""
+    configured = os.environ.get("RANET_FIXTURES")
+    path = Path(configured) if configured else _DEFAULT_FIXTURES
+    if not path.is_dir():
+        if configured:
+            pytest.fail(f"RANET_FIXTURES={configured} is not a directory")
+        pytest.skip(f"official-RANet fixtures not found at {path}; set RANET_FIXTURES")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_fixture(fixtures_dir: Path) -> OfficialFixture:
+    """cifar10-model1: official checkpoint, its input batch, the official logits and config.json."""
+    directory = fixtures_dir / "cifar10-model1"
+    checkpoint_path = directory / "official_checkpoint.pt"
+    return OfficialFixture(
+        directory=directory,
+        checkpoint_path=checkpoint_path,
+        checkpoint=torch.load(checkpoint_path, map_location="cpu", weights_only=True),
+        input=torch.load(directory / "input.pt", weights_only=True),
+        logits=torch.load(directory / "logits.pt", weights_only=True),
+        meta=json.loads((directory / "config.json").read_text()),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> RANetConfig:
+    """A small valid 3-scale CIFAR-style config (6 exits at 8x8) that builds and runs in milliseconds.
+
+    growth_rate 4 is the smallest that leaves a channel from the coarse sub-network in every fusion
+    layer of the 1x-growth sub-network (floor(4 * 0.25) = 1).
+    """
+    return load_config("cifar10-model1", name="tiny", n_channels=4, growth_rate=4, step=2, step_mode="even")
+
+
+@pytest.fixture
+def tiny_model(tiny_config: RANetConfig) -> RANet:
+    """A freshly initialised tiny RANet (seeded, train mode)."""
+    torch.manual_seed(0)
+    return RANet(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def registered_model() -> Iterator[Callable[[str], RANet]]:
+    """Build each registered config at most once per session (ImageNet models take seconds to init).
+
+    The models are shared: tests must not change their weights or leave them in train mode.
+    """
+    cache: dict[str, RANet] = {}
+
+    def build(name: str) -> RANet:
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = RANet(get_config(name)).eval()
+        return cache[name]
+
+    yield build
+    cache.clear()
