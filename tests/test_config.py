@@ -108,6 +108,7 @@ def test_unknown_config_name_raises_value_error_listing_known_names() -> None:
         ({"image_size": 16}, r"image_size 16 gives a 4x4 lowest resolution"),
         ({"image_size": 64}, r"image_size 64 gives a 16x16 lowest resolution"),
         ({"compress_factor": 0.1}, r"sub-network 2: growth 6 with compress_factor 0.1 leaves 0 channels"),
+        ({"reduction": 0.005}, r"sub-network 1 block 1: reduction 0.005 .* leave a layer with 0 channels"),
         ({"growth_rate": 1, "gr_factor": (4, 2, 1)}, r"sub-network 1: growth 2 .* leaves 0 channels"),
         ({"gr_factor": (4, 0, 1)}, r"gr_factor and bn_factor entries must be >= 1"),
         ({"scale_list": ()}, r"at least one sub-network"),
