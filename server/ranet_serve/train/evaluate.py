@@ -31,3 +31,8 @@ def exit_probabilities(
     finally:
         model.train(was_training)
     return np.concatenate(chunks, axis=1)
+
+
+def accuracy_per_exit(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Top-1 accuracy (%) of every exit from [exits, N, classes] probabilities."""
+    return [float(100.0 * np.mean(p.argmax(axis=1) == labels)) for p in probs]

@@ -24,7 +24,7 @@ from ranet_serve.data.transforms import normalize, random_crop_flip
 from ranet_serve.model.checkpoint import read_checkpoint, save_checkpoint
 from ranet_serve.model.config import load_config
 from ranet_serve.model.ranet import RANet
-from ranet_serve.train.evaluate import exit_probabilities
+from ranet_serve.train.evaluate import accuracy_per_exit, exit_probabilities
 from ranet_serve.train.recipe import TrainRecipe
 
 
@@ -166,6 +166,4 @@ def train(
 
 def exit_accuracies(model: RANet, data: ImageArrays, device: torch.device | None = None) -> list[float]:
     """Top-1 accuracy (%) of every exit on `data`, evaluation transform only."""
-    probs = exit_probabilities(model, data, device=device)
-    predictions = probs.argmax(axis=2)
-    return [float(100.0 * np.mean(p == data.labels)) for p in predictions]
+    return accuracy_per_exit(exit_probabilities(model, data, device=device), data.labels)

@@ -85,7 +85,8 @@ def render_model_card(
             f"{', '.join(f'{t:.4f}' for t in default.thresholds)}; "
             f"{default.expected_flops / 1e6:.3f} MFLOPs per image on validation "
             f"({100 * default.expected_flops / last.cumulative_flops:.1f}% of the last exit), "
-            f"validation accuracy {default.val_accuracy:.2f}% (last exit {calibration.last_exit_val_accuracy:.2f}%), "
+            f"validation accuracy {default.val_accuracy:.2f}% "
+            f"(last exit {calibration.last_exit_val_accuracy:.2f}%), "
             f"test accuracy {_pct(default.test_accuracy)}% at "
             f"{(default.test_expected_flops or 0) / 1e6:.3f} MFLOPs per image.",
             "",
