@@ -144,8 +144,6 @@ def train(
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
         improved = val_acc[-1] > best_acc
         best_acc = max(best_acc, val_acc[-1])
         extra = {
@@ -161,6 +159,8 @@ def train(
         if improved:
             save_checkpoint(best_path, model, **{k: v for k, v in extra.items() if k != "optimizer"})
         model.to(device)
+        if on_epoch is not None:  # after the checkpoint: a crash in the callback loses nothing
+            on_epoch(record)
     return TrainResult(checkpoint=last_path, best_checkpoint=best_path, history=history)
 
 
