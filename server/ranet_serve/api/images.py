@@ -78,7 +78,8 @@ def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> Image.Imag
                 raise InvalidInputError(f"{prefix}: image has no pixels", index=index)
             if width * height > limits.max_image_pixels or max(width, height) > limits.max_side:
                 raise PayloadTooLargeError(
-                    f"{prefix}: {width}x{height} pixels exceeds the limit of {limits.max_image_pixels} pixels "
+                    f"{prefix}: {width}x{height} pixels exceeds the limit of "
+                    f"{limits.max_image_pixels} pixels "
                     f"({limits.max_side} per side)",
                     index=index,
                     width=width,
