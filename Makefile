@@ -8,8 +8,8 @@ serve: setup
 	.venv/bin/ranet serve
 
 lint:
-	.venv/bin/ruff check server tests benchmarks
-	.venv/bin/ruff format --check server tests benchmarks
+	.venv/bin/ruff check server tests benchmarks clients
+	.venv/bin/ruff format --check server tests benchmarks clients
 
 typecheck:
 	.venv/bin/mypy

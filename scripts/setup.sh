@@ -27,12 +27,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.ranet-setup-stamp"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml clients/python/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages"
   "$VENV/bin/pip" install -q --upgrade pip
   # The CPU build of torch first (the machine has it on disk); a range in pyproject admits CUDA builds.
   "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q -e ".[cpu,dev]"
+  "$VENV/bin/pip" install -q -e clients/python
   echo "$want" > "$stamp"
 fi

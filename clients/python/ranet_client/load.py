@@ -1,0 +1,464 @@
+"""A bounded load generator: closed loop (N concurrent clients) or open loop (a fixed request rate).
+
+Every run stops by itself: after `requests` requests or `duration` seconds, whichever comes first, and
+never later than MAX_DURATION_S plus one request timeout (an overall guard cancels anything left). It
+targets only the URL it is given. Retries are off by default because a load test should count the
+server's 429s, not hide them. The report is computed from the answers alone, so it can be checked
+against the server's own /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ranet_client._protocol import DEFAULT_URL, Encoding
+from ranet_client.aio import AsyncRanetClient
+from ranet_client.budget import KNOB_NAMES, parse_flops
+from ranet_client.errors import RanetError
+from ranet_client.image_sets import Sample
+
+MAX_DURATION_S = 600.0
+MAX_REQUESTS = 1_000_000
+MAX_CONCURRENCY = 512
+MAX_RATE = 10_000.0
+MAX_BATCH = 256
+DEFAULT_REQUESTS = 100
+NO_BUDGET = "none"
+
+
+# -- budget mix ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """One entry of a budget mix: knobs sent with a share `weight` of the requests."""
+
+    name: str
+    knobs: dict[str, str]
+    weight: float
+
+
+def parse_budget_mix(text: str | None) -> tuple[BudgetChoice, ...]:
+    """Parse a budget mix such as "none:0.5,max_flops=20M:0.3,target_flops=15M:0.2".
+
+    Syntax: entries separated by ","; each entry is `SPEC[:WEIGHT]` (weight 1 when omitted; weights are
+    relative). SPEC is `none` (the server's default operating point) or `KNOB=VALUE` pairs joined by
+    "&", e.g. `max_flops=20M&top_k=3`. Per-exit thresholds use "/" between exits:
+    `thresholds=0.9/0.8/0.8/0.6/0.5/1`. Raises ValueError naming the bad entry.
+    """
+    if text is None or not text.strip():
+        return (BudgetChoice(NO_BUDGET, {}, 1.0),)
+    choices = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        spec, weight = entry, 1.0
+        if ":" in entry:
+            spec, _, weight_text = entry.rpartition(":")
+            try:
+                weight = float(weight_text)
+            except ValueError as exc:
+                raise ValueError(
+                    f"budget mix entry {entry!r}: weight {weight_text!r} is not a number"
+                ) from exc
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"budget mix entry {entry!r}: the weight must be positive")
+        choices.append(BudgetChoice(spec.strip(), _parse_spec(spec.strip(), entry), weight))
+    if not choices:
+        raise ValueError("the budget mix is empty")
+    return tuple(choices)
+
+
+def _parse_spec(spec: str, entry: str) -> dict[str, str]:
+    if spec.lower() == NO_BUDGET:
+        return {}
+    knobs: dict[str, str] = {}
+    for pair in spec.split("&"):
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"budget mix entry {entry!r}: expected KNOB=VALUE, got {pair!r}")
+        if key not in KNOB_NAMES:
+            raise ValueError(
+                f"budget mix entry {entry!r}: unknown knob {key!r}; known: {', '.join(KNOB_NAMES)}"
+            )
+        if key in ("max_flops", "target_flops"):
+            parse_flops(value)  # fail before the run, not as hundreds of 422s
+        if key == "thresholds":
+            value = value.replace("/", ",")
+        knobs[key] = value
+    return knobs
+
+
+# -- configuration -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to run. `rate` set: open loop (requests start on schedule, at most `max_inflight` pending,
+    extra ones are counted as dropped); otherwise closed loop with `concurrency` clients.
+    `retries` is the number of attempts per request (1: no retries)."""
+
+    url: str = DEFAULT_URL
+    model: str | None = None
+    requests: int | None = None
+    duration: float | None = None
+    concurrency: int = 4
+    rate: float | None = None
+    batch: int = 1
+    mix: tuple[BudgetChoice, ...] = (BudgetChoice(NO_BUDGET, {}, 1.0),)
+    top_k: int | None = None
+    timeout: float = 30.0
+    retries: int = 1
+    encoding: Encoding = "multipart"
+    seed: int = 0
+    max_inflight: int = 256
+
+    def validated(self) -> LoadConfig:
+        """Checked and bounded: a request count when neither count nor duration is given, durations capped."""
+        if self.requests is not None and not 1 <= self.requests <= MAX_REQUESTS:
+            raise ValueError(f"requests must be in 1..{MAX_REQUESTS}")
+        if self.duration is not None and not self.duration > 0:
+            raise ValueError("duration must be positive")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be in 1..{MAX_CONCURRENCY}")
+        if self.rate is not None and not 0 < self.rate <= MAX_RATE:
+            raise ValueError(f"rate must be in (0, {MAX_RATE:g}] requests per second")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise ValueError(f"batch must be in 1..{MAX_BATCH}")
+        if not 1 <= self.max_inflight <= 10 * MAX_CONCURRENCY:
+            raise ValueError(f"max_inflight must be in 1..{10 * MAX_CONCURRENCY}")
+        if self.timeout <= 0 or self.retries < 1:
+            raise ValueError("timeout must be positive and retries at least 1")
+        if not self.mix:
+            raise ValueError("the budget mix is empty")
+        requests = DEFAULT_REQUESTS if self.requests is None and self.duration is None else self.requests
+        return replace(self, requests=requests, duration=min(self.duration or MAX_DURATION_S, MAX_DURATION_S))
+
+    @property
+    def mode(self) -> str:
+        return "open-loop" if self.rate is not None else "closed-loop"
+
+
+# -- records and report ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    exit: int
+    flops: int
+    confidence: float
+    budget_limited: bool
+    correct: bool | None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the client saw it; `status` is the HTTP status or "connection_error"/"timeout"."""
+
+    choice: str
+    latency_s: float
+    status: str
+    code: str | None = None
+    images: tuple[ImageRecord, ...] = ()
+    server_queue_ms: float = 0.0
+    server_inference_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "200"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _latency_summary(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    if not latencies_s:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    ms = [1000.0 * x for x in latencies_s]
+    return {
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+        "mean": sum(ms) / len(ms),
+    }
+
+
+@dataclass(frozen=True)
+class BudgetSummary:
+    """Per budget-mix entry: what it cost and how accurate it was."""
+
+    requests: int
+    ok: int
+    images: int
+    mean_flops_per_image: float | None
+    accuracy: float | None
+    latency_p50_ms: float | None
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The outcome of a run. Exit counts, FLOPs and accuracy cover the images of successful requests;
+    latency covers successful requests (errors are counted by status and code instead)."""
+
+    mode: str
+    url: str
+    model: str | None
+    duration_s: float
+    requests_sent: int
+    requests_ok: int
+    requests_failed: int
+    requests_dropped: int
+    images_ok: int
+    throughput_rps: float
+    images_per_s: float
+    latency_ms: dict[str, float | None]
+    exit_counts: dict[int, int]
+    total_flops: int
+    mean_flops_per_image: float | None
+    budget_limited_images: int
+    labelled_images: int
+    correct_images: int
+    accuracy: float | None
+    errors_by_status: dict[str, int]
+    errors_by_code: dict[str, int]
+    by_budget: dict[str, BudgetSummary]
+    server_queue_ms_mean: float | None
+    server_inference_ms_mean: float | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_fractions(self) -> dict[int, float]:
+        total = sum(self.exit_counts.values())
+        return {k: v / total for k, v in self.exit_counts.items()} if total else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (exit indices become string keys, as JSON requires)."""
+        data = asdict(self)
+        data["exit_counts"] = {str(k): v for k, v in sorted(self.exit_counts.items())}
+        data["exit_fractions"] = {str(k): v for k, v in sorted(self.exit_fractions.items())}
+        return data
+
+
+def summarize(
+    records: Sequence[RequestRecord], config: LoadConfig, duration_s: float, dropped: int = 0
+) -> LoadReport:
+    """Aggregate request records into a report (pure: testable without a server)."""
+    ok = [r for r in records if r.ok]
+    images = [image for r in ok for image in r.images]
+    exits = Counter(image.exit for image in images)
+    total_flops = sum(image.flops for image in images)
+    judged = [image.correct for image in images if image.correct is not None]
+    failed = [r for r in records if not r.ok]
+    by_budget: dict[str, BudgetSummary] = {}
+    for choice in config.mix:
+        mine = [r for r in records if r.choice == choice.name]
+        mine_ok = [r for r in mine if r.ok]
+        mine_images = [image for r in mine_ok for image in r.images]
+        mine_judged = [image.correct for image in mine_images if image.correct is not None]
+        by_budget[choice.name] = BudgetSummary(
+            requests=len(mine),
+            ok=len(mine_ok),
+            images=len(mine_images),
+            mean_flops_per_image=sum(i.flops for i in mine_images) / len(mine_images)
+            if mine_images
+            else None,
+            accuracy=sum(mine_judged) / len(mine_judged) if mine_judged else None,
+            latency_p50_ms=1000.0 * percentile([r.latency_s for r in mine_ok], 50) if mine_ok else None,
+        )
+    elapsed = max(duration_s, 1e-9)
+    config_echo = {key: value for key, value in asdict(config).items() if key not in ("mix",)} | {
+        "mix": {c.name: c.weight for c in config.mix}
+    }
+    return LoadReport(
+        mode=config.mode,
+        url=config.url,
+        model=config.model,
+        duration_s=duration_s,
+        requests_sent=len(records),
+        requests_ok=len(ok),
+        requests_failed=len(failed),
+        requests_dropped=dropped,
+        images_ok=len(images),
+        throughput_rps=len(ok) / elapsed,
+        images_per_s=len(images) / elapsed,
+        latency_ms=_latency_summary([r.latency_s for r in ok]),
+        exit_counts=dict(sorted(exits.items())),
+        total_flops=total_flops,
+        mean_flops_per_image=total_flops / len(images) if images else None,
+        budget_limited_images=sum(image.budget_limited for image in images),
+        labelled_images=len(judged),
+        correct_images=sum(judged),
+        accuracy=sum(judged) / len(judged) if judged else None,
+        errors_by_status=dict(sorted(Counter(r.status for r in failed).items())),
+        errors_by_code=dict(sorted(Counter(r.code or r.status for r in failed).items())),
+        by_budget=by_budget,
+        server_queue_ms_mean=sum(r.server_queue_ms for r in ok) / len(ok) if ok else None,
+        server_inference_ms_mean=sum(r.server_inference_ms for r in ok) / len(ok) if ok else None,
+        config=config_echo,
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+class _Plan:
+    """Which images and budget request i sends: images cycle through the samples in order (every
+    sample equally often), budgets are drawn from the mix with a seeded generator."""
+
+    def __init__(self, config: LoadConfig, samples: Sequence[Sample]):
+        self.config = config
+        self.samples = samples
+        self.rng = random.Random(config.seed)
+        self.weights = [c.weight for c in config.mix]
+
+    def request(self, index: int) -> tuple[BudgetChoice, list[Sample]]:
+        choice = self.rng.choices(self.config.mix, weights=self.weights)[0]
+        batch = self.config.batch
+        n = len(self.samples)
+        return choice, [self.samples[(index * batch + j) % n] for j in range(batch)]
+
+
+async def _one(
+    client: AsyncRanetClient, config: LoadConfig, choice: BudgetChoice, batch: list[Sample]
+) -> RequestRecord:
+    started = time.perf_counter()
+    knobs: dict[str, Any] = dict(choice.knobs)
+    if config.top_k is not None and "top_k" not in knobs:
+        knobs["top_k"] = config.top_k
+    try:
+        answer = await client.classify([s.data for s in batch], **knobs)
+    except RanetError as exc:
+        status = str(exc.status) if exc.status is not None else exc.code
+        return RequestRecord(choice.name, time.perf_counter() - started, status, exc.code)
+    latency = time.perf_counter() - started
+    images = tuple(
+        ImageRecord(
+            exit=r.exit,
+            flops=r.flops,
+            confidence=r.confidence,
+            budget_limited=r.budget_limited,
+            correct=sample.is_correct(r.class_index, r.label),
+        )
+        for sample, r in zip(batch, answer.results, strict=False)
+    )
+    return RequestRecord(
+        choice.name,
+        latency,
+        "200",
+        images=images,
+        server_queue_ms=answer.timings.queue_ms,
+        server_inference_ms=answer.timings.inference_ms,
+    )
+
+
+async def run_load(
+    config: LoadConfig,
+    samples: Sequence[Sample],
+    *,
+    client: AsyncRanetClient | None = None,
+    on_request: Callable[[RequestRecord], None] | None = None,
+) -> LoadReport:
+    """Run the load described by `config` with `samples` and report. `client` may be supplied (tests);
+    otherwise one is created for `config.url` and closed afterwards. `on_request` sees each record
+    (progress bars)."""
+    config = config.validated()
+    if not samples:
+        raise ValueError("no images to send")
+    plan = _Plan(config, samples)
+    records: list[RequestRecord] = []
+    dropped = 0
+    own = client is None
+    if client is None:
+        client = AsyncRanetClient(
+            config.url,
+            model=config.model,
+            timeout=config.timeout,
+            retry=config.retries,
+            encoding=config.encoding,
+            max_connections=config.concurrency if config.rate is None else config.max_inflight,
+        )
+    assert config.duration is not None
+    start = time.perf_counter()
+    deadline = start + config.duration
+
+    def record(result: RequestRecord) -> None:
+        records.append(result)
+        if on_request is not None:
+            on_request(result)
+
+    async def one(index: int) -> None:
+        choice, batch = plan.request(index)
+        record(await _one(client, config, choice, batch))
+
+    async def closed_loop() -> None:
+        issued = 0
+
+        async def worker() -> None:
+            nonlocal issued
+            while (config.requests is None or issued < config.requests) and time.perf_counter() < deadline:
+                index = issued
+                issued += 1
+                await one(index)
+
+        await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+
+    async def open_loop() -> None:
+        nonlocal dropped
+        assert config.rate is not None
+        pending: set[asyncio.Task[None]] = set()
+        index = 0
+        try:
+            while config.requests is None or index < config.requests:
+                due = start + index / config.rate
+                if due >= deadline:
+                    break
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(pending) >= config.max_inflight:
+                    dropped += 1  # the server is not keeping up; an unbounded backlog would hide it
+                else:
+                    task = asyncio.create_task(one(index))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                index += 1
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    # The hard stop: the schedule ends at the deadline, and requests still running then get at most
+    # every attempt's timeout plus the longest retry wait.
+    guard = config.duration + config.retries * (config.timeout + 30.0) + 5.0
+    try:
+        async with asyncio.timeout(guard):
+            await (open_loop() if config.rate is not None else closed_loop())
+    except TimeoutError:
+        pass
+    finally:
+        if own:
+            await client.aclose()
+    return summarize(records, config, time.perf_counter() - start, dropped)
+
+
+def run_load_sync(config: LoadConfig, samples: Sequence[Sample], **kwargs: Any) -> LoadReport:
+    """`run_load` for callers without an event loop (the CLI)."""
+    return asyncio.run(run_load(config, samples, **kwargs))
