@@ -76,6 +76,10 @@ class Batcher:
         self.observer = observer
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closing = threading.Event()
+        # Check-then-put and close-then-sentinel happen under one lock, so the bound is exact and no
+        # request can land behind the stop marker.
+        self._lock = threading.Lock()
+        self._carry: _Pending | None = None  # a request that did not fit the previous batch
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -94,16 +98,17 @@ class Batcher:
         deadline: float | None = None,
     ) -> Future[RequestResult]:
         """Queue one request; fail fast when the queue is full or the batcher is closing."""
-        if self._closing.is_set():
-            raise OverloadedError("server is shutting down", retry_after_seconds=1.0, reason="shutdown")
-        if self._queue.qsize() >= self.max_queue_size:
-            raise OverloadedError(
-                f"queue full ({self.max_queue_size} requests waiting)",
-                retry_after_seconds=max(0.1, self.max_queue_delay * 10),
-                reason="queue_full",
-            )
         future: Future[RequestResult] = Future()
-        self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future))
+        with self._lock:
+            if self._closing.is_set():
+                raise OverloadedError("server is shutting down", retry_after_seconds=1.0, reason="shutdown")
+            if self._queue.qsize() >= self.max_queue_size:
+                raise OverloadedError(
+                    f"queue full ({self.max_queue_size} requests waiting)",
+                    retry_after_seconds=max(0.1, self.max_queue_delay * 10),
+                    reason="queue_full",
+                )
+            self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future))
         return future
 
     async def infer(
@@ -120,7 +125,8 @@ class Batcher:
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting work; with `drain`, finish what is queued first."""
-        self._closing.set()
+        with self._lock:
+            self._closing.set()
         if not drain:
             while True:
                 try:
@@ -138,7 +144,9 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first, self._carry = self._carry, None
+            if first is None:
+                first = self._queue.get()
             if first is None:
                 return
             batch = [first]
@@ -154,10 +162,15 @@ class Batcher:
                 if item is None:
                     stop = True
                     break
+                if size + item.images.shape[0] > self.max_batch_size:
+                    self._carry = item  # starts the next batch instead of overfilling this one
+                    break
                 batch.append(item)
                 size += item.images.shape[0]
             self._run(batch)
             if stop:
+                if self._carry is not None:
+                    self._run([self._carry])
                 return
 
     def _run(self, batch: list[_Pending]) -> None:

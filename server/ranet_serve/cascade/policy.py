@@ -52,9 +52,9 @@ class ExitPolicy:
         self.num_exits = len(self.cumulative_flops)
         calibration = manifest.calibration
         self.points: tuple[OperatingPoint, ...] = calibration.points if calibration else ()
-        if default_point is not None and calibration is not None:
-            calibration.point(default_point)  # raises KeyError on unknown names
         self.default_point = default_point or (calibration.default_point if calibration else None)
+        if default_point is not None:
+            self.point(default_point)  # an unknown name is a BudgetError listing the known points
 
     def point(self, name: str) -> OperatingPoint:
         for candidate in self.points:

@@ -1,0 +1,174 @@
+"""The one table from domain errors to HTTP answers, and the handlers `create_app` registers once.
+
+Every error answers JSON. v1 and the rest of the server answer `{"error": {"code", "message", ...}}`.
+Under `/v2` the Open Inference Protocol prescribes `{"error": "<message>"}` and standard clients
+(tritonclient) print that field as a string, so there the message stays a string and the stable code
+travels beside it as `"code"`. Unexpected failures get an error id that is logged with the traceback,
+so an operator can find the cause of a 500 a client reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ranet_serve.errors import (
+    BudgetError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RanetServeError,
+    StageExecutionError,
+    UnsupportedMediaTypeError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidRequestError(InvalidInputError):
+    """A request field has the wrong type, range or shape (the body itself was readable)."""
+
+    code = "invalid_request"
+
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS_TABLE: tuple[tuple[type[RanetServeError], int], ...] = (
+    (PayloadTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (InvalidRequestError, 422),
+    (InvalidInputError, 400),
+    (BudgetError, 422),
+    (ModelNotFoundError, 404),
+    (OverloadedError, 429),
+    (NotReadyError, 503),
+    (DeadlineExceededError, 504),
+    (StageExecutionError, 500),
+)
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status an exception answers with (500 for anything unexpected)."""
+    if isinstance(exc, RanetServeError):
+        for cls, status in STATUS_TABLE:
+            if isinstance(exc, cls):
+                return status
+        return 500
+    if isinstance(exc, RequestValidationError):
+        return 422
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code
+    return 500
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: dict[str, Any] | None = None,
+    error_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Shape the body for the protocol of the path the request came in on."""
+    body: dict[str, Any]
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        body = {"error": message, "code": code}
+        if error_id is not None:
+            body["error_id"] = error_id
+    else:
+        inner: dict[str, Any] = {"code": code, "message": message}
+        if details:
+            inner["details"] = details
+        if error_id is not None:
+            inner["error_id"] = error_id
+        body = {"error": inner}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _json_details(details: dict[str, object]) -> dict[str, Any]:
+    """Only plain, finite values: details must never make the error answer itself fail."""
+    clean: dict[str, Any] = {}
+    for key, value in details.items():
+        if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
+            clean[key] = value
+    return clean
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RanetServeError)
+    status = status_for(exc)
+    headers: dict[str, str] | None = None
+    error_id: str | None = None
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
+    elif isinstance(exc, NotReadyError):
+        headers = {"Retry-After": "1"}
+    if status >= 500 and not isinstance(exc, NotReadyError | DeadlineExceededError):
+        error_id = uuid.uuid4().hex[:16]
+        logger.error("error %s on %s %s: %s", error_id, request.method, request.url.path, exc, exc_info=exc)
+    return error_response(
+        request,
+        status,
+        exc.code,
+        exc.message,
+        details=_json_details(exc.details),
+        error_id=error_id,
+        headers=headers,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if errors:
+        first = errors[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+    else:
+        message = "invalid request"
+    return error_response(request, 422, "invalid_request", message)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route for {request.method} {request.url.path}"
+    return error_response(
+        request, exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:16]
+    logger.error("error %s on %s %s: unexpected", error_id, request.method, request.url.path, exc_info=exc)
+    return error_response(
+        request, 500, "internal_error", f"internal error (error id {error_id})", error_id=error_id
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler; called once by `create_app`."""
+    app.add_exception_handler(RanetServeError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

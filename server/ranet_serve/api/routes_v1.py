@@ -1,0 +1,121 @@
+"""v1 routes: classify with budget knobs, list models. Thin: decode, call the service, encode."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from ranet_serve.api.catalog import describe_model
+from ranet_serve.api.deps import get_app_settings, get_service, get_store
+from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.schemas_v1 import ClassifyResponse, ModelInfo, ModelsResponse
+from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
+from ranet_serve.api.settings import Settings
+from ranet_serve.api.store import ModelStore
+from ranet_serve.api.v1_codec import encode_v1, read_v1_input
+from ranet_serve.errors import ModelNotFoundError
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+_KNOB_DOC = {
+    "max_flops": {"type": "string", "description": "hard cap per image: a number or '20M', '1.5G'"},
+    "target_flops": {"type": "string", "description": "average budget: picks a calibrated operating point"},
+    "confidence": {"type": "number", "description": "one threshold for every exit, in [0, 1]"},
+    "thresholds": {"type": "string", "description": "one threshold per exit, comma-separated"},
+    "operating_point": {"type": "string"},
+    "top_k": {"type": "integer"},
+    "version": {"type": "string"},
+    "deadline_ms": {"type": "number"},
+}
+_CLASSIFY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        **_KNOB_DOC,
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                        **_KNOB_DOC,
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY)
+async def classify_default(
+    request: Request,
+    service: InferenceService = Depends(get_service),
+    settings: Settings = Depends(get_app_settings),
+) -> ClassifyResponse:
+    """Classify images with the server's default model."""
+    return await _classify(request, service, settings, None)
+
+
+@router.post("/models/{model}/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY)
+async def classify_model(
+    model: str,
+    request: Request,
+    service: InferenceService = Depends(get_service),
+    settings: Settings = Depends(get_app_settings),
+) -> ClassifyResponse:
+    """Classify images with a named model (its latest version unless `version` is given)."""
+    return await _classify(request, service, settings, model)
+
+
+async def _classify(
+    request: Request, service: InferenceService, settings: Settings, model: str | None
+) -> ClassifyResponse:
+    received = time.monotonic()
+    async with service.track(model):
+        data = await read_v1_input(request, settings.max_body_bytes, settings.max_images_per_request)
+        knobs = parse_knobs(data.knobs)
+        result = await service.classify(
+            ClassifyRequest(
+                images=EncodedImages(data.images),
+                model=model,
+                version=knobs.version,
+                budget=knobs.budget,
+                top_k=knobs.top_k,
+                deadline_ms=knobs.deadline_ms,
+                received=received,
+            )
+        )
+    return encode_v1(result)
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def list_models(
+    store: ModelStore = Depends(get_store), settings: Settings = Depends(get_app_settings)
+) -> ModelsResponse:
+    """Every model in the store with its versions, failed ones included."""
+    return ModelsResponse(
+        default_model=settings.default_model,
+        models=[describe_model(name, versions) for name, versions in store.snapshot().items()],
+    )
+
+
+@router.get("/models/{model}", response_model=ModelInfo)
+async def get_model(model: str, store: ModelStore = Depends(get_store)) -> ModelInfo:
+    """One model: versions, state, input spec, labels, exits, operating points."""
+    snapshot = store.snapshot()
+    if model not in snapshot:
+        raise ModelNotFoundError(f"model {model[:64]!r} not found; serving: {', '.join(snapshot) or 'none'}")
+    return describe_model(model, snapshot[model])

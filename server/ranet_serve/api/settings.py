@@ -1,0 +1,59 @@
+"""Server settings: environment variables with the `RANET_` prefix, overridable by `ranet serve` options.
+
+Nothing reads settings at import time: `create_app(settings)` receives them, and `get_settings` is the
+cached default for the command line and for FastAPI dependencies.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; the defaults serve `model_store/` on loopback."""
+
+    model_config = SettingsConfigDict(env_prefix="RANET_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model_store: Path = Path("model_store")
+    default_model: str = Field("ranet-fmnist", description="served by POST /v1/classify")
+
+    backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="intra-op threads per runtime; 0 lets the runtime choose")
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
+    max_queue_size: int = Field(256, ge=1, description="requests waiting per model version before 429")
+    default_operating_point: str | None = Field(
+        None, description="overrides each bundle's calibrated default where the bundle has this point"
+    )
+
+    max_body_bytes: int = Field(16 * MIB, ge=1024, description="request bodies beyond this answer 413")
+    max_image_bytes: int = Field(8 * MIB, ge=64, description="one encoded image beyond this answers 413")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="decoded pixels per image (decompression-bomb guard)"
+    )
+    max_images_per_request: int = Field(64, ge=1)
+    request_timeout_ms: float = Field(
+        30_000.0, gt=0.0, description="deadline of a request that sets no deadline_ms"
+    )
+
+    warmup: bool = Field(True, description="run a batch through every stage before a bundle is ready")
+    verify_checksums: bool = Field(True, description="check every bundle file's SHA-256 on load")
+    graceful_shutdown_seconds: float = Field(30.0, gt=0.0, description="how long shutdown drains")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached: the environment is read once)."""
+    return Settings()

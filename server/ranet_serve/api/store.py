@@ -1,0 +1,400 @@
+"""The model store: every bundle under `model_store/<name>/<version>/`, loaded, warmed up and batched.
+
+Each version gets its own runtime, executor, exit policy and batcher (one worker thread). A bundle
+that fails to load is kept as a failed entry with its error, so `GET /v1/models` shows it, while the
+others serve. `reload()` rescans the directory, loads what is new or changed, swaps the table in one
+step and only then drains and closes the batchers it replaced: a request holds a lease on the version
+it runs on, so nothing in flight is dropped. Lookups never touch the filesystem; a model name from a
+URL is only ever a key into the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ranet_serve.api.metrics import ServerMetrics
+from ranet_serve.api.settings import Settings
+from ranet_serve.cascade.batcher import Batcher
+from ranet_serve.cascade.executor import CascadeExecutor
+from ranet_serve.cascade.policy import Budget, ExitPolicy
+from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
+from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
+from ranet_serve.export.bundle import Bundle, load_bundle
+from ranet_serve.export.manifest import MANIFEST_FILE, Manifest
+
+logger = logging.getLogger(__name__)
+
+# The manifest's own patterns: directories that cannot hold a valid bundle are not scanned.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+WARMUP_BATCH = 4
+
+RuntimeFactory = Callable[[Bundle, str, str, int], StageRuntime]
+
+
+def default_runtime_factory(bundle: Bundle, backend: str, device: str, threads: int) -> StageRuntime:
+    return create_runtime(bundle, backend=backend, device=device, threads=threads)
+
+
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Numeric-aware ordering: "10" after "9", "1.10" after "1.9"; text sorts after numbers."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", version) if part
+    )
+
+
+@dataclass
+class ReadyVersion:
+    """A loaded, warmed-up bundle version with its own batcher."""
+
+    name: str
+    version: str
+    path: Path
+    fingerprint: tuple[int, int]
+    bundle: Bundle
+    executor: CascadeExecutor
+    policy: ExitPolicy
+    batcher: Batcher
+    device: str
+    leases: int = 0
+    state: str = field(default="ready", init=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+
+@dataclass(frozen=True)
+class FailedVersion:
+    """A bundle version that could not be loaded; served to nobody, reported to everybody."""
+
+    name: str
+    version: str
+    path: Path
+    fingerprint: tuple[int, int]
+    error: str
+    state: str = field(default="failed", init=False)
+
+
+ModelVersion = ReadyVersion | FailedVersion
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    loaded: tuple[str, ...]  # "name/version" newly loaded
+    kept: tuple[str, ...]  # unchanged and still serving
+    failed: tuple[str, ...]
+    removed: tuple[str, ...]  # no longer served (drained and closed)
+
+
+class ModelStore:
+    """Owns every bundle version the server serves. Thread-safe; load and reload block (call off-loop)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServerMetrics,
+        runtime_factory: RuntimeFactory = default_runtime_factory,
+    ):
+        self.settings = settings
+        self.root = Path(settings.model_store)
+        self.metrics = metrics
+        self.runtime_factory = runtime_factory
+        self._lock = threading.Lock()  # guards _models and leases
+        self._reload_lock = threading.Lock()  # one (re)load at a time
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._loaded = threading.Event()
+        self._closed = False
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """The first load has finished (successfully or not)."""
+        return self._loaded.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up, and at least one version can serve."""
+        return (
+            self.loaded
+            and not self._closed
+            and any(isinstance(v, ReadyVersion) for versions in self.snapshot().values() for v in versions)
+        )
+
+    def snapshot(self) -> dict[str, list[ModelVersion]]:
+        """Every model with its versions, oldest first (for listings)."""
+        with self._lock:
+            return {
+                name: [versions[v] for v in sorted(versions, key=version_key)]
+                for name, versions in sorted(self._models.items())
+            }
+
+    # -- lookups (event loop) -----------------------------------------------------------------
+
+    def has_model(self, name: str) -> bool:
+        """Whether the store holds a model of this name (any state); a dictionary lookup only."""
+        with self._lock:
+            return name in self._models
+
+    @contextmanager
+    def lease(self, name: str, version: str | None = None) -> Iterator[ReadyVersion]:
+        """The version to run a request on; it is not closed by a reload until the lease ends."""
+        with self._lock:
+            entry = self._resolve(name, version)
+            entry.leases += 1
+        try:
+            yield entry
+        finally:
+            with self._lock:
+                entry.leases -= 1
+
+    def find(self, name: str, version: str | None = None) -> ModelVersion:
+        """The entry a name (and optional version) names, failed ones included; raises if unknown."""
+        with self._lock:
+            versions = self._versions(name)
+            if version is None:
+                ready = [v for v in versions.values() if isinstance(v, ReadyVersion)]
+                pool: list[ModelVersion] = [*ready] or list(versions.values())
+                return max(pool, key=lambda v: version_key(v.version))
+            if version not in versions:
+                raise self._no_version(name, version, versions)
+            return versions[version]
+
+    def _versions(self, name: str) -> dict[str, ModelVersion]:
+        if not self._loaded.is_set() and not self._models:
+            raise NotReadyError("models are still loading")
+        if not NAME_PATTERN.match(name) or name not in self._models:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise ModelNotFoundError(f"model {name[:64]!r} not found; serving: {known}", model=name[:64])
+        return self._models[name]
+
+    @staticmethod
+    def _no_version(name: str, version: str, versions: dict[str, ModelVersion]) -> ModelNotFoundError:
+        known = ", ".join(sorted(versions, key=version_key))
+        return ModelNotFoundError(
+            f"model {name!r} has no version {version[:32]!r}; versions: {known}",
+            model=name,
+            version=version[:32],
+        )
+
+    def _resolve(self, name: str, version: str | None) -> ReadyVersion:
+        versions = self._versions(name)
+        if version is None:
+            ready = [v for v in versions.values() if isinstance(v, ReadyVersion)]
+            if not ready:
+                errors = "; ".join(
+                    f"{v.version}: {v.error}" for v in versions.values() if isinstance(v, FailedVersion)
+                )
+                raise NotReadyError(f"model {name!r} has no version that loaded ({errors})", model=name)
+            return max(ready, key=lambda v: version_key(v.version))
+        if version not in versions:
+            raise self._no_version(name, version, versions)
+        entry = versions[version]
+        if isinstance(entry, FailedVersion):
+            raise NotReadyError(
+                f"model {name!r} version {version!r} failed to load: {entry.error}", model=name
+            )
+        return entry
+
+    # -- loading (worker threads) ---------------------------------------------------------------
+
+    def load(self) -> ReloadReport:
+        """The first load; the same as a reload."""
+        return self.reload()
+
+    def reload(self) -> ReloadReport:
+        """Rescan the store, load new or changed versions, swap, then drain and close replaced ones."""
+        with self._reload_lock:
+            if self._closed:
+                raise NotReadyError("the model store is shut down")
+            with self._lock:
+                current = {(n, v): e for n, versions in self._models.items() for v, e in versions.items()}
+            found = self._scan()
+            table: dict[str, dict[str, ModelVersion]] = {}
+            loaded: list[str] = []
+            kept: list[str] = []
+            failed: list[str] = []
+            for (name, version), path in found.items():
+                fingerprint = _fingerprint(path)
+                previous = current.get((name, version))
+                if (
+                    isinstance(previous, ReadyVersion)
+                    and previous.fingerprint == fingerprint
+                    and previous.path == path
+                ):
+                    entry: ModelVersion = previous
+                    kept.append(f"{name}/{version}")
+                else:
+                    entry = self._load_version(name, version, path, fingerprint)
+                    (loaded if isinstance(entry, ReadyVersion) else failed).append(f"{name}/{version}")
+                table.setdefault(name, {})[version] = entry
+            with self._lock:
+                self._models = table
+            self._loaded.set()
+            survivors = {id(e) for versions in table.values() for e in versions.values()}
+            replaced = [e for e in current.values() if isinstance(e, ReadyVersion) and id(e) not in survivors]
+            removed = [f"{e.name}/{e.version}" for e in current.values() if (e.name, e.version) not in found]
+            self._publish()
+            for entry in replaced:
+                self._retire(entry)
+            logger.info(
+                "model store %s: %d loaded, %d kept, %d failed, %d removed",
+                self.root,
+                len(loaded),
+                len(kept),
+                len(failed),
+                len(removed),
+            )
+            return ReloadReport(tuple(loaded), tuple(kept), tuple(failed), tuple(removed))
+
+    def _scan(self) -> dict[tuple[str, str], Path]:
+        """`<root>/<name>/<version>/` directories whose names a bundle could have."""
+        found: dict[tuple[str, str], Path] = {}
+        if not self.root.is_dir():
+            logger.warning("model store %s does not exist", self.root)
+            return found
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if version_dir.is_dir() and VERSION_PATTERN.match(version_dir.name):
+                    found[(model_dir.name, version_dir.name)] = version_dir
+        return found
+
+    def _load_version(
+        self, name: str, version: str, path: Path, fingerprint: tuple[int, int]
+    ) -> ModelVersion:
+        started = time.perf_counter()
+        try:
+            bundle = load_bundle(path, verify_checksums=self.settings.verify_checksums)
+            manifest = bundle.manifest
+            if (manifest.name, manifest.version) != (name, version):
+                raise BundleError(
+                    f"{path}: manifest names {manifest.name}/{manifest.version} but the bundle lives in "
+                    f"{name}/{version}"
+                )
+            runtime = self.runtime_factory(
+                bundle, self.settings.backend, self.settings.device, self.settings.threads
+            )
+            executor = CascadeExecutor(runtime)
+            policy = ExitPolicy(manifest, self._default_point(manifest))
+            if self.settings.warmup:
+                _warm_up(executor, min(WARMUP_BATCH, self.settings.max_batch_size))
+            batcher = Batcher(
+                executor,
+                max_batch_size=self.settings.max_batch_size,
+                max_queue_delay=self.settings.max_queue_delay_ms / 1000.0,
+                max_queue_size=self.settings.max_queue_size,
+                observer=self.metrics.batch_observer(name, manifest.cumulative_flops[-1]),
+                name=f"{name}-{version}",
+            )
+        except Exception as exc:
+            logger.error("bundle %s/%s at %s failed to load: %s", name, version, path, exc)
+            return FailedVersion(name, version, path, fingerprint, str(exc) or type(exc).__name__)
+        logger.info(
+            "bundle %s/%s ready (%s) in %.2f s",
+            name,
+            version,
+            runtime.describe(),
+            time.perf_counter() - started,
+        )
+        return ReadyVersion(
+            name=name,
+            version=version,
+            path=path,
+            fingerprint=fingerprint,
+            bundle=bundle,
+            executor=executor,
+            policy=policy,
+            batcher=batcher,
+            device=str(runtime.device),
+        )
+
+    def _default_point(self, manifest: Manifest) -> str | None:
+        wanted = self.settings.default_operating_point
+        if wanted is None or manifest.calibration is None:
+            return None
+        if wanted not in {p.name for p in manifest.calibration.points}:
+            logger.warning(
+                "bundle %s/%s has no operating point %r; serving its own default %r",
+                manifest.name,
+                manifest.version,
+                wanted,
+                manifest.calibration.default_point,
+            )
+            return None
+        return wanted
+
+    def _publish(self) -> None:
+        served = []
+        for versions in self.snapshot().values():
+            ready = [v for v in versions if isinstance(v, ReadyVersion)]
+            for entry in ready:
+                plan = entry.policy.resolve(Budget())
+                served.append((entry.manifest, _expected_flops(entry, plan.operating_point)))
+        self.metrics.set_models(served)
+
+    def _retire(self, entry: ReadyVersion) -> None:
+        """Wait for the version's leases to end, then drain and close its batcher."""
+        deadline = time.monotonic() + self.settings.graceful_shutdown_seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if entry.leases == 0:
+                    break
+            time.sleep(0.01)
+        entry.batcher.close(drain=True, timeout=self.settings.graceful_shutdown_seconds)
+        logger.info("bundle %s/%s retired", entry.name, entry.version)
+
+    def close(self) -> None:
+        """Stop serving: drain every batcher (requests already queued finish)."""
+        with self._reload_lock:
+            self._closed = True
+            with self._lock:
+                entries = [e for versions in self._models.values() for e in versions.values()]
+            for entry in entries:
+                if isinstance(entry, ReadyVersion):
+                    self._retire(entry)
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    """Changes when the manifest is rewritten (every bundle write ends with one)."""
+    try:
+        stat = (path / MANIFEST_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def _warm_up(executor: CascadeExecutor, batch: int) -> None:
+    """Run batches through every stage so the first request does not pay for lazy initialisation.
+
+    Runs on the loading thread before the batcher exists, so the runtime still has one user and the
+    warm-up images never reach the metrics.
+    """
+    spec = executor.runtime.manifest.input
+    exits = executor.num_exits
+    for size in sorted({1, batch}):
+        images = torch.zeros(size, spec.channels, spec.size, spec.size)
+        executor.run(
+            images, np.ones((size, exits), dtype=np.float32), np.full(size, exits - 1, dtype=np.int64)
+        )
+
+
+def _expected_flops(entry: ReadyVersion, point_name: str) -> float:
+    calibration = entry.manifest.calibration
+    if calibration is not None:
+        for point in calibration.points:
+            if point.name == point_name:
+                return point.expected_flops
+    return float(entry.manifest.cumulative_flops[-1])

@@ -1,0 +1,73 @@
+"""`ranet serve`: serve the bundles of a model store over HTTP (v1 and KServe v2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+
+
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    model_store: Annotated[Path | None, typer.Option(help="directory of <name>/<version>/ bundles")] = None,
+    default_model: Annotated[str | None, typer.Option(help="model served by POST /v1/classify")] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript | eager")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="intra-op threads per runtime (0: runtime default)")
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="images per batch")] = None,
+    max_queue_delay_ms: Annotated[float | None, typer.Option(help="how long a batch waits to fill")] = None,
+    max_queue_size: Annotated[int | None, typer.Option(help="queued requests per model before 429")] = None,
+    default_operating_point: Annotated[str | None, typer.Option(help="operating point without knobs")] = None,
+    log_level: Annotated[str | None, typer.Option(help="critical | error | warning | info | debug")] = None,
+) -> None:
+    """Serve model_store/ (settings from RANET_* variables; options override them)."""
+    options = {
+        "host": host,
+        "port": port,
+        "model_store": model_store,
+        "default_model": default_model,
+        "backend": backend,
+        "device": device,
+        "threads": threads,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "max_queue_size": max_queue_size,
+        "default_operating_point": default_operating_point,
+        "log_level": log_level,
+    }
+    from pydantic import ValidationError
+
+    from ranet_serve.api.server import find_bundles, serve
+    from ranet_serve.api.settings import Settings
+
+    overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        console.print(f"[red]error:[/red] --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        raise typer.Exit(2) from exc
+    bundles = find_bundles(settings)
+    if not bundles:
+        console.print(
+            f"[red]error:[/red] no bundles in {settings.model_store.resolve()} (expected "
+            "<model_store>/<name>/<version>/manifest.json). Export one with `ranet export`, or point "
+            "--model-store (RANET_MODEL_STORE) at a store."
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"serving {', '.join(bundles)} from {settings.model_store} on http://{settings.host}:{settings.port} "
+        f"({settings.backend}, device {settings.device})"
+    )
+    serve(settings)

@@ -1,0 +1,97 @@
+"""`ranet serve` as a real process: refuses an empty store, serves, reloads on SIGHUP, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from helpers.bundles import make_store
+from helpers.images import png_bytes
+from ranet_serve.api.settings import Settings
+from ranet_serve.cli import app
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_refuses_an_empty_or_missing_store(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for store in (tmp_path / "missing", tmp_path):
+        result = runner.invoke(app, ["serve", "--model-store", str(store)])
+        assert result.exit_code == 1
+        assert "no bundles" in result.output
+
+
+def test_serve_rejects_an_invalid_option(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--model-store", str(tmp_path), "--backend", "tensorflow"])
+    assert result.exit_code == 2
+    assert "backend" in result.output
+
+
+def test_settings_come_from_ranet_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANET_PORT", "9123")
+    monkeypatch.setenv("RANET_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("RANET_DEFAULT_OPERATING_POINT", "fast")
+    settings = Settings()
+    assert (settings.port, settings.max_batch_size, settings.default_operating_point) == (9123, 4, "fast")
+    assert settings.host == "127.0.0.1" and settings.model_store == Path("model_store")
+
+
+def test_serve_process_reloads_on_sighup_and_stops_on_sigterm(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "ranet_serve.cli",
+        "serve",
+        "--model-store",
+        str(store),
+        "--port",
+        str(port),
+    ]
+    command += ["--default-model", "tiny", "--threads", "1", "--log-level", "info"]
+    log = tmp_path / "server.log"
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                assert process.poll() is None, log.read_text()
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server did not become ready"
+                time.sleep(0.1)
+            image = {"file": ("a.png", png_bytes(0), "image/png")}
+            assert client.post("/v1/classify", files=image).json()["version"] == "1"
+
+            make_store(store, tiny_bundle_dir, versions=("2",))
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while client.post("/v1/classify", files=image).json()["version"] != "2":
+                assert time.monotonic() < deadline, "SIGHUP did not reload the store"
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it.
+        assert process.wait(30) in (0, -signal.SIGTERM)
+        output = log.read_text()
+        assert "SIGHUP: reloading the model store" in output
+        assert "model store closed" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

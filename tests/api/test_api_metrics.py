@@ -1,0 +1,104 @@
+"""/metrics moves exactly as the responses say: exits, FLOPs, budget cuts, statuses."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+FULL_DEPTH = 12649895
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def test_counters_follow_the_responses(client: httpx.Client, images: list[bytes]) -> None:
+    before = scrape(client)
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    answers = []
+    for params in ({}, {"max_flops": "3M"}, {"confidence": 1.0}, {"target_flops": "2.5M"}):
+        response = client.post("/v1/models/tiny/classify", files=files, params=params)
+        assert response.status_code == 200
+        answers.extend(response.json()["results"])
+    bad = client.post("/v1/models/tiny/classify", files=files, params={"max_flops": "1k"})
+    assert bad.status_code == 422
+    after = scrape(client)
+
+    exits = Counter(r["exit"] for r in answers)
+    for k in range(6):
+        assert delta(before, after, "ranet_exit_total", model="tiny", exit=str(k)) == exits.get(k, 0)
+    assert sum(delta(before, after, "ranet_exit_total", model="tiny", exit=str(k)) for k in range(6)) == len(
+        answers
+    )
+    assert delta(before, after, "ranet_images_total", model="tiny") == len(answers)
+    assert delta(before, after, "ranet_flops_total", model="tiny") == sum(r["flops"] for r in answers)
+    assert delta(before, after, "ranet_full_depth_flops_total", model="tiny") == FULL_DEPTH * len(answers)
+    assert delta(before, after, "ranet_budget_limited_total", model="tiny") == sum(
+        r["budget_limited"] for r in answers
+    )
+    assert delta(before, after, "ranet_requests_total", model="tiny", status="200") == 4
+    assert delta(before, after, "ranet_requests_total", model="tiny", status="422") == 1
+    assert delta(before, after, "ranet_rejected_total", model="tiny", reason="invalid_budget") == 1
+    assert delta(before, after, "ranet_request_duration_seconds_count", model="tiny") == 5
+    assert delta(before, after, "ranet_queue_duration_seconds_count", model="tiny") == 4
+    assert delta(before, after, "ranet_flops_per_image_count", model="tiny") == len(answers)
+    assert delta(before, after, "ranet_exit_confidence_count", model="tiny", exit="0") == exits[0]
+    assert delta(before, after, "ranet_exit_latency_seconds_count", model="tiny", exit="5") == exits[5]
+    assert delta(before, after, "ranet_batch_size_count", model="tiny", stage="0") >= 4
+    assert delta(before, after, "ranet_stage_duration_seconds_count", model="tiny", stage="0") >= 4
+
+    spent = value(after, "ranet_flops_total", model="tiny")
+    full = value(after, "ranet_full_depth_flops_total", model="tiny")
+    assert value(after, "ranet_flops_saved_ratio", model="tiny") == pytest.approx(1 - spent / full)
+    assert value(after, "ranet_inflight_requests", model="tiny") == 0
+
+
+def test_model_info_and_operating_point(client: httpx.Client) -> None:
+    samples = scrape(client)
+    for version in ("1", "2"):
+        assert (
+            value(
+                samples, "ranet_model_info", model="tiny", version=version, config="fmnist-default", exits="6"
+            )
+            == 1
+        )
+    balanced = (5210532 + 7604693) / 2
+    assert value(samples, "ranet_operating_point", model="tiny") == balanced
+
+
+def test_latency_buckets_start_at_half_a_millisecond(client: httpx.Client) -> None:
+    text = client.get("/metrics").text
+    assert 'ranet_request_duration_seconds_bucket{le="0.0005",model="tiny"}' in text
+    assert 'ranet_stage_duration_seconds_bucket{le="0.0005",model="tiny",stage="0"}' in text
+
+
+def test_unknown_models_share_one_label(client: httpx.Client) -> None:
+    before = scrape(client)
+    for name in ("a1", "b2", "c3"):
+        assert (
+            client.post(
+                f"/v1/models/{name}/classify", content=b"x", headers={"Content-Type": "image/png"}
+            ).status_code
+            == 404
+        )
+    after = scrape(client)
+    assert delta(before, after, "ranet_requests_total", model="unknown", status="404") == 3
+    assert not any(labels and ("model", "a1") in labels for _, labels in after)

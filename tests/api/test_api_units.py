@@ -1,0 +1,90 @@
+"""Small pure pieces of the API layer: version ordering, body inflation limits, the error table."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from ranet_serve.api.body import inflate
+from ranet_serve.api.errors import InvalidRequestError, status_for
+from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.store import version_key
+from ranet_serve.errors import (
+    BudgetError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    StageExecutionError,
+    UnsupportedMediaTypeError,
+)
+
+
+def test_versions_order_numerically() -> None:
+    versions = ["10", "9", "2", "1.10", "1.9", "v2", "1"]
+    assert sorted(versions, key=version_key) == ["1", "1.9", "1.10", "2", "9", "10", "v2"]
+    assert max(["9", "10", "11"], key=version_key) == "11"
+
+
+def test_error_table_statuses() -> None:
+    expected = {
+        BudgetError("x"): 422,
+        InvalidInputError("x"): 400,
+        InvalidRequestError("x"): 422,
+        PayloadTooLargeError("x"): 413,
+        UnsupportedMediaTypeError("x"): 415,
+        ModelNotFoundError("x"): 404,
+        OverloadedError("x"): 429,
+        NotReadyError("x"): 503,
+        DeadlineExceededError("x"): 504,
+        StageExecutionError("x"): 500,
+        RuntimeError("x"): 500,
+        RequestValidationError([]): 422,
+    }
+    assert {type(e).__name__: status_for(e) for e in expected} == {
+        type(e).__name__: s for e, s in expected.items()
+    }
+
+
+def test_inflate_gzip_and_deflate_within_the_limit() -> None:
+    data = b"ranet " * 1000
+    assert inflate(gzip.compress(data), "gzip", 10_000) == data
+    assert inflate(zlib.compress(data), "deflate", 10_000) == data
+    assert inflate(data, None, 10_000) == data
+
+
+def test_inflate_refuses_bombs_garbage_and_unknown_encodings() -> None:
+    with pytest.raises(PayloadTooLargeError):
+        inflate(gzip.compress(b"\x00" * 2_000_000), "gzip", 1_000_000)
+    with pytest.raises(InvalidInputError):
+        inflate(b"not gzip", "gzip", 1_000)
+    with pytest.raises(InvalidInputError):
+        inflate(gzip.compress(b"x" * 100)[:-12], "gzip", 1_000)
+    with pytest.raises(UnsupportedMediaTypeError):
+        inflate(b"x", "br", 1_000)
+
+
+def test_knobs_parse_types_and_reject_unknown_names() -> None:
+    knobs = parse_knobs({"max_flops": "20M", "top_k": "3", "version": 2, "deadline_ms": "250"})
+    assert knobs.budget.max_flops == 20e6
+    assert (knobs.top_k, knobs.version, knobs.deadline_ms) == (3, "2", 250.0)
+    for bad in ({"top_k": True}, {"top_k": "x"}, {"deadline_ms": "0"}, {"version": "../1"}, {"maxflops": 1}):
+        with pytest.raises(InvalidRequestError):
+            parse_knobs(bad)
+
+
+def test_openapi_schema_documents_both_protocols() -> None:
+    from ranet_serve.api.app import create_app
+    from ranet_serve.api.settings import Settings
+
+    schema = create_app(Settings(model_store="/nonexistent")).openapi()
+    paths = schema["paths"]
+    assert "/v1/models/{model}/classify" in paths
+    assert "/v2/models/{model}/versions/{version}/infer" in paths
+    body = paths["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*", "application/json"} <= set(body)
