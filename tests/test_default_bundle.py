@@ -1,0 +1,66 @@
+"""The bundled default model: its stated figures meet the issue's bars and are reproduced from the
+Debian Fashion-MNIST test set by running the bundle's own stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranet_serve.cascade.calibration import evaluate_thresholds
+from ranet_serve.data.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+from ranet_serve.export.bundle import load_bundle
+from ranet_serve.train.bundle_eval import bundle_probabilities
+from ranet_serve.train.evaluate import accuracy_per_exit
+
+BUNDLE = Path(__file__).resolve().parents[1] / "model_store" / "ranet-fmnist" / "1"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE)  # verifies every checksum
+
+
+def test_default_bundle_meets_the_accuracy_and_flops_bars(bundle) -> None:
+    manifest = bundle.manifest
+    assert manifest.config.name == "fmnist-default" and len(manifest.exits) == 6
+    assert manifest.config.num_scales == 3
+    last = manifest.exits[-1]
+    assert last.test_accuracy is not None and last.test_accuracy >= 92.5
+    calibration = manifest.calibration
+    assert calibration is not None
+    default = calibration.point(calibration.default_point)
+    assert default.test_accuracy is not None and default.test_expected_flops is not None
+    assert default.test_accuracy >= last.test_accuracy - 0.5
+    assert default.test_expected_flops <= 0.5 * last.cumulative_flops
+    # The default rule is applied on validation data, as documented.
+    assert default.val_accuracy >= calibration.last_exit_val_accuracy - 0.5
+    eligible = [p for p in calibration.points if p.val_accuracy >= calibration.last_exit_val_accuracy - 0.5]
+    assert default.expected_flops == min(p.expected_flops for p in eligible)
+
+
+def test_default_bundle_weights_stay_small() -> None:
+    total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
+    assert total < 25 * 1024 * 1024
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_stated_test_accuracy_is_reproduced_from_the_debian_data(bundle) -> None:
+    test = load_fashion_mnist("test")
+    probs = bundle_probabilities(bundle, test)
+    manifest = bundle.manifest
+    measured = accuracy_per_exit(probs, test.labels)
+    stated = [e.test_accuracy for e in manifest.exits]
+    np.testing.assert_allclose(measured, stated, atol=0.011)  # stated to 2 decimals; 1 image = 0.01
+    calibration = manifest.calibration
+    assert calibration is not None
+    default = calibration.point(calibration.default_point)
+    result = evaluate_thresholds(
+        probs, test.labels, np.asarray(default.thresholds), manifest.cumulative_flops
+    )
+    assert result.accuracy == pytest.approx(default.test_accuracy, abs=0.011)
+    assert result.expected_flops == pytest.approx(default.test_expected_flops, rel=1e-3)
