@@ -1,0 +1,345 @@
+"""The cascade executor, the budget policy and the batcher, on a real exported bundle."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.bundles import build_tiny_bundle, tiny_model
+from ranet_serve.cascade.batcher import Batcher
+from ranet_serve.cascade.executor import CascadeExecutor
+from ranet_serve.cascade.policy import Budget, ExitPolicy
+from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, StageRuntime, TorchScriptRuntime
+from ranet_serve.errors import BudgetError, DeadlineExceededError, OverloadedError, StageExecutionError
+from ranet_serve.export.bundle import Bundle, load_bundle
+
+N = 24
+EXITS = 6
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    out = tmp_path_factory.mktemp("cascade") / "tiny" / "1"
+    build_tiny_bundle(out)
+    return load_bundle(out)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(N, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(scope="module")
+def executor(bundle: Bundle) -> CascadeExecutor:
+    return CascadeExecutor(OnnxRuntime(bundle, threads=1))
+
+
+def full(value: float, n: int = N) -> np.ndarray:
+    return np.full((n, EXITS), value, dtype=np.float32)
+
+
+def caps(value: int, n: int = N) -> np.ndarray:
+    return np.full(n, value, dtype=np.int64)
+
+
+def test_thresholds_above_one_send_every_image_to_the_last_exit(executor, bundle, images) -> None:
+    result = executor.run(images, full(1.5), caps(EXITS - 1), top_k=3)
+    with torch.no_grad():
+        last = torch.softmax(bundle.load_model()(images)[-1], dim=1)
+    assert [r.exit for r in result.images] == [EXITS - 1] * N
+    assert [r.class_index for r in result.images] == last.argmax(1).tolist()
+    np.testing.assert_allclose([r.confidence for r in result.images], last.max(1).values.numpy(), atol=1e-5)
+    assert result.stage_batch_sizes == (N,) * EXITS
+    assert all(r.flops == bundle.manifest.exits[-1].cumulative_flops for r in result.images)
+    assert not any(r.budget_limited for r in result.images)
+    first = result.images[0]
+    assert [c for c, _ in first.top_k] == torch.argsort(last[0], descending=True)[:3].tolist()
+
+
+def test_thresholds_of_zero_send_every_image_out_at_exit_zero(executor, bundle, images) -> None:
+    result = executor.run(images, full(0.0), caps(EXITS - 1))
+    assert {r.exit for r in result.images} == {0}
+    assert result.stage_batch_sizes == (N, 0, 0, 0, 0, 0)
+    assert {r.flops for r in result.images} == {bundle.manifest.exits[0].cumulative_flops}
+
+
+def test_each_image_leaves_at_its_first_confident_exit(executor, bundle, images) -> None:
+    thresholds = 0.5
+    result = executor.run(images, full(thresholds), caps(EXITS - 1))
+    with torch.no_grad():
+        confidences = torch.stack([torch.softmax(o, 1).max(1).values for o in bundle.load_model()(images)])
+    for i, r in enumerate(result.images):
+        confident = (confidences[:, i] >= thresholds).nonzero().flatten().tolist()
+        expected = confident[0] if confident else EXITS - 1
+        assert r.exit == expected
+        assert r.flops == bundle.manifest.exits[expected].cumulative_flops
+    sizes = result.stage_batch_sizes
+    assert all(a >= b for a, b in itertools.pairwise(sizes))
+
+
+def test_mixed_budgets_in_one_batch_equal_the_images_run_alone(executor, images) -> None:
+    rng = np.random.default_rng(0)
+    thresholds = rng.choice([0.0, 0.3, 0.6, 0.9, 1.0], size=(N, EXITS)).astype(np.float32)
+    max_exit = rng.integers(0, EXITS, N)
+    together = executor.run(images, thresholds, max_exit, top_k=2)
+    for i in range(N):
+        alone = executor.run(images[i : i + 1], thresholds[i : i + 1], max_exit[i : i + 1], top_k=2).images[0]
+        got = together.images[i]
+        assert (got.exit, got.class_index, got.flops, got.budget_limited) == (
+            alone.exit,
+            alone.class_index,
+            alone.flops,
+            alone.budget_limited,
+        )
+        assert got.confidence == pytest.approx(alone.confidence, abs=1e-5)
+        assert got.exit <= max_exit[i]
+
+
+def test_budget_limited_is_set_exactly_when_the_cap_forced_the_exit(executor, images) -> None:
+    result = executor.run(images, full(1.0), caps(2))  # never confident: the cap decides
+    assert {r.exit for r in result.images} == {2}
+    assert all(r.budget_limited for r in result.images)
+    relaxed = executor.run(images, full(0.0), caps(2))  # confident at exit 0: the cap is irrelevant
+    assert not any(r.budget_limited for r in relaxed.images)
+
+
+def test_state_is_dropped_after_its_last_reader(bundle, images) -> None:
+    seen: list[set[str]] = []
+
+    class Recording(StageRuntime):
+        backend = "recording"
+
+        def __init__(self, inner: StageRuntime):
+            super().__init__(inner.bundle)
+            self.inner, self.device = inner, inner.device
+
+        def run(self, stage: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            seen.append(set(inputs))
+            return self.inner.run(stage, inputs)
+
+    executor = CascadeExecutor(Recording(OnnxRuntime(bundle, threads=1)))
+    executor.run(images, full(1.0), caps(EXITS - 1))
+    assert seen == [set(stage.inputs) for stage in bundle.manifest.stages]
+    readers = {t.name: t.last_reader_stage for t in bundle.manifest.tensors}
+    for stage, dropped in enumerate(executor._drop_after):
+        assert all(readers[name] == stage for name in dropped)
+
+
+def test_all_runtimes_agree(bundle, images) -> None:
+    results = [
+        CascadeExecutor(runtime).run(images, full(0.4), caps(EXITS - 1))
+        for runtime in (OnnxRuntime(bundle, threads=1), TorchScriptRuntime(bundle), EagerRuntime(bundle))
+    ]
+    reference = results[0].images
+    for other in results[1:]:
+        assert [r.exit for r in other.images] == [r.exit for r in reference]
+        assert [r.class_index for r in other.images] == [r.class_index for r in reference]
+        np.testing.assert_allclose(
+            [r.confidence for r in other.images], [r.confidence for r in reference], atol=1e-5
+        )
+
+
+@pytest.mark.gpu
+def test_cuda_runtimes_match_cpu(bundle, images) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    cpu = CascadeExecutor(OnnxRuntime(bundle)).run(images, full(0.4), caps(EXITS - 1))
+    for runtime in (OnnxRuntime(bundle, device="cuda"), TorchScriptRuntime(bundle, device="cuda")):
+        gpu = CascadeExecutor(runtime).run(images, full(0.4), caps(EXITS - 1))
+        assert [r.exit for r in gpu.images] == [r.exit for r in cpu.images]
+        np.testing.assert_allclose(
+            [r.confidence for r in gpu.images], [r.confidence for r in cpu.images], atol=1e-4
+        )
+
+
+# -- policy --------------------------------------------------------------------------------------
+
+
+def test_max_flops_caps_the_exit_and_below_the_cheapest_is_an_error(bundle) -> None:
+    policy = ExitPolicy(bundle.manifest)
+    flops = bundle.manifest.cumulative_flops
+    assert policy.resolve(Budget(max_flops=flops[1] + 1)).max_exit == 1
+    assert policy.resolve(Budget(max_flops=flops[1])).max_exit == 1
+    assert policy.resolve(Budget(max_flops=1e18)).max_exit == EXITS - 1
+    with pytest.raises(BudgetError) as error:
+        policy.resolve(Budget(max_flops=flops[0] - 1))
+    assert error.value.details["cheapest_exit_flops"] == flops[0]
+
+
+def test_target_flops_picks_the_most_accurate_point_within_the_target(bundle) -> None:
+    policy = ExitPolicy(bundle.manifest)
+    points = {p.name: p for p in bundle.manifest.calibration.points}  # type: ignore[union-attr]
+    assert (
+        policy.resolve(Budget(target_flops=points["balanced"].expected_flops)).operating_point == "balanced"
+    )
+    assert policy.resolve(Budget(target_flops=points["fast"].expected_flops)).operating_point == "fast"
+    assert policy.resolve(Budget(target_flops=1e18)).operating_point == "full-depth"
+    with pytest.raises(BudgetError, match="below the cheapest operating point"):
+        policy.resolve(Budget(target_flops=1.0))
+
+
+def test_explicit_thresholds_and_confidence_override_and_are_validated(bundle) -> None:
+    policy = ExitPolicy(bundle.manifest)
+    plan = policy.resolve(Budget(confidence=0.7, target_flops=1e18))
+    assert (
+        plan.thresholds.tolist() == pytest.approx([0.7] * EXITS) and plan.operating_point == "confidence=0.7"
+    )
+    assert policy.resolve(Budget(thresholds=(0.1,) * EXITS)).operating_point == "custom-thresholds"
+    with pytest.raises(BudgetError, match="needs 6 values"):
+        policy.resolve(Budget(thresholds=(0.5,) * 5))
+    with pytest.raises(BudgetError, match=r"\[0, 1\]"):
+        policy.resolve(Budget(thresholds=(0.5,) * 5 + (1.5,)))
+    with pytest.raises(BudgetError, match="not both"):
+        policy.resolve(Budget(thresholds=(0.5,) * EXITS, confidence=0.5))
+    with pytest.raises(BudgetError, match="unknown operating point"):
+        ExitPolicy(bundle.manifest, default_point="nope")
+
+
+def test_default_point_when_no_knob_and_full_depth_when_uncalibrated(bundle) -> None:
+    assert ExitPolicy(bundle.manifest).resolve(Budget()).operating_point == "balanced"
+    bare = bundle.manifest.model_copy(update={"calibration": None})
+    plan = ExitPolicy(bare).resolve(Budget())
+    assert plan.operating_point == "full-depth" and plan.thresholds.tolist() == [1.0] * EXITS
+    with pytest.raises(BudgetError, match="calibrated"):
+        ExitPolicy(bare).resolve(Budget(target_flops=1e7))
+
+
+# -- batcher -------------------------------------------------------------------------------------
+
+
+class Gate(StageRuntime):
+    """Wraps a runtime; blocks in stage 0 until released, or raises when told to."""
+
+    backend = "gate"
+
+    def __init__(self, inner: StageRuntime):
+        super().__init__(inner.bundle)
+        self.inner, self.device = inner, inner.device
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def run(self, stage: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if stage == 0:
+            self.entered.set()
+            self.release.wait(10)
+            if self.fail_next:
+                self.fail_next = False
+                raise StageExecutionError("injected failure", stage=0)
+        return self.inner.run(stage, inputs)
+
+
+@pytest.fixture
+def gate(bundle) -> Gate:
+    return Gate(OnnxRuntime(bundle, threads=1))
+
+
+def submit(batcher: Batcher, images: torch.Tensor, **kwargs: object) -> Future:
+    n = images.shape[0]
+    return batcher.submit(images, full(0.0, n), caps(EXITS - 1, n), **kwargs)  # type: ignore[arg-type]
+
+
+def test_batches_form_up_to_the_max_size_and_results_return_in_order(gate, images) -> None:
+    sizes: list[int] = []
+    batcher = Batcher(
+        CascadeExecutor(gate),
+        max_batch_size=8,
+        max_queue_delay=0.05,
+        observer=lambda result: sizes.append(result.stage_batch_sizes[0]),
+    )
+    try:
+        blocker = submit(batcher, images[:1])
+        gate.entered.wait(5)
+        futures = [submit(batcher, images[i : i + 3]) for i in range(1, 19, 3)]  # 6 requests of 3 images
+        gate.release.set()
+        results = [f.result(10) for f in [blocker, *futures]]
+    finally:
+        batcher.close()
+    assert sizes[0] == 1 and max(sizes) <= 8 and sum(sizes) == 19
+    direct = CascadeExecutor(gate.inner).run(images[1:19], full(0.0, 18), caps(EXITS - 1, 18))
+    flat = [r.class_index for res in results[1:] for r in res.images]
+    assert flat == [r.class_index for r in direct.images]
+
+
+def test_full_queue_rejects_with_overload(gate, images) -> None:
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=1, max_queue_delay=0.0, max_queue_size=2)
+    try:
+        running = submit(batcher, images[:1])
+        gate.entered.wait(5)
+        queued = [submit(batcher, images[:1]) for _ in range(2)]
+        with pytest.raises(OverloadedError) as error:
+            submit(batcher, images[:1])
+        assert error.value.details["reason"] == "queue_full" and error.value.retry_after_seconds > 0
+        gate.release.set()
+        for future in [running, *queued]:
+            assert future.result(10).images[0].exit == 0
+    finally:
+        gate.release.set()
+        batcher.close()
+
+
+def test_deadline_passed_in_the_queue_is_answered_not_run(gate, images) -> None:
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=1, max_queue_delay=0.0)
+    try:
+        running = submit(batcher, images[:1])
+        gate.entered.wait(5)
+        late = submit(batcher, images[:1], deadline=time.monotonic() + 0.01)
+        time.sleep(0.05)
+        gate.release.set()
+        running.result(10)
+        with pytest.raises(DeadlineExceededError):
+            late.result(10)
+    finally:
+        gate.release.set()
+        batcher.close()
+
+
+def test_a_failing_stage_fails_only_its_batch(gate, images) -> None:
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=4, max_queue_delay=0.0)
+    try:
+        gate.fail_next = True
+        gate.release.set()
+        with pytest.raises(StageExecutionError, match="injected"):
+            submit(batcher, images[:2]).result(10)
+        assert submit(batcher, images[:2]).result(10).images[0].exit == 0
+    finally:
+        batcher.close()
+
+
+def test_cancelled_requests_are_skipped_and_close_drains_the_queue(gate, images) -> None:
+    runs: list[int] = []
+    batcher = Batcher(
+        CascadeExecutor(gate),
+        max_batch_size=1,
+        max_queue_delay=0.0,
+        observer=lambda result: runs.append(len(result.images)),
+    )
+    running = submit(batcher, images[:1])
+    gate.entered.wait(5)
+    cancelled = submit(batcher, images[:1])
+    queued = submit(batcher, images[:1])
+    assert cancelled.cancel()
+    gate.release.set()
+    batcher.close(drain=True)
+    assert running.done() and queued.result(0).images[0].exit == 0
+    assert len(runs) == 2  # the cancelled request never ran
+    with pytest.raises(OverloadedError, match="shutting down"):
+        submit(batcher, images[:1])
+
+
+def test_tiny_model_helper_is_deterministic(tmp_path: Path) -> None:
+    a, b = tiny_model(), tiny_model()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(a(x)[-1], b(x)[-1])
