@@ -1,0 +1,274 @@
+"""In-process benchmarks on the default bundle and the Fashion-MNIST test set (onnxruntime CPU).
+
+1. Split cost: all stages in sequence (state handed between sessions) versus the whole model as one
+   ONNX graph, same inputs, batch 1 and 64.
+2. Early exit: images/s and accuracy at the default operating point versus forcing every image to
+   the last exit through the same cascade, and versus the monolithic graph; realised speedup versus
+   the FLOPs ratio; batch sizes 1, 8, 32, 128.
+3. Backends: onnxruntime versus TorchScript versus PyTorch eager at the default point.
+
+Every comparison is measured side by side in one run, interleaved over repetitions, and reported as
+medians and ratios (these machines are shared and noisy). Usage:
+
+    .venv/bin/python benchmarks/inprocess.py [--bundle model_store/ranet-fmnist/1] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ranet_serve.cascade.executor import CascadeExecutor
+from ranet_serve.cascade.policy import Budget, ExitPolicy
+from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, TorchScriptRuntime
+from ranet_serve.cascade.verify import run_all_stages
+from ranet_serve.data.datasets import load_fashion_mnist
+from ranet_serve.data.transforms import normalize
+from ranet_serve.export.bundle import Bundle, load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def export_monolithic(bundle: Bundle, path: Path) -> None:
+    """The whole RANet (every exit as an output) as one ONNX graph with a dynamic batch axis."""
+    model = bundle.load_model()
+    spec = bundle.manifest.input
+    example = torch.randn(2, spec.channels, spec.size, spec.size)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=["image"],
+            output_names=[f"logits_{k}" for k in range(len(bundle.manifest.exits))],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+            dynamo=True,
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(path))
+
+
+def monolithic_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each candidate, run round-robin so drift hits all of them alike."""
+    for fn in candidates.values():
+        fn()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            samples[name].append(seconds(fn))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def batches(images: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [images[i : i + size] for i in range(0, images.shape[0], size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=ROOT / "model_store" / "ranet-fmnist" / "1")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    manifest = bundle.manifest
+    exits = len(manifest.exits)
+    test = load_fashion_mnist("test")
+    images = normalize(torch.from_numpy(test.images), manifest.input.mean, manifest.input.std)
+    labels = test.labels
+    report: dict[str, object] = {
+        "bundle": f"{manifest.name}/{manifest.version}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, onnxruntime {ort.__version__}",
+        "threads": args.threads,
+    }
+
+    runtime = OnnxRuntime(bundle, threads=args.threads)
+    executor = CascadeExecutor(runtime)
+    with tempfile.TemporaryDirectory() as tmp:
+        mono_path = Path(tmp) / "monolithic.onnx"
+        export_monolithic(bundle, mono_path)
+        mono = monolithic_session(mono_path, args.threads)
+
+        # 1. Split cost.
+        split: dict[str, dict[str, float]] = {}
+        for batch in (1, 64):
+            x = images[:batch]
+            medians = interleaved(
+                {
+                    "stages": lambda x=x: run_all_stages(runtime, x),
+                    "monolithic": lambda x=x: mono.run(None, {"image": x.numpy()}),
+                },
+                repeats=max(args.repeats * (20 if batch == 1 else 4), 5),
+            )
+            split[str(batch)] = {
+                **{f"{k}_ms": 1000 * v for k, v in medians.items()},
+                "ratio": medians["stages"] / medians["monolithic"],
+            }
+        report["split_cost"] = split
+
+        # 2. Early exit versus full depth versus monolithic, across batch sizes.
+        plan = ExitPolicy(manifest).resolve(Budget())
+        default_t = np.broadcast_to(plan.thresholds, (images.shape[0], exits)).copy()
+        never = np.ones((images.shape[0], exits), dtype=np.float32)
+        last = np.full(images.shape[0], exits - 1)
+        sweep: dict[str, dict[str, float]] = {}
+        accuracy: dict[str, float] = {}
+        mean_flops = 0.0
+        for batch in (1, 8, 32, 128):
+            count = 1000 if batch == 1 else 4000 if batch == 8 else images.shape[0]
+            chunks = batches(images[:count], batch)
+            starts = list(range(0, count, batch))
+
+            def cascade(
+                thresholds: np.ndarray, chunks: list[torch.Tensor] = chunks, starts: list[int] = starts
+            ) -> list:
+                out = []
+                for s, c in zip(starts, chunks, strict=True):
+                    n = c.shape[0]
+                    out.extend(executor.run(c, thresholds[s : s + n], last[s : s + n]).images)
+                return out
+
+            def monolithic(chunks: list[torch.Tensor] = chunks) -> list:
+                return [mono.run([f"logits_{exits - 1}"], {"image": c.numpy()}) for c in chunks]
+
+            medians = interleaved(
+                {
+                    "default_point": lambda c=cascade: c(default_t),
+                    "full_depth_cascade": lambda c=cascade: c(never),
+                    "monolithic": monolithic,
+                },
+                repeats=args.repeats if batch > 1 else max(2, args.repeats // 2),
+            )
+            sweep[str(batch)] = {f"{k}_images_per_s": count / v for k, v in medians.items()}
+            sweep[str(batch)]["speedup_vs_full_depth"] = (
+                medians["full_depth_cascade"] / medians["default_point"]
+            )
+            sweep[str(batch)]["speedup_vs_monolithic"] = medians["monolithic"] / medians["default_point"]
+            if batch == 128:
+                results = cascade(default_t)
+                accuracy["default_point"] = 100 * float(
+                    np.mean(np.array([r.class_index for r in results]) == labels)
+                )
+                mean_flops = float(np.mean([r.flops for r in results]))
+                full = cascade(never)
+                accuracy["full_depth"] = 100 * float(
+                    np.mean(np.array([r.class_index for r in full]) == labels)
+                )
+                mono_logits = np.concatenate([o[0] for o in monolithic()])
+                accuracy["monolithic"] = 100 * float(np.mean(mono_logits.argmax(1) == labels))
+        flops_ratio = manifest.exits[-1].cumulative_flops / mean_flops
+        report["early_exit"] = {
+            "operating_point": plan.operating_point,
+            "mean_flops_per_image": mean_flops,
+            "last_exit_flops": manifest.exits[-1].cumulative_flops,
+            "flops_ratio": flops_ratio,
+            "accuracy": accuracy,
+            "by_batch": sweep,
+            "goal_speedup_at_least": 0.8 * flops_ratio,
+        }
+
+        # 3. Backends at the default point, batch 32.
+        chunks = batches(images[:2000], 32)
+        backend_runs = {}
+        for name, rt in (
+            ("onnxruntime", runtime),
+            ("torchscript", TorchScriptRuntime(bundle)),
+            ("eager", EagerRuntime(bundle)),
+        ):
+            ex = CascadeExecutor(rt)
+
+            def run(ex: CascadeExecutor = ex) -> None:
+                for c in chunks:
+                    n = c.shape[0]
+                    ex.run(c, default_t[:n], last[:n])
+
+            backend_runs[name] = run
+        medians = interleaved(backend_runs, repeats=max(2, args.repeats // 2))
+        report["backends_batch32_images_per_s"] = {k: 2000 / v for k, v in medians.items()}
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "inprocess.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "inprocess.md").write_text(render(report))
+    print(render(report))
+
+
+def render(report: dict) -> str:
+    split = report["split_cost"]
+    early = report["early_exit"]
+    lines = [
+        "## In-process (onnxruntime CPU)",
+        "",
+        f"Bundle {report['bundle']}; {report['machine']}. Medians of interleaved repetitions.",
+        "",
+        "### Split cost: stages in sequence vs one monolithic ONNX graph",
+        "",
+        "| batch | stages ms | monolithic ms | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
+    for batch, goal in (("1", 1.25), ("64", 1.10)):
+        s = split[batch]
+        lines.append(
+            f"| {batch} | {s['stages_ms']:.2f} | {s['monolithic_ms']:.2f} | {s['ratio']:.2f} | <= {goal} |"
+        )
+    lines += [
+        "",
+        f"### Early exit at the default operating point (`{early['operating_point']}`)",
+        "",
+        f"Mean {early['mean_flops_per_image'] / 1e6:.3f} MFLOPs per image vs {early['last_exit_flops'] / 1e6:.3f} "
+        f"at the last exit: FLOPs ratio {early['flops_ratio']:.2f}, goal speedup >= "
+        f"{early['goal_speedup_at_least']:.2f}. Test accuracy: default point "
+        f"{early['accuracy']['default_point']:.2f}%, full depth {early['accuracy']['full_depth']:.2f}%, "
+        f"monolithic {early['accuracy']['monolithic']:.2f}%.",
+        "",
+        "| batch | default point img/s | full-depth cascade img/s | monolithic img/s | speedup vs full depth | "
+        "speedup vs monolithic |",
+        "|---|---|---|---|---|---|",
+    ]
+    for batch, s in early["by_batch"].items():
+        lines.append(
+            f"| {batch} | {s['default_point_images_per_s']:.0f} | {s['full_depth_cascade_images_per_s']:.0f} | "
+            f"{s['monolithic_images_per_s']:.0f} | {s['speedup_vs_full_depth']:.2f} | "
+            f"{s['speedup_vs_monolithic']:.2f} |"
+        )
+    backends = report["backends_batch32_images_per_s"]
+    lines += [
+        "",
+        "### Backends at the default point, batch 32 (images/s)",
+        "",
+        "| onnxruntime | TorchScript | PyTorch eager |",
+        "|---|---|---|",
+        f"| {backends['onnxruntime']:.0f} | {backends['torchscript']:.0f} | {backends['eager']:.0f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
