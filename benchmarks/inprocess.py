@@ -105,7 +105,8 @@ def main() -> None:
     labels = test.labels
     report: dict[str, object] = {
         "bundle": f"{manifest.name}/{manifest.version}",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, onnxruntime {ort.__version__}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"onnxruntime {ort.__version__}",
         "threads": args.threads,
     }
 
@@ -241,19 +242,21 @@ def render(report: dict) -> str:
         "",
         f"### Early exit at the default operating point (`{early['operating_point']}`)",
         "",
-        f"Mean {early['mean_flops_per_image'] / 1e6:.3f} MFLOPs per image vs {early['last_exit_flops'] / 1e6:.3f} "
+        f"Mean {early['mean_flops_per_image'] / 1e6:.3f} MFLOPs per image vs "
+        f"{early['last_exit_flops'] / 1e6:.3f} "
         f"at the last exit: FLOPs ratio {early['flops_ratio']:.2f}, goal speedup >= "
         f"{early['goal_speedup_at_least']:.2f}. Test accuracy: default point "
         f"{early['accuracy']['default_point']:.2f}%, full depth {early['accuracy']['full_depth']:.2f}%, "
         f"monolithic {early['accuracy']['monolithic']:.2f}%.",
         "",
-        "| batch | default point img/s | full-depth cascade img/s | monolithic img/s | speedup vs full depth | "
-        "speedup vs monolithic |",
+        "| batch | default point img/s | full-depth cascade img/s | monolithic img/s "
+        "| speedup vs full depth | speedup vs monolithic |",
         "|---|---|---|---|---|---|",
     ]
     for batch, s in early["by_batch"].items():
         lines.append(
-            f"| {batch} | {s['default_point_images_per_s']:.0f} | {s['full_depth_cascade_images_per_s']:.0f} | "
+            f"| {batch} | {s['default_point_images_per_s']:.0f} | "
+            f"{s['full_depth_cascade_images_per_s']:.0f} | "
             f"{s['monolithic_images_per_s']:.0f} | {s['speedup_vs_full_depth']:.2f} | "
             f"{s['speedup_vs_monolithic']:.2f} |"
         )
