@@ -62,7 +62,7 @@ def test_cifar_pickles_cannot_run_code(tmp_path: Path) -> None:
             return (print, ("pwned",))
 
     (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps({"data": Evil(), "labels": []}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load builtins\.print"):
         load_cifar(root, "train")
 
 
