@@ -34,6 +34,26 @@ def _protocols(
     seed: int,
     train_checkpoint: Path | None,
 ) -> tuple[Bundle, ProtocolResults]:
+    """Both protocols on the bundle; prints the summary; a user-facing failure exits 1."""
+    from ranet_serve.errors import RanetServeError
+
+    try:
+        bundle, results = _compute_protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
+    except (RanetServeError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    _print_summary(results)
+    return bundle, results
+
+
+def _compute_protocols(
+    bundle_dir: Path,
+    dataset: str,
+    data_dir: Path | None,
+    val_size: int,
+    seed: int,
+    train_checkpoint: Path | None,
+) -> tuple[Bundle, ProtocolResults]:
     import numpy as np
 
     from ranet_serve.data.sources import load_splits
@@ -112,15 +132,9 @@ def evaluate_command(
     train_checkpoint: Annotated[Path | None, typer.Option(help="check the split against this run")] = None,
 ) -> None:
     """Anytime prediction and budgeted batch classification (both threshold searches); JSON + PNG."""
-    from ranet_serve.errors import RanetServeError
     from ranet_serve.train.protocols import write_results
 
-    try:
-        bundle, results = _protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
-    except (RanetServeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    _print_summary(results)
+    bundle, results = _protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
     for path in write_results(results, out, f"{bundle.manifest.name}/{bundle.manifest.version}"):
         console.print(f"wrote {path}")
 
@@ -134,16 +148,10 @@ def calibrate_command(
     train_checkpoint: Annotated[Path | None, typer.Option(help="check the split against this run")] = None,
 ) -> None:
     """Fit operating points on the validation split and store them (and per-exit accuracy) in the bundle."""
-    from ranet_serve.errors import RanetServeError
     from ranet_serve.export.bundle import write_manifest
     from ranet_serve.train.protocols import write_results
 
-    try:
-        bundle, results = _protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
-    except (RanetServeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    _print_summary(results)
+    bundle, results = _protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
     write_results(results, bundle_dir / "evaluation", f"{bundle.manifest.name}/{bundle.manifest.version}")
     manifest = bundle.manifest
     exits = tuple(
