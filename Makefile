@@ -1,5 +1,5 @@
 # The README's two commands: `make serve` and `make test`. Both set up what they need first.
-.PHONY: setup serve test lint typecheck unit slow
+.PHONY: setup serve test lint typecheck unit slow bench
 
 setup:
 	./scripts/setup.sh
@@ -21,3 +21,6 @@ test: setup lint typecheck unit
 
 slow: setup
 	OMP_WAIT_POLICY=passive .venv/bin/pytest -q -m slow
+
+bench: setup
+	OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/inprocess.py
