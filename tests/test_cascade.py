@@ -110,7 +110,7 @@ def test_budget_limited_is_set_exactly_when_the_cap_forced_the_exit(executor, im
     assert not any(r.budget_limited for r in relaxed.images)
 
 
-def test_state_is_dropped_after_its_last_reader(bundle, images) -> None:
+def test_stages_get_exactly_their_inputs_and_drop_lists_follow_last_readers(bundle, images) -> None:
     seen: list[set[str]] = []
 
     class Recording(StageRuntime):
