@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from ranet_serve.api.images import ImageLimits, preprocess_batch
 
 from helpers.bundles import BALANCED_THRESHOLDS
 from helpers.images import jpeg_bytes, png_bytes
+from ranet_serve.api.images import ImageLimits, preprocess_batch
 from ranet_serve.cascade.executor import BatchResult, CascadeExecutor
 from ranet_serve.cascade.runtimes import create_runtime
 from ranet_serve.data.datasets import FASHION_MNIST_LABELS

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from ranet_serve.api.images import ImageLimits, preprocess_batch
 
 from helpers.server import RunningServer
+from ranet_serve.api.images import ImageLimits, preprocess_batch
 from ranet_serve.data.datasets import FASHION_MNIST_LABELS
 from ranet_serve.export.defaults import default_input_spec
 from ranet_serve.model.config import load_config
