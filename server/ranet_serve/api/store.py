@@ -31,12 +31,14 @@ from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
 from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
 from ranet_serve.export.manifest import MANIFEST_FILE, Manifest
+from ranet_serve.export.manifest import NAME_PATTERN as _NAME
+from ranet_serve.export.manifest import VERSION_PATTERN as _VERSION
 
 logger = logging.getLogger(__name__)
 
 # The manifest's own patterns: directories that cannot hold a valid bundle are not scanned.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+NAME_PATTERN = re.compile(_NAME)
+VERSION_PATTERN = re.compile(_VERSION)
 WARMUP_BATCH = 4
 
 RuntimeFactory = Callable[[Bundle, str, str, int], StageRuntime]

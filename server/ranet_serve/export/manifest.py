@@ -16,6 +16,8 @@ from ranet_serve.model.config import RANetConfig
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also safe as a directory name
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 
 
 class _Strict(BaseModel):
@@ -122,8 +124,8 @@ class Provenance(_Strict):
 
 class Manifest(_Strict):
     format_version: int
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
     config: RANetConfig
     input: InputSpec
     labels: tuple[str, ...]
