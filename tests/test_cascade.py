@@ -343,3 +343,45 @@ def test_tiny_model_helper_is_deterministic(tmp_path: Path) -> None:
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(a(x)[-1], b(x)[-1])
+
+
+# -- live exit-quality monitoring -----------------------------------------------------------------
+
+
+def test_agreement_monitor_checks_early_exits_against_the_last_exit_in_idle_time(bundle, images) -> None:
+    from ranet_serve.cascade.agreement import AgreementMonitor
+
+    seen: list[tuple[int, bool]] = []
+    monitor = AgreementMonitor(1.0, observer=lambda k, agreed: seen.append((k, agreed)))
+    executor = CascadeExecutor(OnnxRuntime(bundle, threads=1))
+    batcher = Batcher(executor, max_batch_size=N, max_queue_delay=0.0, agreement=monitor)
+    try:
+        thresholds = np.zeros((N, EXITS), dtype=np.float32)  # everyone leaves at exit 0
+        early = batcher.submit(images, thresholds, caps(EXITS - 1)).result(10)
+        deadline = time.monotonic() + 10
+        while (monitor.pending or monitor.checked.sum() < N) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        batcher.close()
+    with torch.no_grad():
+        final = bundle.load_model()(images)[-1].argmax(1).tolist()
+    agree = [r.class_index == f for r, f in zip(early.images, final, strict=True)]
+    assert monitor.checked.tolist() == [N, 0, 0, 0, 0, 0]
+    assert monitor.ratios() == {0: pytest.approx(sum(agree) / N)}
+    assert sorted(seen) == sorted((0, a) for a in agree)
+
+
+def test_agreement_monitor_samples_only_early_exits_and_only_its_fraction(executor, images) -> None:
+    from ranet_serve.cascade.agreement import AgreementMonitor
+
+    last = executor.run(images, full(1.0), caps(EXITS - 1))
+    monitor = AgreementMonitor(1.0)
+    monitor.offer(images, last, last_exit=EXITS - 1)
+    assert monitor.pending == 0  # images that reached the last exit need no check
+    early = executor.run(images, full(0.0), caps(EXITS - 1))
+    AgreementMonitor(0.0).offer(images, early, last_exit=EXITS - 1)
+    sampled = AgreementMonitor(0.25, seed=3)
+    sampled.offer(images, early, last_exit=EXITS - 1)
+    assert 0 < sampled.pending < N
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AgreementMonitor(1.5)

@@ -152,8 +152,15 @@ class ServerMetrics:
             ["model"],
             registry=r,
         )
+        self.exit_agreement = Gauge(
+            "ranet_exit_agreement_ratio",
+            "Share of sampled early-exited images whose class matches the last exit's (idle-time check).",
+            ["model", "exit"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._spent: dict[str, tuple[float, float]] = {}  # model -> (flops, full-depth flops)
+        self._agreement: dict[tuple[str, int], tuple[int, int]] = {}  # (model, exit) -> (agreed, checked)
 
     # -- models --------------------------------------------------------------------------------
 
@@ -177,6 +184,18 @@ class ServerMetrics:
                 metric.labels(manifest.name)
 
     # -- per batch (worker thread) ----------------------------------------------------------------
+
+    def agreement_observer(self, model: str) -> Callable[[int, bool], None]:
+        """The AgreementMonitor observer for one model: updates the per-exit agreement ratio."""
+
+        def observe(exit_index: int, agreed: bool) -> None:
+            with self._lock:
+                hits, checked = self._agreement.get((model, exit_index), (0, 0))
+                hits, checked = hits + int(agreed), checked + 1
+                self._agreement[(model, exit_index)] = (hits, checked)
+            self.exit_agreement.labels(model, str(exit_index)).set(hits / checked)
+
+        return observe
 
     def batch_observer(self, model: str, full_depth_flops: int) -> Callable[[BatchResult], None]:
         """The Batcher observer for one model: records a finished batch."""

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
     max_queue_size: int = Field(256, ge=1, description="requests waiting per model version before 429")
+    agreement_sample_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="share of early-exited images re-run to the last exit in idle time"
+    )
     default_operating_point: str | None = Field(
         None, description="overrides each bundle's calibrated default where the bundle has this point"
     )

@@ -24,6 +24,7 @@ import torch
 
 from ranet_serve.api.metrics import ServerMetrics
 from ranet_serve.api.settings import Settings
+from ranet_serve.cascade.agreement import AgreementMonitor
 from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPolicy
@@ -300,6 +301,9 @@ class ModelStore:
                 max_queue_size=self.settings.max_queue_size,
                 observer=self.metrics.batch_observer(name, manifest.cumulative_flops[-1]),
                 name=f"{name}-{version}",
+                agreement=AgreementMonitor(
+                    self.settings.agreement_sample_fraction, observer=self.metrics.agreement_observer(name)
+                ),
             )
         except Exception as exc:
             logger.error("bundle %s/%s at %s failed to load: %s", name, version, path, exc)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ranet_serve.cascade.agreement import AgreementMonitor
 from ranet_serve.cascade.executor import BatchResult, CascadeExecutor, ImageResult
 from ranet_serve.errors import DeadlineExceededError, OverloadedError, RanetServeError, StageExecutionError
 
@@ -68,12 +69,14 @@ class Batcher:
         max_queue_size: int = 256,
         observer: BatchObserver | None = None,
         name: str = "ranet",
+        agreement: AgreementMonitor | None = None,
     ):
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
         self.observer = observer
+        self.agreement = agreement  # idle-time checks of early exits against the last exit
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closing = threading.Event()
         # Check-then-put and close-then-sentinel happen under one lock, so the bound is exact and no
@@ -146,7 +149,14 @@ class Batcher:
         while True:
             first, self._carry = self._carry, None
             if first is None:
-                first = self._queue.get()
+                if self.agreement is not None and self.agreement.pending:
+                    try:
+                        first = self._queue.get_nowait()
+                    except queue.Empty:
+                        self._check_agreement()  # spare capacity: nobody is waiting
+                        continue
+                else:
+                    first = self._queue.get()
             if first is None:
                 return
             batch = [first]
@@ -191,9 +201,10 @@ class Batcher:
         if not runnable:
             return
         started = time.monotonic()
+        images = torch.cat([p.images for p in runnable]) if len(runnable) > 1 else runnable[0].images
         try:
             result = self.executor.run(
-                torch.cat([p.images for p in runnable]) if len(runnable) > 1 else runnable[0].images,
+                images,
                 np.concatenate([p.thresholds for p in runnable]),
                 np.concatenate([p.max_exit for p in runnable]),
                 top_k=max(p.top_k for p in runnable),
@@ -207,6 +218,8 @@ class Batcher:
                 pending.future.set_exception(error)
             return
         finished = time.monotonic()
+        if self.agreement is not None:
+            self.agreement.offer(images, result, last_exit=self.executor.num_exits - 1)
         if self.observer is not None:
             try:
                 self.observer(result)
@@ -216,14 +229,21 @@ class Batcher:
         total = sum(p.images.shape[0] for p in runnable)
         for pending in runnable:
             count = pending.images.shape[0]
-            images = tuple(_trim_top_k(r, pending.top_k) for r in result.images[offset : offset + count])
+            mine = tuple(_trim_top_k(r, pending.top_k) for r in result.images[offset : offset + count])
             offset += count
             pending.future.set_result(
                 RequestResult(
-                    images=images,
+                    images=mine,
                     timing=RequestTiming(started - pending.enqueued, finished - started, total),
                 )
             )
+
+    def _check_agreement(self) -> None:
+        assert self.agreement is not None
+        try:
+            self.agreement.run_pending(self.executor)
+        except Exception:  # monitoring must never take the worker down
+            logger.exception("exit-agreement check failed")
 
 
 def _trim_top_k(result: ImageResult, top_k: int) -> ImageResult:
