@@ -64,3 +64,62 @@ def test_stated_test_accuracy_is_reproduced_from_the_debian_data(bundle) -> None
     )
     assert result.accuracy == pytest.approx(default.test_accuracy, abs=0.011)
     assert result.expected_flops == pytest.approx(default.test_expected_flops, rel=1e-3)
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_live_exit_agreement_on_test_images_matches_the_calibration_data(bundle) -> None:
+    """Agreement of each early exit with the last exit, measured live (idle-time re-runs) on test
+    images, equals what the validation split (the calibration data) predicts within sampling error."""
+    import time
+
+    import torch
+
+    from ranet_serve.cascade.agreement import AgreementMonitor
+    from ranet_serve.cascade.batcher import Batcher
+    from ranet_serve.cascade.calibration import exit_indices
+    from ranet_serve.cascade.executor import CascadeExecutor
+    from ranet_serve.cascade.runtimes import OnnxRuntime
+    from ranet_serve.data.sources import load_splits
+    from ranet_serve.data.transforms import normalize
+
+    manifest = bundle.manifest
+    calibration = manifest.calibration
+    assert calibration is not None
+    thresholds = np.asarray(calibration.point(calibration.default_point).thresholds)
+    splits = load_splits("fashion-mnist", val_size=5000, seed=0)
+    val = bundle_probabilities(bundle, splits.val)
+    val_exits = exit_indices(val.max(axis=2), thresholds)
+    val_pred = val.argmax(axis=2)
+    expected = {}
+    for k in range(len(manifest.exits) - 1):
+        rows = val_exits == k
+        if rows.sum() >= 50:
+            expected[k] = float(np.mean(val_pred[k, rows] == val_pred[-1, rows]))
+
+    monitor = AgreementMonitor(1.0, max_pending=10_000)
+    batcher = Batcher(CascadeExecutor(OnnxRuntime(bundle)), max_batch_size=128, agreement=monitor)
+    test = splits.test.subset(np.arange(4000))
+    images = normalize(torch.from_numpy(test.images), manifest.input.mean, manifest.input.std)
+    n = images.shape[0]
+    try:
+        for start in range(0, n, 128):
+            count = min(128, n - start)
+            batcher.submit(
+                images[start : start + count],
+                np.tile(thresholds, (count, 1)).astype(np.float32),
+                np.full(count, len(manifest.exits) - 1),
+            ).result(60)
+        deadline = time.monotonic() + 60
+        while monitor.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        batcher.close()
+    measured = monitor.ratios()
+    assert set(expected) <= set(measured)
+    for k, p in expected.items():
+        checked = int(monitor.checked[k])
+        stderr = np.sqrt(p * (1 - p) / checked + p * (1 - p) / int((val_exits == k).sum())) + 1e-9
+        assert abs(measured[k] - p) <= 3 * stderr + 0.005, (k, measured[k], p, checked)
