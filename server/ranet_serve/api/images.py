@@ -1,160 +1,348 @@
 """Image bytes -> the network's input tensor, following a bundle's `InputSpec`.
 
-Every request image is untrusted: the declared size is checked from the header before any pixel is
-decoded (decompression bombs), truncated files are errors (never silently padded), and no Pillow
-exception escapes: each becomes an `InvalidInputError` naming the image. Then: first frame of
-animations, EXIF orientation, conversion of any mode to the bundle's colour mode, resize (or resize +
-centre crop), scaling to [0, 1], optional inversion, per-channel normalisation.
+Every request image is untrusted. The pipeline is:
 
-Alpha is composited onto black for single-channel (L) models and onto white for RGB models: the
-grayscale default model was trained on Fashion-MNIST, light objects on a black background, so a
-transparent background must read as black there; photographs with transparency conventionally sit
-on white.
+1. `sniff_image_type`: the format is read from the magic bytes, and only that one Pillow plugin may
+   open the data. Pillow would otherwise try every plugin it has (EPS, PSD, FITS, ...), a much larger
+   attack surface than the formats clients actually send.
+2. `decode_image`: the declared size is checked against `ImageLimits` from the header alone, before
+   any pixel is decoded (decompression bombs), then the first frame is decoded fully. Truncated files
+   are errors, never silently padded: this module relies on Pillow's default
+   `ImageFile.LOAD_TRUNCATED_IMAGES = False` and does not change it (nor `Image.MAX_IMAGE_PIXELS`),
+   because Pillow's settings are process-wide and other code may depend on them. (One gap is
+   Pillow's: a PNG whose zlib stream *ends cleanly* before the last row decodes with the missing
+   rows black. A cut-off file, the real-world case, is detected.) EXIF orientation is applied so the
+   network sees the picture the way a person does.
+3. `to_model_input`: any pixel mode -> the spec's colour mode, resize (or resize + centre crop),
+   scale to [0, 1], optional inversion, per-channel normalisation, written as float32 [C, H, W].
+
+Which error class answers which case (the API maps classes to statuses in `api/errors.py`):
+
+* the HTTP `Content-Type` alone decides 415 (`UnsupportedMediaTypeError`, raised by the body
+  readers). Once a client has said "this is an image", bytes that are no supported image format,
+  or that fail to decode, are a bad request body: `InvalidInputError` (400, code `invalid_input`),
+  whose `details["problem"]` says which: `empty`, `unsupported_format`, `corrupt`, `truncated`,
+  `unsupported_mode`;
+* more encoded bytes than `max_image_bytes`: `PayloadTooLargeError` (413, `payload_too_large`);
+* more declared pixels than `max_image_pixels` or a side over `max_side`, including decompression
+  bombs caught by Pillow's own guard: `ImageTooLargeError` (413, `image_too_large`).
+  The aspect ratio is never limited: a 1 x 16000 strip is a valid image.
+
+Alpha is composited onto black for single-channel (L) models and onto white for RGB models. The
+grayscale models are trained on Fashion-MNIST, light garments on a black background, so a
+transparent background must read as black there; for colour photographs, transparency conventionally
+means "paper", i.e. white, which is how browsers and viewers show it. Compositing happens before the
+resize, so colour hidden under alpha 0 never bleeds into visible pixels.
+
+High bit-depth samples are scaled, not clipped, and keep their precision: 16-bit samples (modes
+`I;16*`, and `I`, which is how Pillow widens 16-bit PGM/PPM) map 0..65535 onto 0..1, so 32768 gives
+0.500008 rather than Pillow's `convert("L")` result of 255. Float images (mode `F`) are taken to hold
+intensities in [0, 1], the convention of scientific float TIFFs and of torchvision's `to_tensor`.
+Both stay in float (Pillow mode `F`) through the resize instead of being rounded to 8 bits first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from ranet_serve.errors import InvalidInputError, PayloadTooLargeError
+from ranet_serve.errors import BundleError, InvalidInputError, PayloadTooLargeError
 from ranet_serve.export.manifest import InputSpec
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+MIB = 1024 * 1024
 
-_MAGIC: tuple[tuple[bytes, str], ...] = (
+
+class ImageTooLargeError(PayloadTooLargeError):
+    """An image declares more pixels (or a longer side) than the server decodes.
+
+    A `PayloadTooLargeError`, so the API answers 413, but with its own code: a client can then tell
+    "this picture has too many pixels, downscale it" from "this body has too many bytes".
+    """
+
+    code = "image_too_large"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one request image may cost before it is decoded.
+
+    `max_image_pixels` and `max_side` bound the decoded memory (4 bytes per pixel at worst for the
+    modes that reach the resize). Pillow's own guard (`Image.MAX_IMAGE_PIXELS`, about 89 M pixels,
+    an error from twice that) still applies on top: a limit above it cannot let bigger images in.
+    """
+
+    max_image_bytes: int = 10 * MIB
+    max_image_pixels: int = 40_000_000
+    max_side: int = 16384
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_image_pixels", "max_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ImageLimits.{name} must be at least 1, got {getattr(self, name)}")
+
+
+# Sniffed name -> the Pillow plugin allowed to open it. `PPM` is kept for 16-bit PGM files.
+_PILLOW_FORMATS = {
+    "png": "PNG",
+    "jpeg": "JPEG",  # also opens MPO (multi-picture JPEG from phones): Pillow decides after the header
+    "gif": "GIF",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+    "ppm": "PPM",
+}
+SUPPORTED_FORMATS = tuple(_PILLOW_FORMATS)
+
+_PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
 )
+# BITMAPCOREHEADER, BITMAPINFOHEADER and its successors: "BM" alone is too common at the start of text.
+_BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 
 _RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+# Large downscales first shrink by an integer factor (fast box reduction), then resample the rest.
+# A gap of 3 is indistinguishable from a full resample (Pillow's docs) and several times faster for
+# photographs; downscales by less than 3x (every Fashion-MNIST-sized input) are not affected at all.
+REDUCING_GAP = 3.0
 
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    max_side: int = 16384
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # Pillow cannot convert these to every mode directly
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_SIXTEEN_BIT_SCALE = np.float32(255.0 / 65535.0)  # 65535 -> 255, i.e. 1.0 after the /255
 
 
 def sniff_image_type(data: bytes) -> str | None:
-    """The image format by magic bytes, or None when the bytes are no known image format."""
+    """The image format named by the magic bytes (one of `SUPPORTED_FORMATS`), or None.
+
+    Cheap (a few byte comparisons) and decides which single Pillow plugin may parse the data; None
+    means the bytes are no format this server decodes (text, JSON, an unsupported format).
+    """
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
+    for prefix, name in _PREFIXES:
+        if data.startswith(prefix):
             return name
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6") and data[2:3].isspace():
+        return "ppm"
     return None
 
 
 def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> Image.Image:
-    """Decode one image fully (first frame), with EXIF orientation applied."""
+    """Decode one untrusted image fully: its first frame, with EXIF orientation applied.
+
+    `index` is the image's position in the request; every error message starts with "image <index>:"
+    and carries `index` in its details, so a client sending a batch knows which file to fix.
+    No Pillow exception escapes: each becomes an `InvalidInputError` chained to its cause.
+    """
     prefix = f"image {index}"
     if not data:
-        raise InvalidInputError(f"{prefix}: empty image data", index=index)
+        raise InvalidInputError(f"{prefix}: empty image data (0 bytes)", index=index, problem="empty")
     if len(data) > limits.max_image_bytes:
         raise PayloadTooLargeError(
-            f"{prefix}: {len(data)} bytes exceeds the {limits.max_image_bytes}-byte image limit", index=index
+            f"{prefix}: {len(data)} bytes exceeds the limit of {limits.max_image_bytes} bytes per image",
+            index=index,
+            size=len(data),
+            limit=limits.max_image_bytes,
+        )
+    kind = sniff_image_type(data)
+    if kind is None:
+        raise InvalidInputError(
+            f"{prefix}: not a supported image format (the data starts with {data[:8]!r}); "
+            f"send one of {', '.join(SUPPORTED_FORMATS)}",
+            index=index,
+            problem="unsupported_format",
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise InvalidInputError(f"{prefix}: image has no pixels", index=index)
-            if width * height > limits.max_image_pixels or max(width, height) > limits.max_side:
-                raise PayloadTooLargeError(
-                    f"{prefix}: {width}x{height} pixels exceeds the limit of "
-                    f"{limits.max_image_pixels} pixels "
-                    f"({limits.max_side} per side)",
-                    index=index,
-                    width=width,
-                    height=height,
-                )
-            image.seek(0)
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return oriented if oriented is not None else image
-    except InvalidInputError:
-        raise
+        # Parses the header only: no pixel is decoded before the size check below.
+        image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[kind]])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLargeError(
-            f"{prefix}: image is too large to decode safely ({exc})", index=index
+        # Pillow's process-wide guard fired first (the warning is an exception only under `-W error`).
+        raise ImageTooLargeError(
+            f"{prefix}: the {kind} image declares too many pixels to decode safely ({exc})",
+            index=index,
+            limit=limits.max_image_pixels,
         ) from exc
-    except UnidentifiedImageError as exc:
+    except Exception as exc:  # Pillow plugins raise many types on hostile input (struct.error, ...)
         raise InvalidInputError(
-            f"{prefix}: not a decodable image (unknown or corrupt format)", index=index
+            f"{prefix}: not a valid {kind} image ({_reason(exc)})",
+            index=index,
+            problem="corrupt",
+            format=kind,
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise InvalidInputError(f"{prefix}: corrupt or truncated image ({exc})", index=index) from exc
+
+    width, height = image.size
+    if width * height > limits.max_image_pixels or max(width, height) > limits.max_side:
+        raise ImageTooLargeError(
+            f"{prefix}: {width}x{height} pixels exceeds the limit of {limits.max_image_pixels} pixels "
+            f"and {limits.max_side} pixels per side",
+            index=index,
+            width=width,
+            height=height,
+            limit=limits.max_image_pixels,
+            max_side=limits.max_side,
+        )
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"{prefix}: the image has no pixels", index=index, problem="corrupt")
+
+    try:
+        image.load()  # the first frame: Image.open leaves animations positioned there
+    except Exception as exc:
+        truncated = "truncated" in str(exc).lower()
+        raise InvalidInputError(
+            f"{prefix}: {'truncated' if truncated else 'corrupt'} {kind} image ({_reason(exc)})",
+            index=index,
+            problem="truncated" if truncated else "corrupt",
+            format=kind,
+        ) from exc
+
+    # Unreadable EXIF is no reason to refuse pixels that decoded fine: they are served as stored.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
-def _to_mode(image: Image.Image, color_mode: str) -> Image.Image:
-    """Any Pillow mode -> `L` or `RGB`, with high bit depths scaled rather than clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        array = np.asarray(image, dtype=np.float32) / 257.0  # 0..65535 -> 0..255
-        image = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "I":
-        array = np.asarray(image, dtype=np.float64)
-        scale = 257.0 if array.max(initial=0) > 255 else 1.0  # PNG 16-bit often decodes as I
-        image = Image.fromarray(np.clip(array / scale + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        if array.size and float(np.nanmax(array)) <= 1.0:
-            array = array * 255.0
-        image = Image.fromarray(np.clip(np.nan_to_num(array) + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        background = (0, 0, 0) if color_mode == "L" else (255, 255, 255)
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        canvas.alpha_composite(rgba)
-        image = canvas
-    return image.convert(color_mode)
+def _reason(exc: BaseException) -> str:
+    """Pillow's message, bounded: it can quote file content."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
-def to_model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """One decoded image -> float32 [C, H, W] ready for the `image` tensor."""
-    picture = _to_mode(image, spec.color_mode)
+def to_model_input(
+    image: Image.Image, spec: InputSpec, *, out: np.ndarray | None = None, index: int = 0
+) -> np.ndarray:
+    """One decoded image -> float32 [C, H, W] in the model's input space (contiguous).
+
+    `out`, when given, is a float32 [C, H, W] view to write into: `preprocess_batch` passes a slice of
+    its batch array, so no per-image array is allocated and copied.
+    """
+    channels, size = spec.channels, spec.size
+    if spec.color_mode == "RGB" and channels != 3:
+        raise BundleError(f"the input spec asks for RGB images with {channels} channels")
+    try:
+        picture = _resample(_to_color_mode(image, spec.color_mode), spec)
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(
+            f"image {index}: cannot convert pixel mode {image.mode} to {spec.color_mode} ({_reason(exc)})",
+            index=index,
+            problem="unsupported_mode",
+            mode=image.mode,
+        ) from exc
+    pixels = np.asarray(picture)  # uint8 [H, W] / [H, W, 3], or float32 [H, W] on the 0..255 scale
+    planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # a view, no copy
+    if out is None:
+        out = np.empty((channels, size, size), dtype=np.float32)
+    scale, offset = _affine(spec.mean, spec.std, spec.invert)
+    # One multiply-add does /255, the inversion and the normalisation; a single gray plane broadcasts
+    # to every channel of a 3-channel model fed a 16-bit grayscale image.
+    np.multiply(planes, scale, out=out)
+    out += offset
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], invert: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, offset) with x = pixel * scale + offset, pixel on the 0..255 scale.
+
+    x = (p/255 - mean) / std, or ((1 - p/255) - mean) / std when inverting. Computed in float64 and
+    cached per spec, so the per-image work is one fused pass in float32.
+    """
+    m = np.asarray(mean, dtype=np.float64)[:, None, None]
+    s = np.asarray(std, dtype=np.float64)[:, None, None]
+    if invert:
+        scale, offset = -1.0 / (255.0 * s), (1.0 - m) / s
+    else:
+        scale, offset = 1.0 / (255.0 * s), -m / s
+    arrays = (scale.astype(np.float32), offset.astype(np.float32))
+    for array in arrays:
+        array.setflags(write=False)  # shared between calls
+    return arrays
+
+
+def _to_color_mode(image: Image.Image, color_mode: str) -> Image.Image:
+    """Any Pillow mode -> `color_mode` (`L` or `RGB`), or `F` (0..255 scale) for high bit depths."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        scaled = np.asarray(image).astype(np.float32) * _SIXTEEN_BIT_SCALE
+        if mode == "I":  # 32-bit container: values outside the 16-bit range clip to black / white
+            np.clip(scaled, 0.0, 255.0, out=scaled)
+        return Image.fromarray(scaled)
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return Image.fromarray(np.clip(values, 0.0, 1.0) * np.float32(255.0))
+    if mode in _PREMULTIPLIED:
+        image = image.convert(_PREMULTIPLIED[mode])
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite(image, color_mode)
+    if image.mode == color_mode:
+        return image
+    try:
+        return image.convert(color_mode)
+    except ValueError:
+        return image.convert("RGB").convert(color_mode)  # e.g. LAB -> L exists only through RGB
+
+
+def _composite(image: Image.Image, color_mode: str) -> Image.Image:
+    """Flatten transparency (alpha channel, or a palette / tRNS transparent colour) onto the background.
+
+    Black for L models, white for RGB models: see the module docstring.
+    """
+    rgba = image.convert("RGBA")  # applies palette and single-colour transparency as alpha
+    background = 0 if color_mode == "L" else (255, 255, 255)
+    canvas = Image.new(color_mode, rgba.size, background)
+    canvas.paste(rgba.convert(color_mode), mask=rgba.getchannel("A"))
+    return canvas
+
+
+def _resample(picture: Image.Image, spec: InputSpec) -> Image.Image:
+    """Resize to size x size, or scale the shorter side to `resize_to` and take the centre square.
+
+    The crop policy runs as one resample of the centre box of the source (Pillow's `box`), which is
+    resize-then-crop without rounding the intermediate size and without resampling pixels that the
+    crop throws away. A `resize_to` below `size` is raised to `size`, so the crop never leaves the image.
+    """
+    size = spec.size
+    width, height = picture.size
     resample = _RESAMPLING[spec.interpolation]
-    if spec.resize == "resize_shorter_center_crop":
-        shorter = spec.resize_to or spec.size
-        width, height = picture.size
-        scale = shorter / min(width, height)
-        size = (max(spec.size, round(width * scale)), max(spec.size, round(height * scale)))
-        picture = picture.resize(size, resample, reducing_gap=3.0)
-        left = (size[0] - spec.size) // 2
-        top = (size[1] - spec.size) // 2
-        picture = picture.crop((left, top, left + spec.size, top + spec.size))
-    elif picture.size != (spec.size, spec.size):
-        picture = picture.resize((spec.size, spec.size), resample, reducing_gap=3.0)
-    array = np.asarray(picture, dtype=np.float32) * (1.0 / 255.0)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    if spec.invert:
-        array = 1.0 - array
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((array - mean) / std, dtype=np.float32)
+    if spec.resize == "resize":
+        if (width, height) == (size, size):
+            return picture
+        return picture.resize((size, size), resample, reducing_gap=REDUCING_GAP)
+    shorter = max(spec.resize_to or size, size)
+    side = min(width, height) * size / shorter  # source pixels that end up in the crop
+    if side == size and (width, height) == (size, size):
+        return picture
+    left, top = (width - side) / 2, (height - side) / 2
+    return picture.resize(
+        (size, size), resample, box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP
+    )
 
 
-def preprocess_batch(items: list[bytes], spec: InputSpec, limits: ImageLimits) -> np.ndarray:
-    """Decode and preprocess every image: float32 [N, C, H, W]. Errors name the failing image."""
+def preprocess_batch(items: Sequence[bytes], spec: InputSpec, limits: ImageLimits) -> np.ndarray:
+    """Decode and preprocess every image into one float32 [N, C, H, W] array.
+
+    The first bad image fails the whole batch with an error naming its index ("image 2: ...",
+    `details["index"] == 2`): a request is answered as a whole, and the client learns which file to fix.
+    """
     out = np.empty((len(items), spec.channels, spec.size, spec.size), dtype=np.float32)
     for i, data in enumerate(items):
-        out[i] = to_model_input(decode_image(data, limits, index=i), spec)
+        to_model_input(decode_image(data, limits, index=i), spec, out=out[i], index=i)
     return out
