@@ -43,6 +43,8 @@ FLOPS_BUCKETS = (*(m * 10.0**e for e in range(5, 11) for m in (1, 2, 5)), 1e11)
 
 UNKNOWN_MODEL = "unknown"
 
+SAVED_RATIO_HALF_LIFE_IMAGES = 1024
+
 
 class ServerMetrics:
     """Every metric of the server; the service and the batchers' observers report here."""
@@ -113,7 +115,7 @@ class ServerMetrics:
         )
         self.flops_saved_ratio = Gauge(
             "ranet_flops_saved_ratio",
-            "1 - ranet_flops_total / ranet_full_depth_flops_total since start.",
+            "Share of FLOPs saved versus running every image to the last exit, over the recent images.",
             ["model"],
             registry=r,
         )
@@ -231,8 +233,11 @@ class ServerMetrics:
         if limited:
             self.budget_limited.labels(model).inc(limited)
         with self._lock:
+            # Exponentially decayed sums: the ratio follows the recent images (half-life
+            # SAVED_RATIO_HALF_LIFE_IMAGES), not everything since start; the counters keep the totals.
+            decay = 0.5 ** (count / SAVED_RATIO_HALF_LIFE_IMAGES)
             total_spent, total_full = self._spent.get(model, (0.0, 0.0))
-            total_spent, total_full = total_spent + spent, total_full + full
+            total_spent, total_full = total_spent * decay + spent, total_full * decay + full
             self._spent[model] = (total_spent, total_full)
         if total_full > 0:
             self.flops_saved_ratio.labels(model).set(1.0 - total_spent / total_full)
