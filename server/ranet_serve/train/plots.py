@@ -26,9 +26,7 @@ def plot_accuracy_vs_flops(
         (geometric, "geometric prior (paper)", "o-"),
         (optimized, "optimized", "s-"),
     ):
-        pts = sorted(
-            (p.test_expected_flops or p.expected_flops, p.test_accuracy or p.val_accuracy) for p in points
-        )
+        pts = sorted(_test_or_val(p) for p in points)
         ax.plot([x / 1e6 for x, _ in pts], [y for _, y in pts], style, markersize=3, label=label)
     ax.step(
         [f / 1e6 for f in anytime_flops],
@@ -48,6 +46,13 @@ def plot_accuracy_vs_flops(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _test_or_val(point: OperatingPoint) -> tuple[float, float]:
+    """(FLOPs, accuracy) on the test split, or on validation when the point has no test figures."""
+    if point.test_accuracy is not None and point.test_expected_flops is not None:
+        return point.test_expected_flops, point.test_accuracy
+    return point.expected_flops, point.val_accuracy
 
 
 def plot_exit_distribution(points: list[OperatingPoint], out: Path, title: str) -> Path:
