@@ -23,7 +23,9 @@ class RANetConfig(BaseModel):
     """Hyper-parameters of one RANet.
 
     `family` selects the stem and classifier type: `cifar` (3x3 stem, 128-wide classifier convs) or
-    `imagenet` (7x7/2 conv + max-pool stem, classifier convs as wide as their input). Lists are per
+    `imagenet` (7x7/2 conv + max-pool stem, classifier convs as wide as their input).
+    `classifier_channels` overrides the classifier conv width (not an official flag: the 128-wide
+    CIFAR heads hold most of a small model's parameters, so small models narrow them). Lists are per
     sub-network, index 0 = lowest resolution, exactly as the official `--grFactor`, `--bnFactor` and
     `--scale-list` flags.
     """
@@ -46,6 +48,7 @@ class RANetConfig(BaseModel):
     step_mode: StepMode = "lg"
     compress_factor: float = Field(0.25, gt=0.0, lt=1.0)
     reduction: float = Field(0.5, gt=0.0, le=1.0)
+    classifier_channels: int | None = Field(None, ge=1, description="classifier conv width; None = family's")
 
     @model_validator(mode="after")
     def _check_structure(self) -> RANetConfig:
@@ -133,6 +136,12 @@ class RANetConfig(BaseModel):
     @property
     def num_exits(self) -> int:
         return self.n_blocks + (self.num_scales - 1) * self.block_step
+
+    def classifier_width(self, in_channels: int) -> int:
+        """Width of the classifier convs of an exit reading `in_channels` channels."""
+        if self.classifier_channels is not None:
+            return self.classifier_channels
+        return 128 if self.family == "cifar" else in_channels
 
     def layers_at(self, position: int) -> int:
         """Dense layers of the block at 0-based `position` (the same in every sub-network)."""

@@ -214,9 +214,8 @@ class Stem(nn.Module):
 class ClassifierModule(nn.Module):
     """Exit head: two stride-2 ConvBasic, 2x2 average pool, linear (spec 3.8)."""
 
-    def __init__(self, in_channels: int, num_classes: int, family: str):
+    def __init__(self, in_channels: int, num_classes: int, hidden: int):
         super().__init__()
-        hidden = 128 if family == "cifar" else in_channels
         self.m = nn.Sequential(
             ConvBasic(in_channels, hidden, stride=2),
             ConvBasic(hidden, hidden, stride=2),
@@ -256,7 +255,9 @@ class RANet(nn.Module):
                 else:
                     flow.append(DenseBlock(spec, bn_width=config.bn_factor[h], reduction=config.reduction))
                     self.classifier.append(
-                        ClassifierModule(spec.out_channels, config.num_classes, config.family)
+                        ClassifierModule(
+                            spec.out_channels, config.num_classes, config.classifier_width(spec.out_channels)
+                        )
                     )
             self.scale_flows.append(flow)
         self.FirstLayer = Stem(self.layout)
