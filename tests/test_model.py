@@ -78,14 +78,17 @@ def test_classifier_channels_narrows_every_head_and_only_the_heads() -> None:
     wide_model, narrow_model = RANet(base), RANet(narrow)
     assert [head.linear.in_features for head in narrow_model.classifier] == [32] * 6
     assert [head.m[1].net[0].weight.shape[:2] for head in narrow_model.classifier] == [(32, 32)] * 6
-    wide_trunk = {k: v.shape for k, v in wide_model.state_dict().items() if not k.startswith("classifier.")}
-    narrow_trunk = {k: v.shape for k, v in narrow_model.state_dict().items() if not k.startswith("classifier.")}
-    assert wide_trunk == narrow_trunk
+
+    def trunk(model: RANet) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+
+    assert trunk(wide_model) == trunk(narrow_model)
     # Each head loses (128 - 32) * (9 * in + 9 * 128 + 9 * 32 + 10 + 4 BN values): exact, by hand.
     saved = sum((128 - 32) * (9 * w + 9 * (128 + 32) + 10 + 4) for w in [112, 208, 145, 241, 146, 218])
-    assert sum(p.numel() for p in wide_model.parameters()) - sum(
-        p.numel() for p in narrow_model.parameters()
-    ) == saved
+    assert (
+        sum(p.numel() for p in wide_model.parameters()) - sum(p.numel() for p in narrow_model.parameters())
+        == saved
+    )
 
 
 def test_imagenet_model2_widens_the_base_but_not_the_growth(registered_model: Callable[[str], RANet]) -> None:
