@@ -1,0 +1,165 @@
+"""Operating points that follow load: keep a latency objective by trading accuracy for FLOPs.
+
+With a p99 objective set, the server's default operating point (the one a request without budget
+knobs gets) moves along the bundle's calibrated accuracy/FLOPs curve:
+
+* down (cheaper) quickly when the recent p99 exceeds `high_water` x objective, or when requests are
+  shed for a full queue (a shed request counts as an infinitely late one): the next point costs at
+  most `step_down` x the current FLOPs;
+* up (more accurate) slowly when the p99 since the last move stayed under `low_water` x objective:
+  the next point costs at least `step_up` x the current FLOPs, never beyond the ceiling (the
+  configured default point);
+* never twice within `dwell_seconds`, and only on samples taken since the last move, so every
+  decision judges the point that is being served (that, and the gap between the two water marks,
+  is the hysteresis).
+
+Only the efficient frontier of the curve is used: a point that is dearer than another but no more
+accurate on validation data is never worth moving to. Requests that set any knob are untouched:
+the controller only moves the default. Pure logic with an injectable clock; thread-safe, because
+request handlers report from the event loop while metrics read from anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranet_serve.export.manifest import OperatingPoint
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    slo_p99_seconds: float
+    window_seconds: float = 2.0  # samples older than this do not count
+    dwell_seconds: float = 1.0  # minimum time between two moves
+    min_samples: int = 20  # a p99 of fewer samples is noise
+    high_water: float = 0.8  # move down above this share of the objective
+    low_water: float = 0.5  # move up below this share of the objective
+    step_down: float = 0.75  # next point's FLOPs <= this x current FLOPs
+    step_up: float = 1.25  # next point's FLOPs >= this x current FLOPs
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slo_p99_seconds) and self.slo_p99_seconds > 0):
+            raise ValueError(
+                f"the p99 objective must be a positive number of seconds, got {self.slo_p99_seconds}"
+            )
+        if not 0 < self.low_water < self.high_water:
+            raise ValueError("need 0 < low_water < high_water (the gap is the hysteresis)")
+        if not (0 < self.step_down < 1 < self.step_up):
+            raise ValueError("need step_down < 1 < step_up")
+
+
+def efficient_frontier(points: Sequence[OperatingPoint], ceiling: OperatingPoint) -> list[OperatingPoint]:
+    """Points no dearer than `ceiling`, cheapest first, each strictly more accurate than all cheaper ones.
+
+    The ceiling itself is always the last entry.
+    """
+    candidates = sorted(
+        (p for p in points if p.expected_flops < ceiling.expected_flops),
+        key=lambda p: (p.expected_flops, -p.val_accuracy),
+    )
+    frontier: list[OperatingPoint] = []
+    for point in candidates:
+        if point.val_accuracy >= ceiling.val_accuracy:
+            # As accurate as the ceiling and cheaper: keep it, but nothing dearer is worth it.
+            frontier.append(point)
+            break
+        if not frontier or point.val_accuracy > frontier[-1].val_accuracy:
+            frontier.append(point)
+    frontier.append(ceiling)
+    return frontier
+
+
+class LoadAdaptivePoint:
+    """Chooses the default operating point from recent request latencies."""
+
+    def __init__(
+        self,
+        points: Sequence[OperatingPoint],
+        ceiling: str,
+        settings: AdaptiveSettings,
+        *,
+        on_change: Callable[[OperatingPoint], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        by_name = {p.name: p for p in points}
+        if ceiling not in by_name:
+            raise ValueError(f"unknown ceiling point {ceiling!r}")
+        self.settings = settings
+        self.frontier = efficient_frontier(points, by_name[ceiling])
+        self._index = len(self.frontier) - 1
+        self._on_change = on_change
+        self._clock = clock
+        self._samples: deque[tuple[float, float]] = deque()  # (time, seconds), since the last move
+        self._last_move = -math.inf
+        self._lock = threading.Lock()
+        self.moves = 0
+
+    @property
+    def current(self) -> OperatingPoint:
+        return self.frontier[self._index]
+
+    def observe(self, seconds: float) -> None:
+        """Record one answered request's latency (server-side, arrival to answer)."""
+        self._record(seconds)
+
+    def observe_shed(self) -> None:
+        """Record a request refused for overload: as late as can be."""
+        self._record(math.inf)
+
+    def _record(self, seconds: float) -> None:
+        moved_to: OperatingPoint | None = None
+        with self._lock:
+            now = self._clock()
+            self._samples.append((now, seconds))
+            horizon = now - self.settings.window_seconds
+            while self._samples and self._samples[0][0] < horizon:
+                self._samples.popleft()
+            if now - self._last_move >= self.settings.dwell_seconds:
+                moved_to = self._decide(now)
+        if moved_to is not None and self._on_change is not None:
+            self._on_change(moved_to)
+
+    def recent_p99(self) -> float | None:
+        """The p99 of the samples that count now (None below `min_samples`)."""
+        with self._lock:
+            return self._p99()
+
+    def _p99(self) -> float | None:
+        if len(self._samples) < self.settings.min_samples:
+            return None
+        # 'higher' keeps an infinite (shed) sample from turning into NaN by interpolation.
+        return float(np.percentile([s for _, s in self._samples], 99, method="higher"))
+
+    def _decide(self, now: float) -> OperatingPoint | None:
+        p99 = self._p99()
+        if p99 is None:
+            return None
+        objective = self.settings.slo_p99_seconds
+        current = self.frontier[self._index].expected_flops
+        target = self._index
+        if p99 > self.settings.high_water * objective and self._index > 0:
+            budget = current * self.settings.step_down
+            cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
+            target = cheaper[-1] if cheaper else 0
+        elif p99 < self.settings.low_water * objective and self._index < len(self.frontier) - 1:
+            wanted = current * self.settings.step_up
+            dearer = [
+                i
+                for i in range(self._index + 1, len(self.frontier))
+                if self.frontier[i].expected_flops >= wanted
+            ]
+            target = dearer[0] if dearer else len(self.frontier) - 1
+        if target == self._index:
+            return None
+        self._index = target
+        self._last_move = now
+        self._samples.clear()  # judge the new point on its own latencies
+        self.moves += 1
+        return self.frontier[target]

@@ -1,0 +1,141 @@
+"""The load-adaptive operating point: frontier, moves down and up, hysteresis, dwell, shedding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ranet_serve.cascade.adaptive import AdaptiveSettings, LoadAdaptivePoint, efficient_frontier
+from ranet_serve.export.manifest import OperatingPoint
+
+
+def point(name: str, mflops: float, accuracy: float) -> OperatingPoint:
+    return OperatingPoint(
+        name=name,
+        method="optimized",
+        thresholds=(0.5, 1.0),
+        expected_flops=mflops * 1e6,
+        val_accuracy=accuracy,
+        exit_distribution=(0.5, 0.5),
+    )
+
+
+# A curve with a dominated point (d: dearer than c, less accurate) and one beyond the ceiling (z).
+CURVE = (
+    point("a", 4.0, 90.0),
+    point("b", 5.0, 91.0),
+    point("c", 6.0, 92.0),
+    point("d", 7.0, 91.5),
+    point("e", 8.0, 92.5),
+    point("f", 10.0, 93.0),
+    point("z", 20.0, 93.5),
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controller(clock: FakeClock, moved: list[str] | None = None, **overrides: float) -> LoadAdaptivePoint:
+    values: dict[str, float] = {"slo_p99_seconds": 0.100, "min_samples": 10, **overrides}
+    return LoadAdaptivePoint(
+        CURVE,
+        "f",
+        AdaptiveSettings(**values),  # type: ignore[arg-type]
+        on_change=(lambda p: moved.append(p.name)) if moved is not None else None,
+        clock=clock,
+    )
+
+
+def feed(
+    target: LoadAdaptivePoint, clock: FakeClock, seconds: float, count: int, spacing: float = 0.01
+) -> None:
+    for _ in range(count):
+        clock.now += spacing
+        target.observe(seconds)
+
+
+def test_frontier_drops_dominated_and_dearer_points_and_ends_at_the_ceiling() -> None:
+    names = [p.name for p in efficient_frontier(CURVE, CURVE[5])]
+    assert names == ["a", "b", "c", "e", "f"]
+    # A cheaper point as accurate as the ceiling ends the frontier below it.
+    names = [p.name for p in efficient_frontier((*CURVE, point("g", 9.0, 93.0)), CURVE[5])]
+    assert names == ["a", "b", "c", "e", "g", "f"]
+
+
+def test_starts_at_the_ceiling_and_steps_down_by_at_least_a_quarter_of_the_flops() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved)
+    assert adaptive.current.name == "f"
+    feed(adaptive, clock, 0.200, 10)  # p99 200 ms > 0.8 x 100 ms
+    assert adaptive.current.name == "c"  # most accurate point with <= 7.5 MFLOPs (d is dominated)
+    assert moved == ["c"]
+
+
+def test_no_second_move_within_the_dwell_time_and_only_on_new_samples() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved, dwell_seconds=1.0)
+    feed(adaptive, clock, 0.200, 10)
+    assert moved == ["c"]
+    feed(adaptive, clock, 0.200, 9, spacing=0.1)  # 0.9 s later, and 9 samples < min_samples
+    assert moved == ["c"]
+    feed(adaptive, clock, 0.200, 1, spacing=0.2)  # dwell passed, 10 samples since the move
+    assert moved == ["c", "a"]  # 6 * 0.75 = 4.5 MFLOPs: a
+    feed(adaptive, clock, 0.200, 20, spacing=0.2)
+    assert moved == ["c", "a"]  # already the cheapest point
+
+
+def test_latency_between_the_water_marks_holds_the_point() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved)
+    feed(adaptive, clock, 0.200, 10)
+    feed(adaptive, clock, 0.065, 200, spacing=0.1)  # 65 ms: under 80 ms, over 50 ms
+    assert moved == ["c"]
+
+
+def test_climbs_back_to_the_ceiling_but_never_beyond_when_load_falls() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved)
+    feed(adaptive, clock, 0.200, 10)
+    feed(adaptive, clock, 0.200, 10, spacing=0.2)
+    assert adaptive.current.name == "a"
+    feed(adaptive, clock, 0.010, 200, spacing=0.2)
+    # Up by at least 25% of the FLOPs per move: a (4) -> b (5) -> e (8 >= 6.25) -> f (10).
+    assert moved == ["c", "a", "b", "e", "f"]
+    assert adaptive.current.name == "f"
+
+
+def test_old_samples_leave_the_window() -> None:
+    clock = FakeClock()
+    adaptive = controller(clock, window_seconds=2.0)
+    feed(adaptive, clock, 0.060, 30, spacing=0.01)
+    assert adaptive.recent_p99() == pytest.approx(0.060)
+    clock.now += 5.0
+    adaptive.observe(0.060)
+    assert adaptive.recent_p99() is None  # one sample left: below min_samples
+
+
+def test_a_shed_request_counts_as_infinitely_late() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved)
+    feed(adaptive, clock, 0.010, 9)  # fast requests...
+    clock.now += 0.01
+    adaptive.observe_shed()  # ...but one was refused for a full queue
+    assert moved == ["c"]
+    assert adaptive.recent_p99() is None  # samples restart after a move
+
+
+def test_settings_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        AdaptiveSettings(slo_p99_seconds=math.nan)
+    with pytest.raises(ValueError, match="hysteresis"):
+        AdaptiveSettings(slo_p99_seconds=0.1, low_water=0.9, high_water=0.8)
+    with pytest.raises(ValueError, match="step_down"):
+        AdaptiveSettings(slo_p99_seconds=0.1, step_down=1.2)
+    with pytest.raises(ValueError, match="unknown ceiling"):
+        LoadAdaptivePoint(CURVE, "nope", AdaptiveSettings(slo_p99_seconds=0.1))
