@@ -338,6 +338,119 @@ def test_cancelled_requests_are_skipped_and_close_drains_the_queue(gate, images)
         submit(batcher, images[:1])
 
 
+# -- survivor re-batching -------------------------------------------------------------------------
+
+
+class Recorder(Gate):
+    """A gate that also records every stage call as (stage, batch size)."""
+
+    def __init__(self, inner: StageRuntime, fail_stage: int | None = None):
+        super().__init__(inner)
+        self.calls: list[tuple[int, int]] = []
+        self.fail_stage = fail_stage
+
+    def run(self, stage: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.calls.append((stage, next(iter(inputs.values())).shape[0]))
+        if stage == self.fail_stage:
+            raise StageExecutionError("injected failure", stage=stage)
+        return super().run(stage, inputs)
+
+
+def half_leave_at_exit_0(n: int) -> np.ndarray:
+    """Even rows leave at exit 0, odd rows run to the last exit."""
+    thresholds = full(1.0, n)
+    thresholds[::2, 0] = 0.0
+    return thresholds
+
+
+def queue_four_requests(batcher: Batcher, recorder: Recorder, images: torch.Tensor) -> list[Future]:
+    """One request blocks stage 0; meanwhile four requests of 4 images queue up behind it."""
+    blocker = batcher.submit(images[:1], full(0.0, 1), caps(EXITS - 1, 1))
+    assert recorder.entered.wait(5)
+    futures = [
+        batcher.submit(images[i : i + 4], half_leave_at_exit_0(4), caps(EXITS - 1, 4))
+        for i in range(0, 16, 4)
+    ]
+    recorder.release.set()
+    blocker.result(10)
+    return futures
+
+
+def test_survivors_of_several_batches_run_later_stages_together(bundle, images) -> None:
+    recorder = Recorder(OnnxRuntime(bundle, threads=1))
+    batcher = Batcher(CascadeExecutor(recorder), max_batch_size=4, max_queue_delay=0.0, rebatch_delay=10.0)
+    try:
+        results = [f.result(10) for f in queue_four_requests(batcher, recorder, images)]
+    finally:
+        batcher.close()
+    # Four batches of 4 at stage 0; their 2 survivors each run every later stage as one batch of 4
+    # (max_batch_size), so stages 1-5 run twice instead of four times.
+    assert [size for stage, size in recorder.calls[1:] if stage == 0] == [4, 4, 4, 4]
+    for stage in range(1, EXITS):
+        assert [size for k, size in recorder.calls if k == stage] == [4, 4]
+    # Merging changes nothing in the answers.
+    direct = CascadeExecutor(recorder.inner).run(images[:16], half_leave_at_exit_0(16), caps(EXITS - 1, 16))
+    flat = [r for result in results for r in result.images]
+    assert [(r.exit, r.class_index) for r in flat] == [(r.exit, r.class_index) for r in direct.images]
+    np.testing.assert_allclose([r.confidence for r in flat], [r.confidence for r in direct.images], atol=1e-6)
+    assert [r.exit for r in flat] == [0, EXITS - 1] * 8
+
+
+def test_without_rebatching_every_batch_runs_its_own_late_stages(bundle, images) -> None:
+    recorder = Recorder(OnnxRuntime(bundle, threads=1))
+    batcher = Batcher(CascadeExecutor(recorder), max_batch_size=4, max_queue_delay=0.0, rebatch_delay=None)
+    try:
+        for future in queue_four_requests(batcher, recorder, images):
+            future.result(10)
+    finally:
+        batcher.close()
+    for stage in range(1, EXITS):
+        assert [size for k, size in recorder.calls if k == stage] == [2, 2, 2, 2]
+
+
+def test_an_idle_worker_runs_parked_survivors_at_once(bundle, images) -> None:
+    recorder = Recorder(OnnxRuntime(bundle, threads=1))
+    recorder.release.set()
+    # A delay far beyond the test's patience: only "nothing else to do" can release the survivors.
+    batcher = Batcher(CascadeExecutor(recorder), max_batch_size=8, max_queue_delay=0.0, rebatch_delay=3600.0)
+    try:
+        result = batcher.submit(images[:2], half_leave_at_exit_0(2), caps(EXITS - 1, 2)).result(10)
+    finally:
+        batcher.close()
+    assert [r.exit for r in result.images] == [0, EXITS - 1]
+    assert recorder.calls == [(0, 2), *((k, 1) for k in range(1, EXITS))]
+    assert batcher.in_flight_images == 0
+
+
+def test_a_failing_merged_stage_fails_exactly_the_requests_in_it(bundle, images) -> None:
+    recorder = Recorder(OnnxRuntime(bundle, threads=1), fail_stage=3)
+    batcher = Batcher(CascadeExecutor(recorder), max_batch_size=4, max_queue_delay=0.0, rebatch_delay=10.0)
+    try:
+        blocker = batcher.submit(images[:1], full(0.0, 1), caps(EXITS - 1, 1))
+        assert recorder.entered.wait(5)
+        early_only = batcher.submit(images[:4], full(0.0, 4), caps(EXITS - 1, 4))  # all leave at exit 0
+        deep = [
+            batcher.submit(images[i : i + 4], half_leave_at_exit_0(4), caps(EXITS - 1, 4)) for i in (4, 8)
+        ]
+        recorder.release.set()
+        assert blocker.result(10).images[0].exit == 0
+        assert [r.exit for r in early_only.result(10).images] == [0] * 4
+        for future in deep:
+            with pytest.raises(StageExecutionError, match="injected"):
+                future.result(10)
+        assert batcher.in_flight_images == 0  # nothing of the failed requests is left behind
+        recorder.fail_stage = None
+        after = batcher.submit(images[:2], half_leave_at_exit_0(2), caps(EXITS - 1, 2)).result(10)
+        assert [r.exit for r in after.images] == [0, EXITS - 1]
+    finally:
+        batcher.close()
+
+
+def test_rebatch_delay_must_not_be_negative(bundle) -> None:
+    with pytest.raises(ValueError, match="rebatch_delay"):
+        Batcher(CascadeExecutor(OnnxRuntime(bundle, threads=1)), rebatch_delay=-1.0)
+
+
 def test_tiny_model_helper_is_deterministic(tmp_path: Path) -> None:
     a, b = tiny_model(), tiny_model()
     x = torch.randn(2, 1, 28, 28)
@@ -376,12 +489,12 @@ def test_agreement_monitor_samples_only_early_exits_and_only_its_fraction(execut
 
     last = executor.run(images, full(1.0), caps(EXITS - 1))
     monitor = AgreementMonitor(1.0)
-    monitor.offer(images, last, last_exit=EXITS - 1)
+    monitor.offer(images, last.images, last_exit=EXITS - 1)
     assert monitor.pending == 0  # images that reached the last exit need no check
     early = executor.run(images, full(0.0), caps(EXITS - 1))
-    AgreementMonitor(0.0).offer(images, early, last_exit=EXITS - 1)
+    AgreementMonitor(0.0).offer(images, early.images, last_exit=EXITS - 1)
     sampled = AgreementMonitor(0.25, seed=3)
-    sampled.offer(images, early, last_exit=EXITS - 1)
+    sampled.offer(images, early.images, last_exit=EXITS - 1)
     assert 0 < sampled.pending < N
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         AgreementMonitor(1.5)

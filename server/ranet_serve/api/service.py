@@ -29,6 +29,7 @@ from ranet_serve.cascade.policy import Budget
 from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,
+    OverloadedError,
     PayloadTooLargeError,
     RanetServeError,
 )
@@ -128,18 +129,23 @@ class InferenceService:
                 raise InvalidRequestError(
                     f"top_k must be between 1 and {num_classes} (the number of classes), got {request.top_k}"
                 )
-            plan = entry.policy.resolve(request.budget)
+            plan = entry.plan(request.budget)
             deadline = request.received + self._timeout_seconds(request)
             images = await run_in_threadpool(self._prepare, request.images, manifest.input)
             count = images.shape[0]
-            result = await self._infer(
-                entry,
-                images,
-                np.tile(plan.thresholds, (count, 1)),
-                np.full(count, plan.max_exit, dtype=np.int64),
-                top_k,
-                deadline,
-            )
+            try:
+                result = await self._infer(
+                    entry,
+                    images,
+                    np.tile(plan.thresholds, (count, 1)),
+                    np.full(count, plan.max_exit, dtype=np.int64),
+                    top_k,
+                    deadline,
+                )
+            except (OverloadedError, DeadlineExceededError):
+                if entry.adaptive is not None:
+                    entry.adaptive.observe_shed()  # shed or too late: the objective is under threat
+                raise
             self.metrics.queued(entry.name, result.timing.queue_seconds)
             for index, image in enumerate(result.images):
                 if not math.isfinite(image.confidence):
@@ -147,6 +153,9 @@ class InferenceService:
                         f"image {index}: the model produced non-finite scores (input values out of range?)",
                         image=index,
                     )
+            total_seconds = time.monotonic() - request.received
+            if entry.adaptive is not None:
+                entry.adaptive.observe(total_seconds)
             return ClassifyResult(
                 model=entry.name,
                 version=entry.version,
@@ -155,7 +164,7 @@ class InferenceService:
                 images=result.images,
                 queue_seconds=result.timing.queue_seconds,
                 inference_seconds=result.timing.inference_seconds,
-                total_seconds=time.monotonic() - request.received,
+                total_seconds=total_seconds,
             )
 
     def _timeout_seconds(self, request: ClassifyRequest) -> float:

@@ -33,12 +33,26 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
     max_queue_size: int = Field(256, ge=1, description="requests waiting per model version before 429")
+    rebatch: bool = Field(
+        True, description="park each stage's survivors and run them with other batches' survivors"
+    )
+    rebatch_delay_ms: float = Field(
+        2.0, ge=0.0, le=10_000.0, description="longest a parked survivor waits for company (when busy)"
+    )
     agreement_sample_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="share of early-exited images re-run to the last exit in idle time"
     )
     default_operating_point: str | None = Field(
         None, description="overrides each bundle's calibrated default where the bundle has this point"
     )
+    slo_p99_ms: float | None = Field(
+        None,
+        gt=0.0,
+        description="latency objective: when set, the default operating point moves to cheaper calibrated "
+        "points while the recent p99 threatens it and back (up to the default) when load falls",
+    )
+    slo_window_s: float = Field(2.0, gt=0.0, description="how far back the p99 of the objective looks")
+    slo_dwell_s: float = Field(1.0, ge=0.0, description="minimum time between two operating-point moves")
 
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request bodies beyond this answer 413")
     max_image_bytes: int = Field(8 * MIB, ge=64, description="one encoded image beyond this answers 413")

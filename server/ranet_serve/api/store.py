@@ -24,10 +24,11 @@ import torch
 
 from ranet_serve.api.metrics import ServerMetrics
 from ranet_serve.api.settings import Settings
+from ranet_serve.cascade.adaptive import AdaptiveSettings, LoadAdaptivePoint
 from ranet_serve.cascade.agreement import AgreementMonitor
 from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
-from ranet_serve.cascade.policy import Budget, ExitPolicy
+from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
 from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
@@ -69,12 +70,18 @@ class ReadyVersion:
     policy: ExitPolicy
     batcher: Batcher
     device: str
+    adaptive: LoadAdaptivePoint | None = None  # moves the default point with load (slo_p99_ms)
     leases: int = 0
     state: str = field(default="ready", init=False)
 
     @property
     def manifest(self) -> Manifest:
         return self.bundle.manifest
+
+    def plan(self, budget: Budget) -> ExitPlan:
+        """Resolve a request's knobs; without knobs, the load-adaptive default point when one is set."""
+        default = self.adaptive.current.name if self.adaptive is not None else None
+        return self.policy.resolve(budget, default_point=default)
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,7 @@ class ModelStore:
             )
             executor = CascadeExecutor(runtime)
             policy = ExitPolicy(manifest, self._default_point(manifest))
+            adaptive = self._adaptive(name, policy)
             if self.settings.warmup:
                 _warm_up(executor, min(WARMUP_BATCH, self.settings.max_batch_size))
             batcher = Batcher(
@@ -299,6 +307,7 @@ class ModelStore:
                 max_batch_size=self.settings.max_batch_size,
                 max_queue_delay=self.settings.max_queue_delay_ms / 1000.0,
                 max_queue_size=self.settings.max_queue_size,
+                rebatch_delay=self.settings.rebatch_delay_ms / 1000.0 if self.settings.rebatch else None,
                 observer=self.metrics.batch_observer(name, manifest.cumulative_flops[-1]),
                 name=f"{name}-{version}",
                 agreement=AgreementMonitor(
@@ -325,6 +334,24 @@ class ModelStore:
             policy=policy,
             batcher=batcher,
             device=str(runtime.device),
+            adaptive=adaptive,
+        )
+
+    def _adaptive(self, name: str, policy: ExitPolicy) -> LoadAdaptivePoint | None:
+        """The load-adaptive default point, when a latency objective is set and the bundle is calibrated."""
+        objective = self.settings.slo_p99_ms
+        if objective is None or policy.default_point is None:
+            return None
+        gauge = self.metrics.operating_point  # look the child up per move: a reload replaces it
+        return LoadAdaptivePoint(
+            policy.points,
+            policy.default_point,
+            AdaptiveSettings(
+                slo_p99_seconds=objective / 1000.0,
+                window_seconds=self.settings.slo_window_s,
+                dwell_seconds=self.settings.slo_dwell_s,
+            ),
+            on_change=lambda point: gauge.labels(name).set(point.expected_flops),
         )
 
     def _default_point(self, manifest: Manifest) -> str | None:
@@ -347,7 +374,7 @@ class ModelStore:
         for versions in self.snapshot().values():
             ready = [v for v in versions if isinstance(v, ReadyVersion)]
             for entry in ready:
-                plan = entry.policy.resolve(Budget())
+                plan = entry.plan(Budget())
                 served.append((entry.manifest, _expected_flops(entry, plan.operating_point)))
         self.metrics.set_models(served)
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ranet_serve.cascade.executor import BatchResult, CascadeExecutor
+from ranet_serve.cascade.executor import CascadeExecutor, ImageResult
 
 AgreementObserver = Callable[[int, bool], None]  # (exit, agreed with the last exit)
 
@@ -58,11 +58,11 @@ class AgreementMonitor:
     def pending(self) -> int:
         return len(self._pending)
 
-    def offer(self, images: Tensor, result: BatchResult, last_exit: int) -> None:
-        """Keep a random `fraction` of the images of `result` that left before `last_exit`."""
+    def offer(self, images: Tensor, results: Sequence[ImageResult], last_exit: int) -> None:
+        """Keep a random `fraction` of the `images` whose `results` left before `last_exit`."""
         if self.fraction <= 0.0:
             return
-        for index, image_result in enumerate(result.images):
+        for index, image_result in enumerate(results):
             if image_result.exit < last_exit and self._random.random() < self.fraction:
                 self._pending.append(
                     _Sample(images[index].detach().clone(), image_result.exit, image_result.class_index)

@@ -5,7 +5,15 @@ queue: a full queue fails fast with `OverloadedError` instead of growing without
 closes when it holds `max_batch_size` images or its first request has waited `max_queue_delay`.
 A request whose deadline passes while queued is answered with `DeadlineExceededError`, not run;
 a request whose caller went away (cancelled future) is skipped. An exception inside a stage fails
-only the requests of that batch.
+only the requests with images in that stage's batch.
+
+Survivor re-batching: after each exit a batch shrinks, so on its own a batch would run its late
+stages at a handful of images, paying each stage's fixed cost per call for very little work. With
+`rebatch_delay` set, the survivors of a stage are parked at the next stage instead, and the parked
+survivors of several batches run that stage together once they fill a batch, once the oldest has
+waited `rebatch_delay`, or as soon as the worker has nothing else to do (so at low load nobody
+waits). The deepest ready stage runs first, which finishes requests soonest. With `rebatch_delay`
+None every batch runs through all its stages before the next batch starts.
 """
 
 from __future__ import annotations
@@ -17,14 +25,21 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ranet_serve.cascade.agreement import AgreementMonitor
-from ranet_serve.cascade.executor import BatchResult, CascadeExecutor, ImageResult
+from ranet_serve.cascade.executor import (
+    BatchResult,
+    CascadeExecutor,
+    Cohort,
+    ImageResult,
+    StepResult,
+    merge_cohorts,
+)
 from ranet_serve.errors import DeadlineExceededError, OverloadedError, RanetServeError, StageExecutionError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +67,16 @@ class _Pending:
     deadline: float | None  # time.monotonic() value
     future: Future[RequestResult]
     enqueued: float = field(default_factory=time.monotonic)
+    results: list[ImageResult | None] = field(default_factory=list)
+    remaining: int = 0
+    started: float = 0.0
+    batch_images: int = 0
+
+
+@dataclass
+class _Parked:
+    cohort: Cohort
+    since: float  # time.monotonic() when parked
 
 
 BatchObserver = Callable[[BatchResult], None]
@@ -67,14 +92,18 @@ class Batcher:
         max_batch_size: int = 64,
         max_queue_delay: float = 0.002,
         max_queue_size: int = 256,
+        rebatch_delay: float | None = None,
         observer: BatchObserver | None = None,
         name: str = "ranet",
         agreement: AgreementMonitor | None = None,
     ):
+        if rebatch_delay is not None and rebatch_delay < 0:
+            raise ValueError(f"rebatch_delay must be >= 0 seconds or None, got {rebatch_delay}")
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
+        self.rebatch_delay = rebatch_delay
         self.observer = observer
         self.agreement = agreement  # idle-time checks of early exits against the last exit
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -83,6 +112,10 @@ class Batcher:
         # request can land behind the stop marker.
         self._lock = threading.Lock()
         self._carry: _Pending | None = None  # a request that did not fit the previous batch
+        # Worker-thread state: survivors parked per stage, and which request each image tag is.
+        self._parked: list[list[_Parked]] = [[] for _ in range(executor.num_exits)]
+        self._slots: dict[int, tuple[_Pending, int]] = {}
+        self._next_tag = 0
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -91,6 +124,11 @@ class Batcher:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def in_flight_images(self) -> int:
+        """Images admitted to the cascade and not answered yet (parked survivors included)."""
+        return len(self._slots)
 
     def submit(
         self,
@@ -127,7 +165,7 @@ class Batcher:
         return await asyncio.wrap_future(future)
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop accepting work; with `drain`, finish what is queued first."""
+        """Stop accepting work; with `drain`, finish what is queued first (parked work always finishes)."""
         with self._lock:
             self._closing.set()
         if not drain:
@@ -146,44 +184,68 @@ class Batcher:
     # -- worker thread -------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        stopping = False
         while True:
-            first, self._carry = self._carry, None
-            if first is None:
-                if self.agreement is not None and self.agreement.pending:
-                    try:
-                        first = self._queue.get_nowait()
-                    except queue.Empty:
-                        self._check_agreement()  # spare capacity: nobody is waiting
-                        continue
-                else:
-                    first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = first.images.shape[0]
-            closes_at = first.enqueued + self.max_queue_delay
-            stop = False
-            while size < self.max_batch_size:
-                remaining = closes_at - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                if size + item.images.shape[0] > self.max_batch_size:
-                    self._carry = item  # starts the next batch instead of overfilling this one
-                    break
-                batch.append(item)
-                size += item.images.shape[0]
-            self._run(batch)
-            if stop:
+            idle = self._carry is None and self._queue.empty()
+            stage = self._ready_stage(idle or stopping)
+            if stage is not None:
+                self._run_parked(stage)
+                continue
+            if stopping:
                 if self._carry is not None:
-                    self._run([self._carry])
+                    self._admit([self._carry])
+                    self._carry = None
+                    continue
                 return
+            parked = any(self._parked)
+            batch, stopping = self._collect(wait=not parked)
+            if batch:
+                self._admit(batch)
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _collect(self, wait: bool) -> tuple[list[_Pending], bool]:
+        """The next batch of requests, and whether the stop marker was met.
+
+        With `wait` (nothing parked) this blocks for the first request and then gives the batch
+        `max_queue_delay` to fill; otherwise it takes only what is queued now, so parked survivors
+        are never held up by an empty queue.
+        """
+        first, self._carry = self._carry, None
+        if first is None:
+            if not wait:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    return [], False
+            elif self.agreement is not None and self.agreement.pending:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    self._check_agreement()  # spare capacity: nobody is waiting
+                    return [], False
+            else:
+                first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        size = first.images.shape[0]
+        closes_at = first.enqueued + self.max_queue_delay if wait else 0.0
+        while size < self.max_batch_size:
+            remaining = closes_at - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            if size + item.images.shape[0] > self.max_batch_size:
+                self._carry = item  # starts the next batch instead of overfilling this one
+                break
+            batch.append(item)
+            size += item.images.shape[0]
+        return batch, False
+
+    def _admit(self, batch: list[_Pending]) -> None:
+        """Turn a batch of requests into a cohort at stage 0 and run that stage."""
         now = time.monotonic()
         runnable: list[_Pending] = []
         for pending in batch:
@@ -200,43 +262,144 @@ class Batcher:
             runnable.append(pending)
         if not runnable:
             return
-        started = time.monotonic()
+        total = sum(p.images.shape[0] for p in runnable)
+        tags = np.arange(self._next_tag, self._next_tag + total, dtype=np.int64)
+        self._next_tag += total
+        offset = 0
+        for pending in runnable:
+            count = pending.images.shape[0]
+            pending.results = [None] * count
+            pending.remaining = count
+            pending.started = now
+            pending.batch_images = total
+            for i in range(count):
+                self._slots[int(tags[offset + i])] = (pending, i)
+            offset += count
         images = torch.cat([p.images for p in runnable]) if len(runnable) > 1 else runnable[0].images
         try:
-            result = self.executor.run(
+            cohort = self.executor.start(
                 images,
                 np.concatenate([p.thresholds for p in runnable]),
                 np.concatenate([p.max_exit for p in runnable]),
+                tags,
                 top_k=max(p.top_k for p in runnable),
             )
         except Exception as exc:
-            error = (
-                exc if isinstance(exc, RanetServeError) else StageExecutionError(f"inference failed: {exc}")
-            )
-            logger.exception("batch of %d requests failed", len(runnable))
-            for pending in runnable:
-                pending.future.set_exception(error)
+            self._fail(tags, exc)
             return
-        finished = time.monotonic()
-        if self.agreement is not None:
-            self.agreement.offer(images, result, last_exit=self.executor.num_exits - 1)
+        self._step(cohort)
+
+    def _ready_stage(self, idle: bool) -> int | None:
+        """The deepest stage whose parked survivors should run now, if any."""
+        now = time.monotonic()
+        for stage in range(len(self._parked) - 1, 0, -1):
+            parked = self._parked[stage]
+            if not parked:
+                continue
+            if (
+                idle
+                or self.rebatch_delay is None
+                or sum(p.cohort.size for p in parked) >= self.max_batch_size
+                or now - parked[0].since >= self.rebatch_delay
+            ):
+                return stage
+        return None
+
+    def _run_parked(self, stage: int) -> None:
+        """Merge up to `max_batch_size` parked survivors of `stage` and run that stage on them."""
+        parked = self._parked[stage]
+        taken: list[Cohort] = []
+        size = 0
+        while parked and (not taken or size + parked[0].cohort.size <= self.max_batch_size):
+            cohort = self._live_rows(parked.pop(0).cohort)
+            if cohort is not None:
+                taken.append(cohort)
+                size += cohort.size
+        if taken:
+            self._step(merge_cohorts(taken))
+
+    def _live_rows(self, cohort: Cohort) -> Cohort | None:
+        """Drop rows whose request already failed: their work is no longer wanted."""
+        live = np.fromiter((int(t) in self._slots for t in cohort.tags), dtype=bool, count=cohort.size)
+        if live.all():
+            return cohort
+        if not live.any():
+            return None
+        index = np.nonzero(live)[0]
+        select = torch.from_numpy(index).to(self.executor.runtime.device)
+        return replace(
+            cohort,
+            env={name: tensor.index_select(0, select) for name, tensor in cohort.env.items()},
+            tags=cohort.tags[index],
+            thresholds=cohort.thresholds[index],
+            caps=cohort.caps[index],
+            started=cohort.started[index],
+        )
+
+    def _step(self, cohort: Cohort) -> None:
+        try:
+            step = self.executor.step(cohort)
+        except Exception as exc:
+            self._fail(cohort.tags, exc)
+            return
+        if step.survivors is not None:
+            self._parked[step.survivors.stage].append(_Parked(step.survivors, time.monotonic()))
         if self.observer is not None:
-            try:
-                self.observer(result)
-            except Exception:  # metrics must never fail a request
-                logger.exception("batch observer failed")
-        offset = 0
-        total = sum(p.images.shape[0] for p in runnable)
-        for pending in runnable:
-            count = pending.images.shape[0]
-            mine = tuple(_trim_top_k(r, pending.top_k) for r in result.images[offset : offset + count])
-            offset += count
-            pending.future.set_result(
-                RequestResult(
-                    images=mine,
-                    timing=RequestTiming(started - pending.enqueued, finished - started, total),
+            self._observe(step)
+        finished = time.monotonic()
+        for tag, result in step.finished:
+            slot = self._slots.pop(tag, None)
+            if slot is None:
+                continue  # its request already failed
+            pending, index = slot
+            pending.results[index] = result
+            pending.remaining -= 1
+            if pending.remaining == 0:
+                self._answer(pending, finished)
+
+    def _answer(self, pending: _Pending, finished: float) -> None:
+        results = tuple(r for r in pending.results if r is not None)
+        if self.agreement is not None:
+            self.agreement.offer(pending.images, results, last_exit=self.executor.num_exits - 1)
+        pending.future.set_result(
+            RequestResult(
+                images=tuple(_trim_top_k(r, pending.top_k) for r in results),
+                timing=RequestTiming(
+                    pending.started - pending.enqueued, finished - pending.started, pending.batch_images
+                ),
+            )
+        )
+
+    def _fail(self, tags: np.ndarray, exc: Exception) -> None:
+        """Fail every request with an image among `tags`; their other images are dropped when met."""
+        error = exc if isinstance(exc, RanetServeError) else StageExecutionError(f"inference failed: {exc}")
+        failed: dict[int, _Pending] = {}
+        for tag in tags.tolist():
+            slot = self._slots.get(tag)
+            if slot is not None:
+                failed[id(slot[0])] = slot[0]
+        logger.exception("a stage failed on %d images of %d requests", tags.size, len(failed))
+        for pending in failed.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._slots = {t: s for t, s in self._slots.items() if id(s[0]) not in failed}
+
+    def _observe(self, step: StepResult) -> None:
+        assert self.observer is not None
+        seconds = [0.0] * self.executor.num_exits
+        sizes = [0] * self.executor.num_exits
+        seconds[step.stage] = step.seconds
+        sizes[step.stage] = step.batch_size
+        try:
+            self.observer(
+                BatchResult(
+                    images=tuple(result for _, result in step.finished),
+                    stage_seconds=tuple(seconds),
+                    stage_batch_sizes=tuple(sizes),
                 )
             )
+        except Exception:  # metrics must never fail a request
+            logger.exception("batch observer failed")
 
     def _check_agreement(self) -> None:
         assert self.agreement is not None
@@ -249,6 +412,4 @@ class Batcher:
 def _trim_top_k(result: ImageResult, top_k: int) -> ImageResult:
     if len(result.top_k) <= top_k:
         return result
-    from dataclasses import replace
-
     return replace(result, top_k=result.top_k[:top_k])

@@ -50,8 +50,64 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
+@dataclass
+class Cohort:
+    """Images part-way through the cascade: the state they carry and whom they belong to.
+
+    Row i of every array and of every tensor in `env` is the same image. `tags` are the caller's
+    image identifiers (the row in the batch for `run`; request slots for the re-batching batcher), so
+    cohorts from different batches can be merged and split again without losing track of anyone.
+    """
+
+    stage: int  # the next stage to run
+    env: dict[str, Tensor]
+    tags: np.ndarray  # [n] int64
+    thresholds: np.ndarray  # [n, exits]
+    caps: np.ndarray  # [n] last exit each image may reach
+    started: np.ndarray  # [n] perf_counter() when each image's first stage began (nan: not yet)
+    top_k: int
+
+    @property
+    def size(self) -> int:
+        return int(self.tags.size)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one stage did to one cohort."""
+
+    finished: tuple[tuple[int, ImageResult], ...]  # (tag, result) of every image that left here
+    survivors: Cohort | None  # the images that go on to the next stage
+    stage: int
+    batch_size: int
+    seconds: float
+
+
+def merge_cohorts(cohorts: list[Cohort]) -> Cohort:
+    """One cohort from several waiting at the same stage (their state tensors are concatenated)."""
+    if len(cohorts) == 1:
+        return cohorts[0]
+    stage = cohorts[0].stage
+    if any(c.stage != stage for c in cohorts):
+        raise ValueError("only cohorts waiting at the same stage can be merged")
+    return Cohort(
+        stage=stage,
+        env={name: torch.cat([c.env[name] for c in cohorts]) for name in cohorts[0].env},
+        tags=np.concatenate([c.tags for c in cohorts]),
+        thresholds=np.concatenate([c.thresholds for c in cohorts]),
+        caps=np.concatenate([c.caps for c in cohorts]),
+        started=np.concatenate([c.started for c in cohorts]),
+        top_k=max(c.top_k for c in cohorts),
+    )
+
+
 class CascadeExecutor:
-    """Runs batches through one bundle's stages with per-image thresholds and exit caps."""
+    """Runs batches through one bundle's stages with per-image thresholds and exit caps.
+
+    `run` takes a batch from the first stage to the end. `start` and `step` expose the same cascade
+    one stage at a time, so a scheduler can park survivors and merge them with other batches'
+    survivors before their next stage (see `Batcher`).
+    """
 
     def __init__(self, runtime: StageRuntime):
         self.runtime = runtime
@@ -75,57 +131,17 @@ class CascadeExecutor:
         exit each image may reach (its FLOPs cap). Results come back in input order.
         """
         n = images.shape[0]
-        if thresholds.shape != (n, self.num_exits) or max_exit.shape != (n,):
-            raise ValueError(
-                f"expected thresholds [{n}, {self.num_exits}] and max_exit [{n}], "
-                f"got {thresholds.shape} and {max_exit.shape}"
-            )
-        last = self.num_exits - 1
-        caps = np.minimum(max_exit, last)
+        cohort: Cohort | None = self.start(images, thresholds, max_exit, np.arange(n), top_k)
         results: list[ImageResult | None] = [None] * n
         stage_seconds = [0.0] * self.num_exits
         stage_sizes = [0] * self.num_exits
-        env: dict[str, Tensor] = {"image": self.runtime.to_device(images)}
-        alive = np.arange(n)
-        started = time.perf_counter()
-        for k, stage in enumerate(self.stages):
-            if alive.size == 0:
-                break
-            stage_start = time.perf_counter()
-            outputs = self.runtime.run(k, {name: env[name] for name in stage.inputs})
-            logits = outputs.pop(stage.outputs[0]).float().cpu().numpy()
-            env.update(outputs)
-            for name in self._drop_after[k]:
-                env.pop(name, None)
-            probs = softmax(logits)
-            predicted = probs.argmax(axis=1)
-            confidence = probs[np.arange(alive.size), predicted]
-            row_thresholds = thresholds[alive, k]
-            confident = (confidence >= row_thresholds) & (row_thresholds < 1.0)
-            forced = caps[alive] <= k
-            leave = confident | forced
-            now = time.perf_counter()
-            if leave.any():
-                ordering = np.argsort(-probs[leave], axis=1)[:, :top_k]
-                for row, original in enumerate(np.nonzero(leave)[0]):
-                    index = int(alive[original])
-                    classes = ordering[row]
-                    results[index] = ImageResult(
-                        exit=k,
-                        class_index=int(predicted[original]),
-                        confidence=float(confidence[original]),
-                        top_k=tuple((int(c), float(probs[original, c])) for c in classes),
-                        flops=self.cumulative_flops[k],
-                        budget_limited=bool(forced[original] and not confident[original] and k < last),
-                        seconds=now - started,
-                    )
-                keep = ~leave
-                if keep.any():
-                    rows = torch.from_numpy(np.nonzero(keep)[0]).to(self.runtime.device)
-                    env = {name: tensor.index_select(0, rows) for name, tensor in env.items()}
-                alive = alive[keep]
-            stage_seconds[k] = now - stage_start
-            stage_sizes[k] = int(leave.size)
+        while cohort is not None:
+            step = self.step(cohort)
+            for tag, result in step.finished:
+                results[tag] = result
+            stage_seconds[step.stage] = step.seconds
+            stage_sizes[step.stage] = step.batch_size
+            cohort = step.survivors
         if any(r is None for r in results):
             raise AssertionError("cascade finished with images that never exited")
         return BatchResult(
@@ -133,3 +149,91 @@ class CascadeExecutor:
             stage_seconds=tuple(stage_seconds),
             stage_batch_sizes=tuple(stage_sizes),
         )
+
+    def start(
+        self,
+        images: Tensor,
+        thresholds: np.ndarray,
+        max_exit: np.ndarray,
+        tags: np.ndarray,
+        top_k: int = 1,
+    ) -> Cohort:
+        """A cohort at stage 0 (checks the shapes; moves the images to the runtime's device)."""
+        n = images.shape[0]
+        if thresholds.shape != (n, self.num_exits) or max_exit.shape != (n,) or tags.shape != (n,):
+            raise ValueError(
+                f"expected thresholds [{n}, {self.num_exits}], max_exit [{n}] and tags [{n}], "
+                f"got {thresholds.shape}, {max_exit.shape} and {tags.shape}"
+            )
+        return Cohort(
+            stage=0,
+            env={"image": self.runtime.to_device(images)},
+            tags=np.asarray(tags, dtype=np.int64),
+            thresholds=thresholds,
+            caps=np.minimum(max_exit, self.num_exits - 1),
+            started=np.full(n, np.nan),
+            top_k=top_k,
+        )
+
+    def step(self, cohort: Cohort) -> StepResult:
+        """Run `cohort`'s next stage; the images that may leave there leave."""
+        k = cohort.stage
+        stage = self.stages[k]
+        last = self.num_exits - 1
+        stage_start = time.perf_counter()
+        started = np.where(np.isnan(cohort.started), stage_start, cohort.started)
+        env = dict(cohort.env)
+        outputs = self.runtime.run(k, {name: env[name] for name in stage.inputs})
+        logits = outputs.pop(stage.outputs[0]).float().cpu().numpy()
+        env.update(outputs)
+        for name in self._drop_after[k]:
+            env.pop(name, None)
+        probs = softmax(logits)
+        predicted = probs.argmax(axis=1)
+        rows = np.arange(cohort.size)
+        confidence = probs[rows, predicted]
+        row_thresholds = cohort.thresholds[:, k]
+        confident = (confidence >= row_thresholds) & (row_thresholds < 1.0)
+        forced = cohort.caps <= k
+        leave = confident | forced
+        now = time.perf_counter()
+        finished: list[tuple[int, ImageResult]] = []
+        if leave.any():
+            ordering = np.argsort(-probs[leave], axis=1)[:, : cohort.top_k]
+            for row, original in enumerate(np.nonzero(leave)[0]):
+                classes = ordering[row]
+                finished.append(
+                    (
+                        int(cohort.tags[original]),
+                        ImageResult(
+                            exit=k,
+                            class_index=int(predicted[original]),
+                            confidence=float(confidence[original]),
+                            top_k=tuple((int(c), float(probs[original, c])) for c in classes),
+                            flops=self.cumulative_flops[k],
+                            budget_limited=bool(forced[original] and not confident[original] and k < last),
+                            seconds=now - float(started[original]),
+                        ),
+                    )
+                )
+        survivors: Cohort | None = None
+        keep = ~leave
+        if keep.any() and k < last:
+            if leave.any():
+                index = np.nonzero(keep)[0]
+                select = torch.from_numpy(index).to(self.runtime.device)
+                env = {name: tensor.index_select(0, select) for name, tensor in env.items()}
+            else:
+                index = rows
+            survivors = Cohort(
+                stage=k + 1,
+                env=env,
+                tags=cohort.tags[index],
+                thresholds=cohort.thresholds[index],
+                caps=cohort.caps[index],
+                started=started[index],
+                top_k=cohort.top_k,
+            )
+        elif keep.any():
+            raise AssertionError("images left the last stage without an exit")
+        return StepResult(tuple(finished), survivors, k, cohort.size, now - stage_start)
