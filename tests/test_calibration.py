@@ -15,6 +15,7 @@ from ranet_serve.cascade.calibration import (
     exit_indices,
     geometric_prior,
     geometric_thresholds,
+    mcnemar_z,
     optimize_thresholds,
 )
 from ranet_serve.export.manifest import Calibration, OperatingPoint
@@ -122,14 +123,27 @@ def test_optimized_search_is_never_below_geometric_on_validation_and_respects_bu
     assert max(gains) >= 0.2  # the optimiser does find real gains somewhere on this data
 
 
-def test_optimizer_keeps_the_reference_when_the_gain_is_below_the_margin() -> None:
+def test_optimizer_keeps_the_reference_unless_the_gain_is_significant() -> None:
     probs, labels = synthetic_probs(1, n=500)
     reference = geometric_thresholds(probs, geometric_prior(1.0, 5))
     budget = evaluate_thresholds(probs, labels, reference, FLOPS5).expected_flops
-    kept = optimize_thresholds(probs, labels, FLOPS5, budget, reference=reference, min_gain_pp=100.0)
+    kept = optimize_thresholds(probs, labels, FLOPS5, budget, reference=reference, min_z=100.0)
     np.testing.assert_array_equal(kept, reference)
-    tuned = optimize_thresholds(probs, labels, FLOPS5, budget, reference=reference, min_gain_pp=0.0)
+    tuned = optimize_thresholds(probs, labels, FLOPS5, budget, reference=reference, min_z=0.0)
     assert evaluate_thresholds(probs, labels, tuned, FLOPS5).expected_flops <= budget
+
+
+def test_mcnemar_z_counts_only_the_images_the_two_points_disagree_on() -> None:
+    # Two exits; the reference sends everyone to exit 1, the candidate lets samples 0-5 leave at exit 0.
+    # Exit 0 is right on samples 0-4 and wrong on 5; exit 1 is right on 0, 5-9 and wrong on 1-4.
+    # Disagreements: candidate-only right 1, 2, 3, 4 (b = 4); reference-only right 5 (c = 1).
+    confidence = np.array([[0.9] * 6 + [0.1] * 4, [0.5] * 10])
+    correct = np.zeros((2, 10), dtype=bool)
+    correct[0, :5] = True
+    correct[1, [0, 5, 6, 7, 8, 9]] = True
+    candidate, reference = np.array([0.8, 0.0]), np.array([NEVER, 0.0])
+    assert mcnemar_z(confidence, correct, candidate, reference) == pytest.approx(3 / np.sqrt(5))
+    assert mcnemar_z(confidence, correct, reference, candidate) == 0.0  # no gain: no evidence
 
 
 def point(name: str, flops: float, acc: float) -> OperatingPoint:

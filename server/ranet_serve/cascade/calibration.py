@@ -113,7 +113,7 @@ def optimize_thresholds(
     penalties: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8),
     geometric_points: list[np.ndarray] | None = None,
     reference: np.ndarray | None = None,
-    min_gain_pp: float = 0.2,
+    min_z: float = 2.0,
 ) -> np.ndarray:
     """Thresholds maximising accuracy on (probs, labels) with expected FLOPs <= `flops_budget`.
 
@@ -127,8 +127,10 @@ def optimize_thresholds(
 
     Held-out accuracy is a noisy target: a search over many thresholds finds gains of a few images
     that do not carry over to new data. So the result replaces the `reference` point (by default the
-    best feasible geometric one) only when it beats it by at least `min_gain_pp` percentage points;
-    otherwise the reference is returned unchanged and the two curves coincide there.
+    best feasible geometric one) only when its gain is significant in a paired test on the same
+    images (McNemar: z = (b - c) / sqrt(b + c) >= `min_z`, where b images are right only under the
+    result and c only under the reference); otherwise the reference is returned unchanged and the
+    two curves coincide there.
     """
     confidence = probs.max(axis=2)
     correct = probs.argmax(axis=2) == labels[None, :]
@@ -182,9 +184,24 @@ def optimize_thresholds(
                         thresholds, current, improved = trial, result, True
             if not improved:
                 break
-    if best.accuracy < reference_eval.accuracy + min_gain_pp:
+    if mcnemar_z(confidence, correct, best_thresholds, reference) < min_z:
         return np.asarray(reference, dtype=np.float64).copy()
     return best_thresholds
+
+
+def mcnemar_z(
+    confidence: np.ndarray, correct: np.ndarray, thresholds: np.ndarray, reference: np.ndarray
+) -> float:
+    """Paired evidence that `thresholds` classify more images right than `reference` (0 when not)."""
+    n = confidence.shape[1]
+    rows = np.arange(n)
+    mine = correct[exit_indices(confidence, thresholds), rows]
+    theirs = correct[exit_indices(confidence, reference), rows]
+    only_mine = int(np.sum(mine & ~theirs))
+    only_theirs = int(np.sum(theirs & ~mine))
+    if only_mine <= only_theirs:
+        return 0.0
+    return float((only_mine - only_theirs) / np.sqrt(only_mine + only_theirs))
 
 
 def _better(a: Evaluation, b: Evaluation) -> bool:
