@@ -133,6 +133,23 @@ def test_optimizer_keeps_the_reference_unless_the_gain_is_significant() -> None:
     assert evaluate_thresholds(probs, labels, tuned, FLOPS5).expected_flops <= budget
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cross_check_refuses_gains_found_in_pure_noise(seed: int) -> None:
+    # Confidences and correctness are independent noise: any in-sample gain is overfitting.
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(NUM_CLASSES, 0.5), (5, 600))
+    labels = rng.integers(0, NUM_CLASSES, 600)
+    reference = geometric_thresholds(probs, geometric_prior(1.0, 5))
+    budget = evaluate_thresholds(probs, labels, reference, FLOPS5).expected_flops
+    overfit = optimize_thresholds(
+        probs, labels, FLOPS5, budget, reference=reference, min_z=0.0, cross_check=False
+    )
+    accuracy = evaluate_thresholds(probs, labels, reference, FLOPS5).accuracy
+    assert evaluate_thresholds(probs, labels, overfit, FLOPS5).accuracy > accuracy + 1.0  # in-sample "gain"
+    checked = optimize_thresholds(probs, labels, FLOPS5, budget, reference=reference, min_z=0.0)
+    np.testing.assert_array_equal(checked, reference)
+
+
 def test_mcnemar_z_counts_only_the_images_the_two_points_disagree_on() -> None:
     # Two exits; the reference sends everyone to exit 1, the candidate lets samples 0-5 leave at exit 0.
     # Exit 0 is right on samples 0-4 and wrong on 5; exit 1 is right on 0, 5-9 and wrong on 1-4.

@@ -114,6 +114,8 @@ def optimize_thresholds(
     geometric_points: list[np.ndarray] | None = None,
     reference: np.ndarray | None = None,
     min_z: float = 2.0,
+    cross_check: bool = True,
+    seed: int = 0,
 ) -> np.ndarray:
     """Thresholds maximising accuracy on (probs, labels) with expected FLOPs <= `flops_budget`.
 
@@ -129,8 +131,10 @@ def optimize_thresholds(
     that do not carry over to new data. So the result replaces the `reference` point (by default the
     best feasible geometric one) only when its gain is significant in a paired test on the same
     images (McNemar: z = (b - c) / sqrt(b + c) >= `min_z`, where b images are right only under the
-    result and c only under the reference); otherwise the reference is returned unchanged and the
-    two curves coincide there.
+    result and c only under the reference) and, with `cross_check`, when the search also gains on
+    unseen data: fitted on either half of the data (split by `seed`), its thresholds must beat the
+    reference on the other half. Otherwise the reference is returned unchanged and the two curves
+    coincide there.
     """
     confidence = probs.max(axis=2)
     correct = probs.argmax(axis=2) == labels[None, :]
@@ -184,9 +188,44 @@ def optimize_thresholds(
                         thresholds, current, improved = trial, result, True
             if not improved:
                 break
+    kept = np.asarray(reference, dtype=np.float64).copy()
     if mcnemar_z(confidence, correct, best_thresholds, reference) < min_z:
-        return np.asarray(reference, dtype=np.float64).copy()
+        return kept
+    if cross_check and not _gains_out_of_fold(probs, labels, flops, reference, geometric_points, seed):
+        return kept
     return best_thresholds
+
+
+def _gains_out_of_fold(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    flops: np.ndarray,
+    reference: np.ndarray,
+    geometric_points: list[np.ndarray],
+    seed: int,
+) -> bool:
+    """2-fold check: thresholds searched on one half beat `reference` on the other half, both ways."""
+    order = np.random.default_rng(seed).permutation(labels.size)
+    halves = (order[: labels.size // 2], order[labels.size // 2 :])
+    for fit, held in (halves, halves[::-1]):
+        budget = evaluate_thresholds(probs[:, fit], labels[fit], reference, flops).expected_flops
+        fitted = optimize_thresholds(
+            probs[:, fit],
+            labels[fit],
+            flops,
+            budget,
+            geometric_points=geometric_points,
+            reference=reference,
+            min_z=0.0,
+            cross_check=False,
+        )
+        gain = (
+            evaluate_thresholds(probs[:, held], labels[held], fitted, flops).accuracy
+            - evaluate_thresholds(probs[:, held], labels[held], reference, flops).accuracy
+        )
+        if gain <= 0.0:
+            return False
+    return True
 
 
 def mcnemar_z(
