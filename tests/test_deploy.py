@@ -413,7 +413,9 @@ def test_shedding_alert_reasons_are_server_error_codes() -> None:
     match = re.search(r'reason=~"([^"]+)"', expr)
     assert match, "the shedding alert selects reasons with reason=~"
     reasons = set(match.group(1).split("|"))
-    assert reasons <= codes, f"not error codes of ranet_serve.errors: {reasons - codes}"
+    known = codes | set(errors.OVERLOAD_REASONS)
+    assert reasons <= known, f"not error codes or shed reasons of ranet_serve.errors: {reasons - known}"
+    assert set(errors.OVERLOAD_REASONS) <= reasons, "every way of shedding load must count as shedding"
 
 
 def _series(name: str, values: str, **labels: str) -> dict[str, str]:
@@ -477,7 +479,7 @@ def alert_unit_tests() -> list[dict[str, Any]]:
                 _series("ranet_requests_total", "0+80x20", model="m", status="200"),
                 _series("ranet_requests_total", "0+10x20", model="m", status="503"),
                 _series("ranet_requests_total", "0+10x20", model="m", status="422"),
-                _series("ranet_rejected_total", "0+10x20", model="m", reason="overloaded"),
+                _series("ranet_rejected_total", "0+10x20", model="m", reason="queue_full"),
                 _series("ranet_rejected_total", "0+10x20", model="m", reason="invalid_budget"),
             ],
             "alert_rule_test": [_expect("RanetServeShedding", "10m", {"severity": "warning", "model": "m"})],

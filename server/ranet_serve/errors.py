@@ -48,8 +48,12 @@ class BudgetError(RanetServeError):
     code = "invalid_budget"
 
 
+# Why a request was shed (`OverloadedError`'s `reason` detail, the `reason` label of rejections).
+OVERLOAD_REASONS = ("queue_full", "inflight_limit", "shutdown")
+
+
 class OverloadedError(RanetServeError):
-    """The bounded queue is full; the client should retry after `retry_after_seconds`."""
+    """The server sheds this request (`reason`: one of OVERLOAD_REASONS); retry after a while."""
 
     code = "overloaded"
 

@@ -203,6 +203,7 @@ def test_shutdown_lets_in_flight_requests_finish(
 ) -> None:
     server = RunningServer(settings_for(make_store(tmp_path, tiny_bundle_dir))).start()
     server.faults.stage_delay = 0.1
+    server.faults.entered.clear()  # warm-up set it: without this, shutdown could start before the request
     with ThreadPoolExecutor(1) as pool, server.client() as client:
         in_flight = pool.submit(post_image, client, images[0], confidence=1.0)
         assert server.faults.entered.wait(10)

@@ -75,6 +75,7 @@ def monitored(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def query(prometheus: str, expr: str) -> list[dict]:
     response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    response.raise_for_status()  # 503 "Service Unavailable" (plain text) while Prometheus starts up
     body = response.json()
     assert body["status"] == "success", f"{expr}: {body}"
     return list(body["data"]["result"])

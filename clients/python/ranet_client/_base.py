@@ -15,6 +15,18 @@ from ranet_client.retry import RetryPolicy
 USER_AGENT = "ranet-client/0.1"
 
 
+def default_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
+    """Headers sent with every request: the user agent, the bearer token if any, then the caller's own.
+
+    The token goes in `Authorization: Bearer`, which the server checks when it has an API key; an
+    explicit `Authorization` in `headers` wins, for servers behind a gateway with its own scheme.
+    """
+    base = {"User-Agent": USER_AGENT}
+    if api_key:
+        base["Authorization"] = f"Bearer {api_key}"
+    return {**base, **(headers or {})}
+
+
 def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
     if retry is None:
         return RetryPolicy()

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ranet_client._base import USER_AGENT, ClientBase
+from ranet_client._base import ClientBase, default_headers
 from ranet_client._protocol import (
     DEFAULT_URL,
     TRANSPORT_ERRORS,
@@ -39,7 +39,8 @@ class AsyncRanetClient(ClientBase):
 
     `max_connections` bounds the connection pool (concurrent requests beyond it wait for a connection).
     `sleep` and `rng` are injectable so tests can check retry waits without waiting; `transport`
-    replaces the network (e.g. `httpx.MockTransport`).
+    replaces the network (e.g. `httpx.MockTransport`). `api_key` is sent as `Authorization: Bearer`
+    to servers that require one (`RANET_API_KEY`).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class AsyncRanetClient(ClientBase):
         retry: RetryPolicy | int | None = None,
         encoding: Encoding = "multipart",
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_connections: int = 100,
@@ -61,7 +63,7 @@ class AsyncRanetClient(ClientBase):
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=self.timeout,
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            headers=default_headers(api_key, headers),
             transport=transport,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )

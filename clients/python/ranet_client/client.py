@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ranet_client._base import USER_AGENT, ClientBase
+from ranet_client._base import ClientBase, default_headers
 from ranet_client._protocol import (
     DEFAULT_URL,
     TRANSPORT_ERRORS,
@@ -38,7 +38,8 @@ class RanetClient(ClientBase):
             print(answer.result.label, answer.result.exit)
 
     `sleep` and `rng` are injectable so tests can check retry waits without waiting; `transport`
-    replaces the network (e.g. `httpx.MockTransport`).
+    replaces the network (e.g. `httpx.MockTransport`). `api_key` is sent as `Authorization: Bearer`
+    to servers that require one (`RANET_API_KEY`).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class RanetClient(ClientBase):
         retry: RetryPolicy | int | None = None,
         encoding: Encoding = "multipart",
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -59,7 +61,7 @@ class RanetClient(ClientBase):
         self._http = httpx.Client(
             base_url=self.url,
             timeout=self.timeout,
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            headers=default_headers(api_key, headers),
             transport=transport,
         )
 

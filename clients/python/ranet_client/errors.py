@@ -73,6 +73,10 @@ class InvalidInputError(RequestError):
     """400: an image could not be decoded or the body is malformed."""
 
 
+class UnauthorizedError(RequestError):
+    """401: the server requires an API key (`api_key=`) and got none, or the wrong one."""
+
+
 class NotFoundError(RequestError):
     """404: unknown model or version (or route)."""
 
@@ -120,6 +124,7 @@ _BY_CODE: dict[str, type[RanetError]] = {
     "invalid_request": ValidationError,
     "invalid_input": InvalidInputError,
     "model_not_found": NotFoundError,
+    "unauthorized": UnauthorizedError,
     "payload_too_large": PayloadTooLargeError,
     "unsupported_media_type": UnsupportedMediaTypeError,
     "overloaded": OverloadedError,
@@ -129,6 +134,7 @@ _BY_CODE: dict[str, type[RanetError]] = {
 
 _BY_STATUS: dict[int, type[RanetError]] = {
     400: InvalidInputError,
+    401: UnauthorizedError,
     404: NotFoundError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,

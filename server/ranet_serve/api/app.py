@@ -20,6 +20,8 @@ from fastapi import FastAPI
 
 from ranet_serve import __version__
 from ranet_serve.api import routes_admin, routes_health, routes_v1, routes_v2
+from ranet_serve.api.admission import AdmissionGate
+from ranet_serve.api.auth import install_auth_handler
 from ranet_serve.api.errors import install_error_handlers
 from ranet_serve.api.metrics import ServerMetrics
 from ranet_serve.api.service import InferenceService
@@ -64,8 +66,16 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     app.state.store = store
     app.state.service = service
     install_error_handlers(app)
+    install_auth_handler(app)
     for module in (routes_health, routes_v1, routes_admin, routes_v2):
         app.include_router(module.router)
+    app.add_middleware(
+        AdmissionGate,
+        limit=settings.max_inflight_requests,
+        store=store,
+        metrics=metrics,
+        default_model=settings.default_model,
+    )
     return app
 
 

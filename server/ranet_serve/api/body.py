@@ -1,18 +1,26 @@
-"""Reading request bodies under a size limit, enforced while the stream arrives.
+"""Reading request bodies under a size limit and a time limit, enforced while the stream arrives.
 
 A declared Content-Length over the limit is refused before a byte is read; a body without one (chunked)
 is cut off as soon as it passes the limit. Compressed bodies (`Content-Encoding: gzip|deflate`, which
 KServe v2 clients may send) are inflated under the same limit, so a small zip bomb cannot grow past it.
+
+A body still arriving `body_read_timeout_s` after reading began answers 408 and the connection closes:
+a client trickling its body (slowloris) costs an idle coroutine for that long, never a worker thread,
+and not forever. A client that disconnects mid-body ends the request as 499, not as a server error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from ranet_serve.api.errors import BodyTimeoutError, ClientDisconnectedError
 from ranet_serve.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -32,16 +40,42 @@ def check_declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
-async def stream_body(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks; raises PayloadTooLargeError once more than `limit` bytes have arrived."""
+def body_read_timeout(request: Request) -> float:
+    """The app's `body_read_timeout_s` (from its settings on `app.state`), else the default."""
+    app = request.scope.get("app")
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    return float(getattr(settings, "body_read_timeout_s", DEFAULT_BODY_READ_TIMEOUT_S))
+
+
+async def stream_body(request: Request, limit: int, timeout: float | None = None) -> AsyncIterator[bytes]:
+    """The body's chunks; raises PayloadTooLargeError once more than `limit` bytes have arrived,
+    BodyTimeoutError when the whole body has not arrived `timeout` seconds (default: the app's
+    `body_read_timeout_s`) after the first read, ClientDisconnectedError when the client went away."""
     check_declared_length(request, limit)
+    seconds = body_read_timeout(request) if timeout is None else timeout
+    deadline = asyncio.get_running_loop().time() + seconds
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        if chunk:
-            yield chunk
+    chunks = request.stream()
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"the request body did not arrive within {seconds:g} s", timeout_seconds=seconds
+                ) from None
+            except ClientDisconnect:
+                raise ClientDisconnectedError("the client closed the connection mid-body") from None
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            if chunk:
+                yield chunk
+    finally:
+        await chunks.aclose()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -41,6 +41,22 @@ class InvalidRequestError(InvalidInputError):
     code = "invalid_request"
 
 
+class BodyTimeoutError(RanetServeError):
+    """The request body did not arrive within `body_read_timeout_s` (a slow or stalled client)."""
+
+    code = "request_timeout"
+
+
+class ClientDisconnectedError(RanetServeError):
+    """The client closed the connection before its request body arrived: nobody is left to answer.
+
+    Answered 499 (nginx's "client closed request") so metrics tell it from server failures; it is not
+    logged as an error, since a client going away is not a fault of the server.
+    """
+
+    code = "client_disconnected"
+
+
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_TABLE: tuple[tuple[type[RanetServeError], int], ...] = (
     (PayloadTooLargeError, 413),
@@ -53,6 +69,8 @@ STATUS_TABLE: tuple[tuple[type[RanetServeError], int], ...] = (
     (NotReadyError, 503),
     (DeadlineExceededError, 504),
     (StageExecutionError, 500),
+    (BodyTimeoutError, 408),
+    (ClientDisconnectedError, 499),
 )
 
 _HTTP_CODES = {
@@ -88,8 +106,21 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """Shape the body for the protocol of the path the request came in on."""
+    body = error_body(request.url.path, code, message, details=details, error_id=error_id)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_body(
+    path: str,
+    code: str,
+    message: str,
+    *,
+    details: dict[str, Any] | None = None,
+    error_id: str | None = None,
+) -> dict[str, Any]:
+    """The error document for `path`'s protocol (also used where no Request exists: the admission gate)."""
     body: dict[str, Any]
-    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+    if path == "/v2" or path.startswith("/v2/"):
         body = {"error": message, "code": code}
         if error_id is not None:
             body["error_id"] = error_id
@@ -100,7 +131,7 @@ def error_response(
         if error_id is not None:
             inner["error_id"] = error_id
         body = {"error": inner}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return body
 
 
 def _json_details(details: dict[str, object]) -> dict[str, Any]:
@@ -121,6 +152,8 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
     elif isinstance(exc, NotReadyError):
         headers = {"Retry-After": "1"}
+    elif isinstance(exc, BodyTimeoutError):
+        headers = {"Connection": "close"}  # the rest of a stalled body must not hold the connection
     if status >= 500 and not isinstance(exc, NotReadyError | DeadlineExceededError):
         error_id = uuid.uuid4().hex[:16]
         logger.error("error %s on %s %s: %s", error_id, request.method, request.url.path, exc, exc_info=exc)

@@ -6,15 +6,18 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 
+from ranet_serve.api.auth import require_admin_key
 from ranet_serve.api.catalog import describe_model
 from ranet_serve.api.deps import get_store
+from ranet_serve.api.schemas_errors import v1_errors
 from ranet_serve.api.schemas_v1 import ReloadResponse
 from ranet_serve.api.store import ModelStore
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+# The admin key (or, without one, the inference key) guards every admin route.
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
-@router.post("/reload", response_model=ReloadResponse)
+@router.post("/reload", response_model=ReloadResponse, responses=v1_errors(401, 500, 503))
 async def reload_models(store: ModelStore = Depends(get_store)) -> ReloadResponse:
     """Rescan the store: load new or changed versions, retire removed ones after they drain."""
     report = await asyncio.to_thread(store.reload)

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ranet_serve.api.deps import get_metrics, get_store
 from ranet_serve.api.metrics import ServerMetrics
+from ranet_serve.api.schemas_errors import Readiness
 from ranet_serve.api.store import ModelStore, ReadyVersion
 
 router = APIRouter(tags=["health"])
@@ -19,7 +20,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": Readiness, "description": "ready"},
+        503: {"model": Readiness, "description": "loading, or no model serves"},
+    },
+)
 async def readyz(store: ModelStore = Depends(get_store)) -> JSONResponse:
     """200 once the bundles are loaded and warmed up and at least one serves; 503 before."""
     return readiness(store)

@@ -7,9 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.catalog import describe_model
 from ranet_serve.api.deps import get_app_settings, get_service, get_store
 from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
 from ranet_serve.api.schemas_v1 import ClassifyResponse, ModelInfo, ModelsResponse
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
 from ranet_serve.api.settings import Settings
@@ -17,7 +19,8 @@ from ranet_serve.api.store import ModelStore
 from ranet_serve.api.v1_codec import encode_v1, read_v1_input
 from ranet_serve.errors import ModelNotFoundError
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+# Every /v1 route but /v1/admin (its own router, its own key) needs the inference key when one is set.
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
 _KNOB_DOC = {
     "max_flops": {"type": "string", "description": "hard cap per image: a number or '20M', '1.5G'"},
@@ -59,7 +62,12 @@ _CLASSIFY_BODY: dict[str, Any] = {
 }
 
 
-@router.post("/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY)
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    openapi_extra=_CLASSIFY_BODY,
+    responses=v1_errors(*INFERENCE),
+)
 async def classify_default(
     request: Request,
     service: InferenceService = Depends(get_service),
@@ -69,7 +77,12 @@ async def classify_default(
     return await _classify(request, service, settings, None)
 
 
-@router.post("/models/{model}/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY)
+@router.post(
+    "/models/{model}/classify",
+    response_model=ClassifyResponse,
+    openapi_extra=_CLASSIFY_BODY,
+    responses=v1_errors(*INFERENCE),
+)
 async def classify_model(
     model: str,
     request: Request,
@@ -101,7 +114,7 @@ async def _classify(
     return encode_v1(result)
 
 
-@router.get("/models", response_model=ModelsResponse)
+@router.get("/models", response_model=ModelsResponse, responses=v1_errors(401))
 async def list_models(
     store: ModelStore = Depends(get_store), settings: Settings = Depends(get_app_settings)
 ) -> ModelsResponse:
@@ -112,7 +125,7 @@ async def list_models(
     )
 
 
-@router.get("/models/{model}", response_model=ModelInfo)
+@router.get("/models/{model}", response_model=ModelInfo, responses=v1_errors(*METADATA))
 async def get_model(model: str, store: ModelStore = Depends(get_store)) -> ModelInfo:
     """One model: versions, state, input spec, labels, exits, operating points."""
     snapshot = store.snapshot()

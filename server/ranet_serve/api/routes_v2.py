@@ -10,17 +10,74 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ranet_serve import __version__
+from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.body import read_body
 from ranet_serve.api.deps import get_app_settings, get_service, get_store
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.routes_health import readiness
+from ranet_serve.api.schemas_errors import (
+    INFERENCE,
+    METADATA,
+    V2ModelReadiness,
+    V2Readiness,
+    v2_errors,
+)
 from ranet_serve.api.service import ClassifyRequest, InferenceService
 from ranet_serve.api.settings import Settings
 from ranet_serve.api.store import FailedVersion, ModelStore, ReadyVersion, version_key
 from ranet_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, model_metadata, parse_infer_request
 from ranet_serve.errors import NotReadyError
 
+# Health, readiness and server metadata stay open; model metadata and inference need the API key
+# when one is set (`api/auth.py`).
+_PROTECTED = [Depends(require_api_key)]
+
 router = APIRouter(prefix="/v2", tags=["v2"])
+
+# The JSON form of an inference request (`schemas_v2.InferenceRequest`), for the OpenAPI schema: the
+# route reads the raw body itself because the binary extension puts tensor bytes after the JSON.
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 256},
+        "shape": {"type": "array", "items": {"type": "integer"}, "maxItems": 8},
+        "datatype": {"type": "string", "maxLength": 16, "description": "FP32 [N,C,H,W] or BYTES [N]"},
+        "parameters": {"type": "object"},
+        "data": {"description": "FP32 numbers (flat or nested), or base64 strings for BYTES"},
+    },
+}
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string", "maxLength": 256},
+                        "parameters": {"type": "object", "description": "budget knobs, deadline_ms"},
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 16},
+                        "outputs": {
+                            "type": "array",
+                            "maxItems": 16,
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "binary tensor extension: JSON header, then the tensor bytes",
+            },
+        },
+    }
+}
 
 
 @router.get("")
@@ -33,14 +90,17 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    responses={200: {"model": V2Readiness}, 503: {"model": V2Readiness, "description": "not ready"}},
+)
 async def ready(store: ModelStore = Depends(get_store)) -> JSONResponse:
     answer = readiness(store)
     return JSONResponse({"ready": answer.status_code == 200}, status_code=answer.status_code)
 
 
-@router.get("/models/{model}")
-@router.get("/models/{model}/versions/{version}")
+@router.get("/models/{model}", dependencies=_PROTECTED, responses=v2_errors(*METADATA))
+@router.get("/models/{model}/versions/{version}", dependencies=_PROTECTED, responses=v2_errors(*METADATA))
 async def metadata(
     model: str, version: str | None = None, store: ModelStore = Depends(get_store)
 ) -> dict[str, Any]:
@@ -54,18 +114,38 @@ async def metadata(
     return model_metadata(model, [entry.version] if version else ready_versions, entry.manifest)
 
 
-@router.get("/models/{model}/ready")
-@router.get("/models/{model}/versions/{version}/ready")
+_MODEL_READY: dict[int | str, dict[str, Any]] = {
+    200: {"model": V2ModelReadiness},
+    503: {"model": V2ModelReadiness, "description": "not ready (loading, or failed to load)"},
+    **v2_errors(404, 422),
+}
+
+
+@router.get("/models/{model}/ready", responses=_MODEL_READY)
+@router.get("/models/{model}/versions/{version}/ready", responses=_MODEL_READY)
 async def model_ready(
     model: str, version: str | None = None, store: ModelStore = Depends(get_store)
 ) -> JSONResponse:
-    entry = store.find(model, version)
+    try:
+        entry = store.find(model, version)
+    except NotReadyError:  # still loading: "is it ready?" has an answer, no
+        return JSONResponse({"name": model, "ready": False}, status_code=503)
     ok = isinstance(entry, ReadyVersion)
     return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
 
-@router.post("/models/{model}/infer")
-@router.post("/models/{model}/versions/{version}/infer")
+@router.post(
+    "/models/{model}/infer",
+    dependencies=_PROTECTED,
+    responses=v2_errors(*INFERENCE),
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{model}/versions/{version}/infer",
+    dependencies=_PROTECTED,
+    responses=v2_errors(*INFERENCE),
+    openapi_extra=_INFER_BODY,
+)
 async def infer(
     model: str,
     request: Request,

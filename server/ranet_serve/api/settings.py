@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1 << 20
@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     rebatch_delay_ms: float = Field(
         2.0, ge=0.0, le=10_000.0, description="longest a parked survivor waits for company (when busy)"
     )
+    # The batcher's queue only bounds work that reached it; when reading, parsing and decoding are the
+    # bottleneck (small models on CPU), requests pile up before it and latency grows without bound.
+    max_inflight_requests: int = Field(
+        256,
+        ge=1,
+        description="inference requests in the server at once (reading, decoding, queued, running); "
+        "beyond it 429 before the body is read",
+    )
     agreement_sample_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="share of early-exited images re-run to the last exit in idle time"
     )
@@ -63,11 +71,35 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         30_000.0, gt=0.0, description="deadline of a request that sets no deadline_ms"
     )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0.0, description="a request body still arriving after this answers 408 (slow clients)"
+    )
 
     warmup: bool = Field(True, description="run a batch through every stage before a bundle is ready")
     verify_checksums: bool = Field(True, description="check every bundle file's SHA-256 on load")
     graceful_shutdown_seconds: float = Field(30.0, gt=0.0, description="how long shutdown drains")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Off by default (the server binds to loopback); a blank value counts as unset, so a compose file
+    # that passes `RANET_API_KEY: ${RANET_API_KEY:-}` through does not enable a key nobody can send.
+    api_key: SecretStr | None = Field(
+        None, description="bearer token required for inference and model metadata (unset: open)"
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="bearer token required for /v1/admin (unset: the api_key, if any)"
+    )
+
+    @field_validator("api_key", "admin_api_key", mode="after")
+    @classmethod
+    def _blank_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
+    @property
+    def effective_admin_key(self) -> SecretStr | None:
+        """The token admin routes require: their own, else the inference key, else none."""
+        return self.admin_api_key or self.api_key
 
 
 @lru_cache

@@ -40,9 +40,16 @@ from ranet_serve.cascade.executor import (
     StepResult,
     merge_cohorts,
 )
-from ranet_serve.errors import DeadlineExceededError, OverloadedError, RanetServeError, StageExecutionError
+from ranet_serve.errors import (
+    OVERLOAD_REASONS,
+    DeadlineExceededError,
+    OverloadedError,
+    RanetServeError,
+    StageExecutionError,
+)
 
 logger = logging.getLogger(__name__)
+QUEUE_FULL, _, SHUTDOWN = OVERLOAD_REASONS
 
 
 @dataclass(frozen=True)
@@ -142,12 +149,12 @@ class Batcher:
         future: Future[RequestResult] = Future()
         with self._lock:
             if self._closing.is_set():
-                raise OverloadedError("server is shutting down", retry_after_seconds=1.0, reason="shutdown")
+                raise OverloadedError("server is shutting down", retry_after_seconds=1.0, reason=SHUTDOWN)
             if self._queue.qsize() >= self.max_queue_size:
                 raise OverloadedError(
                     f"queue full ({self.max_queue_size} requests waiting)",
                     retry_after_seconds=max(0.1, self.max_queue_delay * 10),
-                    reason="queue_full",
+                    reason=QUEUE_FULL,
                 )
             self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future))
         return future
@@ -175,9 +182,7 @@ class Batcher:
                 except queue.Empty:
                     break
                 if pending is not None and pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(
-                        OverloadedError("server is shutting down", reason="shutdown")
-                    )
+                    pending.future.set_exception(OverloadedError("server is shutting down", reason=SHUTDOWN))
         self._queue.put(None)
         self._thread.join(timeout)
 

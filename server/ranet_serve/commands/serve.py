@@ -30,6 +30,14 @@ def serve_command(
     max_queue_size: Annotated[int | None, typer.Option(help="queued requests per model before 429")] = None,
     default_operating_point: Annotated[str | None, typer.Option(help="operating point without knobs")] = None,
     log_level: Annotated[str | None, typer.Option(help="critical | error | warning | info | debug")] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the bearer token inference needs (RANET_API_KEY; default: none)"),
+    ] = None,
+    admin_api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the token /v1/admin needs (RANET_ADMIN_API_KEY; default: api key)"),
+    ] = None,
 ) -> None:
     """Serve model_store/ (settings from RANET_* variables; options override them)."""
     options = {
@@ -52,6 +60,10 @@ def serve_command(
     from ranet_serve.api.settings import Settings
 
     overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
+    # Keys come from files (a mounted secret), never from the command line, where `ps` would show them.
+    for key, path in (("api_key", api_key_file), ("admin_api_key", admin_api_key_file)):
+        if path is not None:
+            overrides[key] = _read_key(path, f"--{key.replace('_', '-')}-file")
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -70,4 +82,24 @@ def serve_command(
         f"serving {', '.join(bundles)} from {settings.model_store} on http://{settings.host}:{settings.port} "
         f"({settings.backend}, device {settings.device})"
     )
+    if settings.api_key is not None or settings.admin_api_key is not None:
+        guarded = "inference and admin" if settings.api_key is not None else "admin"
+        console.print(f"API key required for {guarded} routes (health, readiness and /metrics stay open)")
     serve(settings)
+
+
+def _read_key(path: Path, option: str) -> str:
+    """The first line of a key file, stripped; exit 2 (usage error) when unreadable or blank.
+
+    The message names the file, never its content.
+    """
+    try:
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]error:[/red] {option}: cannot read {path} ({type(exc).__name__})")
+        raise typer.Exit(2) from exc
+    key = lines[0].strip() if lines else ""
+    if not key:
+        console.print(f"[red]error:[/red] {option}: {path} is empty")
+        raise typer.Exit(2)
+    return key

@@ -1,0 +1,144 @@
+"""Optional bearer-token authentication: off by default, one key for inference, one for admin.
+
+`Settings.api_key` guards inference and model metadata (v1 and v2); `Settings.admin_api_key` guards
+`/v1/admin` and falls back to `api_key`, so a single key protects everything. Liveness, readiness and
+`/metrics` stay open: orchestrators and Prometheus probe them without credentials, and they carry
+operational data (readiness, rates, model names), never inputs or answers.
+
+Tokens are compared with `hmac.compare_digest` on bytes, whose running time does not depend on where
+the first differing byte is, so the key cannot be guessed byte by byte from response times. The key is
+never logged or echoed: error messages say only that a token is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from ranet_serve.api.errors import error_response
+from ranet_serve.api.settings import Settings
+from ranet_serve.errors import RanetServeError
+
+REALM = "ranet-serve"
+INFERENCE_SCHEME = "apiKey"  # security scheme names in the OpenAPI schema
+ADMIN_SCHEME = "adminKey"
+
+
+class UnauthorizedError(RanetServeError):
+    """The route needs a bearer token and the request sent none, or the wrong one (HTTP 401)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, token_sent: bool):
+        super().__init__(message)
+        self.token_sent = token_sent
+
+    @property
+    def challenge(self) -> str:
+        """The `WWW-Authenticate` value (RFC 6750): `invalid_token` only when a token was sent."""
+        if self.token_sent:
+            return f'Bearer realm="{REALM}", error="invalid_token"'
+        return f'Bearer realm="{REALM}"'
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), else None."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def check_token(request: Request, expected: SecretStr | None) -> None:
+    """Raise UnauthorizedError unless `expected` is unset or the request carries exactly that token."""
+    if expected is None:
+        return
+    token = bearer_token(request)
+    if token is None:
+        raise UnauthorizedError(
+            "this endpoint needs an API key: send the header 'Authorization: Bearer <key>'", token_sent=False
+        )
+    # Both sides as bytes: compare_digest on str accepts ASCII only and would raise on other input.
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise UnauthorizedError("the API key is not valid for this endpoint", token_sent=True)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+# Declared through FastAPI's HTTPBearer so the OpenAPI schema names the scheme on exactly the operations
+# that depend on it; the header is parsed and checked by `check_token` (auto_error off).
+_inference_bearer = HTTPBearer(
+    auto_error=False, scheme_name=INFERENCE_SCHEME, description="RANET_API_KEY, when the server sets one"
+)
+_admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=ADMIN_SCHEME,
+    description="RANET_ADMIN_API_KEY, else RANET_API_KEY, when the server sets one",
+)
+
+
+async def require_api_key(
+    request: Request, _: HTTPAuthorizationCredentials | None = Depends(_inference_bearer)
+) -> None:
+    """FastAPI dependency of inference and metadata routes."""
+    check_token(request, _settings(request).api_key)
+
+
+async def require_admin_key(
+    request: Request, _: HTTPAuthorizationCredentials | None = Depends(_admin_bearer)
+) -> None:
+    """FastAPI dependency of admin routes: the admin key, else the inference key."""
+    check_token(request, _settings(request).effective_admin_key)
+
+
+async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnauthorizedError)
+    return error_response(request, 401, exc.code, exc.message, headers={"WWW-Authenticate": exc.challenge})
+
+
+def install_auth_handler(app: FastAPI) -> None:
+    """Answer UnauthorizedError with 401 in the route family's error shape (more specific than the
+    generic domain-error handler, which Starlette picks by the exception's class hierarchy), and keep
+    in the OpenAPI schema only the bearer schemes whose key is set: a schema that says "bearer" when
+    the server has no key would send clients looking for one.
+    """
+    app.add_exception_handler(UnauthorizedError, _unauthorized)
+    settings: Settings = app.state.settings
+    active = {INFERENCE_SCHEME: settings.api_key, ADMIN_SCHEME: settings.effective_admin_key}
+    unused = {name for name, key in active.items() if key is None}
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _drop_schemes(generate(), unused)
+        return generate()  # FastAPI caches the (edited) schema from here on
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_schemes(schema: dict[str, Any], unused: set[str]) -> None:
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "security" not in operation:
+                continue
+            kept = [r for r in operation["security"] if not set(r) & unused]
+            if kept:
+                operation["security"] = kept
+            else:
+                del operation["security"]
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    for name in unused:
+        schemes.pop(name, None)
+    if "components" in schema and not schemes:
+        schema["components"].pop("securitySchemes", None)
