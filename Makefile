@@ -22,5 +22,8 @@ test: setup lint typecheck unit
 slow: setup
 	OMP_WAIT_POLICY=passive .venv/bin/pytest -q -m slow
 
+# Every benchmark (in process, HTTP, against TorchServe and FastAPI) into benchmarks/REPORT.md;
+# setup_bench.sh first installs what the peers need (Java 17, the `bench` extra) when missing.
 bench: setup
-	OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/inprocess.py
+	./benchmarks/setup_bench.sh
+	OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/run_all.py --require-torchserve

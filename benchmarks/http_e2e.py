@@ -6,7 +6,7 @@ reports throughput, latency percentiles, the server-side time split (queue, infe
 distribution, at the default operating point and at full depth (`confidence=1`). Loopback only;
 every run is bounded in requests and time. Usage:
 
-    .venv/bin/python benchmarks/http_e2e.py [--requests 400] [--concurrency 1 4 16]
+    .venv/bin/python benchmarks/http_e2e.py [--requests 400] [--concurrency 1 4 16] [--bundle DIR]
 """
 
 from __future__ import annotations
@@ -50,10 +50,14 @@ def test_samples(count: int) -> list[Sample]:
     return samples
 
 
-def start_server(port: int, threads: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, threads: int, bundle: Path) -> subprocess.Popen[bytes]:
+    """`ranet serve` on the bundle's model store, the bundle's model as the default model."""
     env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
+    command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
+    command += ["--threads", str(threads)]
+    command += ["--model-store", str(bundle.parents[1]), "--default-model", bundle.parent.name]
     process = subprocess.Popen(
-        [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port), "--threads", str(threads)],
+        command,
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -78,15 +82,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2, help="server inference threads")
+    parser.add_argument("--bundle", type=Path, default=ROOT / "model_store" / "ranet-fmnist" / "1")
+    parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images sent, cyclically")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    samples = test_samples(1000)
+    samples = test_samples(args.images)
+    bundle = args.bundle.resolve()
+    version = {"version": bundle.name}  # the bundle's own version, even when its store holds newer ones
     port = free_port()
-    server = start_server(port, args.threads)
+    server = start_server(port, args.threads, bundle)
     rows = []
     try:
         for concurrency in args.concurrency:
-            for name, knobs in (("default point", {}), ("full depth", {"confidence": "1.0"})):
+            for name, knobs in (("default point", version), ("full depth", {**version, "confidence": "1.0"})):
                 config = LoadConfig(
                     url=f"http://127.0.0.1:{port}",
                     requests=args.requests,

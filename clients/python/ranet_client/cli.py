@@ -29,6 +29,7 @@ from ranet_client.load import (
 )
 from ranet_client.render import classify_table, model_tables, models_table, print_load_report
 from ranet_client.results import ClassifyResponse
+from ranet_client.targets import PLAIN_BODIES
 
 app = typer.Typer(
     name="ranet-client",
@@ -256,6 +257,17 @@ def load(
         int, typer.Option(min=1, help="Attempts per request (1: count 429s, do not retry).")
     ] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the budget draw.")] = 0,
+    plain: Annotated[
+        str | None,
+        typer.Option(
+            "--plain",
+            help="Drive a plain classifier instead of RANet Serve: POST one image per request to this "
+            'path (e.g. /predictions/NAME for TorchServe), read "class_index"/"label" from its JSON.',
+        ),
+    ] = None,
+    plain_body: Annotated[
+        str, typer.Option(help="With --plain: the image as the raw body, or multipart field 'file'.")
+    ] = "raw",
     json_out: Annotated[
         Path | None, typer.Option("--json-out", dir_okay=False, help="Write the report as JSON.")
     ] = None,
@@ -270,6 +282,8 @@ def load(
     if rate is not None and concurrency is not None:
         raise typer.BadParameter("give --concurrency (closed loop) or --rate (open loop), not both")
     wire = _check_encoding(encoding)
+    if plain_body not in PLAIN_BODIES:
+        raise typer.BadParameter(f"use one of {', '.join(PLAIN_BODIES)}", param_hint="--plain-body")
     if wire == "raw" and batch != 1:
         raise typer.BadParameter("the raw encoding sends one image per request; use --batch 1")
     try:
@@ -294,6 +308,8 @@ def load(
             encoding=wire,
             seed=seed,
             max_inflight=max_inflight,
+            plain_path=plain,
+            plain_body="multipart" if plain_body == "multipart" else "raw",
         ).validated()
         console = Console(stderr=as_json)
         done = 0

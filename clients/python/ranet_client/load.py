@@ -5,6 +5,9 @@ never later than MAX_DURATION_S plus one request timeout (an overall guard cance
 targets only the URL it is given. Retries are off by default because a load test should count the
 server's 429s, not hide them. The report is computed from the answers alone, so it can be checked
 against the server's own /metrics.
+
+The same loop drives other servers for comparisons (`plain_path`: one image per request to a fixed
+path, e.g. TorchServe's `/predictions/<model>`); see `ranet_client.targets`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ranet_client.aio import AsyncRanetClient
 from ranet_client.budget import KNOB_NAMES, parse_flops
 from ranet_client.errors import RanetError
 from ranet_client.image_sets import Sample
+from ranet_client.targets import PLAIN_BODIES, PlainBody, PlainTarget, Prediction, RanetTarget, Target
 
 MAX_DURATION_S = 600.0
 MAX_REQUESTS = 1_000_000
@@ -105,7 +109,9 @@ def _parse_spec(spec: str, entry: str) -> dict[str, str]:
 class LoadConfig:
     """What to run. `rate` set: open loop (requests start on schedule, at most `max_inflight` pending,
     extra ones are counted as dropped); otherwise closed loop with `concurrency` clients.
-    `retries` is the number of attempts per request (1: no retries)."""
+    `retries` is the number of attempts per request (1: no retries). `plain_path` set: the target is
+    not RANet Serve but a plain classifier taking one image per request at `url` + `plain_path`
+    (`plain_body`: the raw file or a multipart form), so no batch, budget knobs or retries."""
 
     url: str = DEFAULT_URL
     model: str | None = None
@@ -121,6 +127,8 @@ class LoadConfig:
     encoding: Encoding = "multipart"
     seed: int = 0
     max_inflight: int = 256
+    plain_path: str | None = None
+    plain_body: PlainBody = "raw"
 
     def validated(self) -> LoadConfig:
         """Checked and bounded: a request count when neither count nor duration is given, durations capped."""
@@ -140,8 +148,23 @@ class LoadConfig:
             raise ValueError("timeout must be positive and retries at least 1")
         if not self.mix:
             raise ValueError("the budget mix is empty")
+        if self.plain_path is not None:
+            self._check_plain()
         requests = DEFAULT_REQUESTS if self.requests is None and self.duration is None else self.requests
         return replace(self, requests=requests, duration=min(self.duration or MAX_DURATION_S, MAX_DURATION_S))
+
+    def _check_plain(self) -> None:
+        """A plain server has no batches, budgets or top-k: refuse rather than silently drop them."""
+        if self.plain_body not in PLAIN_BODIES:
+            raise ValueError(f"plain_body must be one of {', '.join(PLAIN_BODIES)}")
+        if not (self.plain_path or "").startswith("/"):
+            raise ValueError("plain_path must start with '/'")
+        if self.batch != 1:
+            raise ValueError("a plain target takes one image per request: batch must be 1")
+        if any(choice.knobs for choice in self.mix) or self.top_k is not None:
+            raise ValueError("a plain target takes no budget knobs or top_k")
+        if self.retries != 1:
+            raise ValueError("a plain target is never retried: retries must be 1")
 
     @property
     def mode(self) -> str:
@@ -153,24 +176,28 @@ class LoadConfig:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    exit: int
-    flops: int
-    confidence: float
+    """One answered image; `exit`, `flops` and `confidence` are None when the server does not report
+    them (a plain target), and `correct` when the image has no label."""
+
+    exit: int | None
+    flops: int | None
+    confidence: float | None
     budget_limited: bool
     correct: bool | None
 
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the client saw it; `status` is the HTTP status or "connection_error"/"timeout"."""
+    """One request as the client saw it; `status` is the HTTP status or "connection_error"/"timeout".
+    The server timings are None when the server does not send them."""
 
     choice: str
     latency_s: float
     status: str
     code: str | None = None
     images: tuple[ImageRecord, ...] = ()
-    server_queue_ms: float = 0.0
-    server_inference_ms: float = 0.0
+    server_queue_ms: float | None = None
+    server_inference_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -256,14 +283,20 @@ class LoadReport:
         return data
 
 
+def _mean(values: Sequence[float | int | None]) -> float | None:
+    """Mean of the known values; None when none is known (never a made-up zero)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def summarize(
     records: Sequence[RequestRecord], config: LoadConfig, duration_s: float, dropped: int = 0
 ) -> LoadReport:
     """Aggregate request records into a report (pure: testable without a server)."""
     ok = [r for r in records if r.ok]
     images = [image for r in ok for image in r.images]
-    exits = Counter(image.exit for image in images)
-    total_flops = sum(image.flops for image in images)
+    exits = Counter(image.exit for image in images if image.exit is not None)
+    total_flops = sum(image.flops for image in images if image.flops is not None)
     judged = [image.correct for image in images if image.correct is not None]
     failed = [r for r in records if not r.ok]
     by_budget: dict[str, BudgetSummary] = {}
@@ -276,9 +309,7 @@ def summarize(
             requests=len(mine),
             ok=len(mine_ok),
             images=len(mine_images),
-            mean_flops_per_image=sum(i.flops for i in mine_images) / len(mine_images)
-            if mine_images
-            else None,
+            mean_flops_per_image=_mean([i.flops for i in mine_images]),
             accuracy=sum(mine_judged) / len(mine_judged) if mine_judged else None,
             latency_p50_ms=1000.0 * percentile([r.latency_s for r in mine_ok], 50) if mine_ok else None,
         )
@@ -301,7 +332,7 @@ def summarize(
         latency_ms=_latency_summary([r.latency_s for r in ok]),
         exit_counts=dict(sorted(exits.items())),
         total_flops=total_flops,
-        mean_flops_per_image=total_flops / len(images) if images else None,
+        mean_flops_per_image=_mean([image.flops for image in images]),
         budget_limited_images=sum(image.budget_limited for image in images),
         labelled_images=len(judged),
         correct_images=sum(judged),
@@ -309,8 +340,8 @@ def summarize(
         errors_by_status=dict(sorted(Counter(r.status for r in failed).items())),
         errors_by_code=dict(sorted(Counter(r.code or r.status for r in failed).items())),
         by_budget=by_budget,
-        server_queue_ms_mean=sum(r.server_queue_ms for r in ok) / len(ok) if ok else None,
-        server_inference_ms_mean=sum(r.server_inference_ms for r in ok) / len(ok) if ok else None,
+        server_queue_ms_mean=_mean([r.server_queue_ms for r in ok]),
+        server_inference_ms_mean=_mean([r.server_inference_ms for r in ok]),
         config=config_echo,
     )
 
@@ -335,36 +366,67 @@ class _Plan:
         return choice, [self.samples[(index * batch + j) % n] for j in range(batch)]
 
 
+def _judge(sample: Sample, prediction: Prediction) -> bool | None:
+    """Whether a prediction is right: by class index when both sides have one, else by label name."""
+    if sample.class_index is not None and prediction.class_index is not None:
+        return prediction.class_index == sample.class_index
+    if sample.label is not None and prediction.label is not None:
+        return prediction.label == sample.label
+    return None
+
+
+def make_target(config: LoadConfig) -> Target:
+    """The target `config` describes: a plain classifier when `plain_path` is set, else RANet Serve."""
+    connections = config.concurrency if config.rate is None else config.max_inflight
+    if config.plain_path is not None:
+        return PlainTarget(
+            config.url,
+            config.plain_path,
+            body=config.plain_body,
+            timeout=config.timeout,
+            max_connections=connections,
+        )
+    client = AsyncRanetClient(
+        config.url,
+        model=config.model,
+        timeout=config.timeout,
+        retry=config.retries,
+        encoding=config.encoding,
+        max_connections=connections,
+    )
+    return RanetTarget(client)
+
+
 async def _one(
-    client: AsyncRanetClient, config: LoadConfig, choice: BudgetChoice, batch: list[Sample]
+    target: Target, config: LoadConfig, choice: BudgetChoice, batch: list[Sample]
 ) -> RequestRecord:
     started = time.perf_counter()
     knobs: dict[str, Any] = dict(choice.knobs)
     if config.top_k is not None and "top_k" not in knobs:
         knobs["top_k"] = config.top_k
     try:
-        answer = await client.classify([s.data for s in batch], **knobs)
+        answer = await target.classify([s.data for s in batch], knobs)
     except RanetError as exc:
         status = str(exc.status) if exc.status is not None else exc.code
         return RequestRecord(choice.name, time.perf_counter() - started, status, exc.code)
     latency = time.perf_counter() - started
     images = tuple(
         ImageRecord(
-            exit=r.exit,
-            flops=r.flops,
-            confidence=r.confidence,
-            budget_limited=r.budget_limited,
-            correct=sample.is_correct(r.class_index, r.label),
+            exit=p.exit,
+            flops=p.flops,
+            confidence=p.confidence,
+            budget_limited=p.budget_limited,
+            correct=_judge(sample, p),
         )
-        for sample, r in zip(batch, answer.results, strict=False)
+        for sample, p in zip(batch, answer.predictions, strict=False)
     )
     return RequestRecord(
         choice.name,
         latency,
         "200",
         images=images,
-        server_queue_ms=answer.timings.queue_ms,
-        server_inference_ms=answer.timings.inference_ms,
+        server_queue_ms=answer.queue_ms,
+        server_inference_ms=answer.inference_ms,
     )
 
 
@@ -373,27 +435,23 @@ async def run_load(
     samples: Sequence[Sample],
     *,
     client: AsyncRanetClient | None = None,
+    target: Target | None = None,
     on_request: Callable[[RequestRecord], None] | None = None,
 ) -> LoadReport:
-    """Run the load described by `config` with `samples` and report. `client` may be supplied (tests);
-    otherwise one is created for `config.url` and closed afterwards. `on_request` sees each record
-    (progress bars)."""
+    """Run the load described by `config` with `samples` and report. A `client` (RANet Serve) or any
+    `target` may be supplied and is left open; otherwise `make_target(config)` creates one that is
+    closed afterwards. `on_request` sees each record (progress bars)."""
     config = config.validated()
     if not samples:
         raise ValueError("no images to send")
     plan = _Plan(config, samples)
     records: list[RequestRecord] = []
     dropped = 0
-    own = client is None
-    if client is None:
-        client = AsyncRanetClient(
-            config.url,
-            model=config.model,
-            timeout=config.timeout,
-            retry=config.retries,
-            encoding=config.encoding,
-            max_connections=config.concurrency if config.rate is None else config.max_inflight,
-        )
+    if client is not None and target is not None:
+        raise ValueError("give a client or a target, not both")
+    own = client is None and target is None
+    if target is None:
+        target = make_target(config) if client is None else RanetTarget(client, own=False)
     assert config.duration is not None
     start = time.perf_counter()
     deadline = start + config.duration
@@ -405,7 +463,7 @@ async def run_load(
 
     async def one(index: int) -> None:
         choice, batch = plan.request(index)
-        record(await _one(client, config, choice, batch))
+        record(await _one(target, config, choice, batch))
 
     async def closed_loop() -> None:
         issued = 0
@@ -455,7 +513,7 @@ async def run_load(
         pass
     finally:
         if own:
-            await client.aclose()
+            await target.aclose()
     return summarize(records, config, time.perf_counter() - start, dropped)
 
 

@@ -1,0 +1,374 @@
+"""Every benchmark in one run, into benchmarks/REPORT.md, results/*.json and PNG plots (`make bench`).
+
+Runs, one after the other on this machine and the same bundle and images:
+  1-3. benchmarks/inprocess.py   split cost, early exit vs full depth, backends (in process);
+  4.   benchmarks/http_e2e.py    ranet serve over HTTP with the project's load generator;
+  5.   benchmarks/peers_http.py  ranet serve vs TorchServe vs FastAPI + eager, same client and images;
+  6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process.
+Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
+that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
+report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores; the
+knobs below shrink them (the test suite runs a smoke version). Usage:
+
+    .venv/bin/python benchmarks/run_all.py [--skip inprocess] [--http-requests 400]
+        [--peer-requests 800] [--concurrency 1 4 16] [--rounds 1] [--out DIR] [--report FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
+
+HERE = Path(__file__).resolve().parent
+STEPS = ("inprocess", "http", "peers", "rebatch")
+# Goals from issue 9 (the targets are fixed; the measured figures are not).
+SPLIT_COST_GOAL_BATCH64 = 1.10
+SPEEDUP_SHARE_OF_FLOPS_RATIO = 0.8
+THROUGHPUT_VS_TORCHSERVE = 2.0
+ACCURACY_POINTS = 0.5
+P50_TOLERANCE = 1.05
+
+
+def run_step(name: str, command: list[str], log: Path) -> dict[str, Any]:
+    """Run one benchmark script, its output into `log`; return status and wall time."""
+    started = time.monotonic()
+    env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
+    print(f"[bench] {name}: {shlex.join(command)}", flush=True)
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.monotonic() - started
+    shown = [os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in command]
+    status: dict[str, Any] = {
+        "command": shlex.join(shown),
+        "returncode": done.returncode,
+        "wall_s": wall,
+    }
+    if done.returncode != 0:
+        status["log_tail"] = log.read_text(errors="replace")[-3000:]
+        print(f"[bench] {name} FAILED (exit {done.returncode}); log: {log}", flush=True)
+    else:
+        print(f"[bench] {name}: done in {wall:.0f} s", flush=True)
+    return status
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "NOT met")
+
+
+def goals(
+    inprocess: dict[str, Any] | None, peers: dict[str, Any] | None, rebatch: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Each goal of the issues with the measured figure and whether it is met (None: not measured)."""
+    rows: list[dict[str, Any]] = []
+    split = ((inprocess or {}).get("split_cost") or {}).get("64")
+    rows.append(
+        {
+            "goal": "split cost at batch 64 (stages / monolithic ONNX)",
+            "target": f"<= {SPLIT_COST_GOAL_BATCH64:.2f}",
+            "measured": None if split is None else f"{split['ratio']:.2f}",
+            "met": None if split is None else split["ratio"] <= SPLIT_COST_GOAL_BATCH64,
+        }
+    )
+    early = (inprocess or {}).get("early_exit")
+    if early:
+        speedups = {b: s["speedup_vs_full_depth"] for b, s in early["by_batch"].items()}
+        goal = SPEEDUP_SHARE_OF_FLOPS_RATIO * early["flops_ratio"]
+        worst = min(speedups, key=lambda b: speedups[b])
+        rows.append(
+            {
+                "goal": f"in-process speedup at the default point vs full depth (FLOPs ratio "
+                f"{early['flops_ratio']:.2f})",
+                "target": f">= {goal:.2f} (80% of the FLOPs ratio) at every batch",
+                "measured": ", ".join(f"batch {b}: {v:.2f}" for b, v in speedups.items())
+                + f" (lowest at batch {worst})",
+                "met": speedups[worst] >= goal,
+            }
+        )
+    else:
+        rows.append(
+            {"goal": "in-process speedup vs FLOPs ratio", "target": ">= 80%", "measured": None, "met": None}
+        )
+    summary = (peers or {}).get("summary") or {}
+    ours, theirs = summary.get("ranet_default"), summary.get("torchserve")
+    reason = ((peers or {}).get("skipped") or {}).get("torchserve", "TorchServe was not run")
+    if ours and theirs:
+        levels = [c for c in ours["by_concurrency"] if c in theirs["by_concurrency"]]
+        ratios = {
+            c: ours["by_concurrency"][c]["throughput_rps"] / theirs["by_concurrency"][c]["throughput_rps"]
+            for c in levels
+        }
+        p99 = {
+            c: (ours["by_concurrency"][c]["p99_ms"], theirs["by_concurrency"][c]["p99_ms"]) for c in levels
+        }
+        gap = 100 * (ours["accuracy"] - theirs["accuracy"])
+        rows += [
+            {
+                "goal": "HTTP throughput, ranet serve (default point) vs TorchServe (full depth)",
+                "target": f">= {THROUGHPUT_VS_TORCHSERVE:.1f}x at every concurrency",
+                "measured": ", ".join(f"c={c}: {r:.2f}x" for c, r in ratios.items()),
+                "met": all(r >= THROUGHPUT_VS_TORCHSERVE for r in ratios.values()),
+            },
+            {
+                "goal": "accuracy delivered, ranet serve (default point) vs TorchServe (same images)",
+                "target": f"within {ACCURACY_POINTS} points",
+                "measured": f"{100 * ours['accuracy']:.2f}% vs {100 * theirs['accuracy']:.2f}% "
+                f"({gap:+.2f} points, {ours['labelled_images']} images)",
+                "met": abs(gap) <= ACCURACY_POINTS,
+            },
+            {
+                "goal": "p99 latency, ranet serve (default point) vs TorchServe",
+                "target": "lower at every concurrency",
+                "measured": ", ".join(f"c={c}: {a:.1f} vs {b:.1f} ms" for c, (a, b) in p99.items()),
+                "met": all(a < b for a, b in p99.values()),
+            },
+        ]
+    else:
+        for goal_name in ("HTTP throughput >= 2x TorchServe", "accuracy within 0.5 points", "lower p99"):
+            rows.append({"goal": goal_name, "target": "vs TorchServe", "measured": reason, "met": None})
+    rows += rebatch_goals(rebatch)
+    return rows
+
+
+def rebatch_goals(rebatch: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 11 part 1: more throughput under load, p50 no worse at low load, at each point measured."""
+    points = (rebatch or {}).get("points") or {}
+    if not points:
+        return [{"goal": "survivor re-batching", "target": "vs per-batch", "measured": None, "met": None}]
+    return [
+        {
+            "goal": "survivor re-batching, high load: images/s rebatch / per-batch",
+            "target": "> 1.00 at every point",
+            "measured": ", ".join(f"{n}: {p['throughput_ratio']:.2f}" for n, p in points.items()),
+            "met": all(p["throughput_ratio"] > 1.0 for p in points.values()),
+        },
+        {
+            "goal": "survivor re-batching, low load: p50 latency rebatch / per-batch",
+            "target": "<= 1.05 at every point (no worse, within noise)",
+            "measured": ", ".join(f"{n}: {p['p50_ratio']:.2f}" for n, p in points.items()),
+            "met": all(p["p50_ratio"] <= P50_TOLERANCE for p in points.values()),
+        },
+    ]
+
+
+def peer_ratios(peers: dict[str, Any]) -> list[str]:
+    """Throughput and p99 of every server relative to TorchServe at each concurrency (markdown)."""
+    summary = peers.get("summary") or {}
+    base = summary.get("torchserve")
+    if not base:
+        return []
+    lines = [
+        "### Relative to TorchServe (full depth) at equal concurrency",
+        "",
+        "| concurrency | server | throughput ratio | p99 ratio |",
+        "|---|---|---|---|",
+    ]
+    for c, theirs in base["by_concurrency"].items():
+        for key, entry in summary.items():
+            if key == "torchserve" or c not in entry["by_concurrency"]:
+                continue
+            mine = entry["by_concurrency"][c]
+            lines.append(
+                f"| {c} | {entry['label']} | {mine['throughput_rps'] / theirs['throughput_rps']:.2f}x | "
+                f"{mine['p99_ms'] / theirs['p99_ms']:.2f}x |"
+            )
+    return [*lines, ""]
+
+
+def plot_peers(peers: dict[str, Any], out: Path) -> list[Path]:
+    """Throughput and p99 latency against concurrency, one line per server; the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = peers.get("summary") or {}
+    written = []
+    for metric, ylabel, name in (
+        ("throughput_rps", "requests / s", "peers_throughput.png"),
+        ("p99_ms", "p99 latency (ms)", "peers_p99.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        for entry in summary.values():
+            levels = sorted(entry["by_concurrency"], key=int)
+            values = [entry["by_concurrency"][c][metric] for c in levels]
+            ax.plot([int(c) for c in levels], values, marker="o", label=entry["label"])
+        ax.set_xscale("log", base=2)
+        ticks = sorted({int(c) for entry in summary.values() for c in entry["by_concurrency"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel} vs concurrency, same model, same machine")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
+    machine, ver, steps = context["machine"], context["versions"], context["steps"]
+    rel = os.path.relpath(out, report_path.parent)
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Generated {context['finished']} by `{context['command']}` in {context['wall_s'] / 60:.1f} min "
+        f"(bundle `{context['bundle']}`, Fashion-MNIST test set). Every comparison below was measured in "
+        "this one run on this machine; these machines are shared, so timings drift between runs: read the "
+        "ratios.",
+        "",
+        "## Machine and versions",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {machine['cpu']} ({machine['architecture']}), {machine['cores']} cores |",
+        f"| memory | {machine['memory_gib']} GiB |",
+        f"| OS | {machine['os']} |",
+        f"| load average at start | {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])} |",
+    ]
+    lines += [f"| {name} | {value or 'not installed'} |" for name, value in ver.items()]
+    lines += ["", "| step | command | wall time | status |", "|---|---|---|---|"]
+    for name in STEPS:
+        step = steps.get(name)
+        if step is None:
+            lines.append(f"| {name} | - | - | skipped |")
+        else:
+            state = "ok" if step["returncode"] == 0 else f"FAILED (exit {step['returncode']})"
+            lines.append(f"| {name} | `{step['command']}` | {step['wall_s']:.0f} s | {state} |")
+    lines += ["", "## Goals", "", "| goal | target | measured | verdict |", "|---|---|---|---|"]
+    for goal in context["goals"]:
+        lines.append(
+            f"| {goal['goal']} | {goal['target']} | {goal['measured'] or '-'} | {_verdict(goal['met'])} |"
+        )
+    lines.append("")
+    sections = (
+        ("inprocess", "inprocess.md", "In process (items 1-3)"),
+        ("http", "http.md", "HTTP end to end (item 4)"),
+        ("peers", "peers.md", "Against peers (item 5)"),
+        ("rebatch", "rebatch.md", "Survivor re-batching (issue 11)"),
+    )
+    for step_name, markdown, title in sections:
+        lines += [f"# {title}", ""]
+        step = steps.get(step_name)
+        path = out / markdown
+        if step is None:
+            lines += ["Not run in this invocation.", ""]
+            continue
+        if step["returncode"] != 0:
+            lines += ["Failed; the end of its log:", "", "```", step.get("log_tail", "").strip(), "```", ""]
+            continue
+        lines += [path.read_text().strip(), ""]
+        if step_name == "peers":
+            peers = _load(out / "peers.json") or {}
+            lines += peer_ratios(peers)
+            setup = (peers.get("servers") or {}).get("torchserve")
+            if setup:
+                lines += [
+                    f"TorchServe setup: batch size {setup['batch_size']}, max batch delay "
+                    f"{setup['max_batch_delay_ms']} ms (ranet serve's defaults), {setup['workers']} worker, "
+                    f"{setup['threads']} torch threads; handler {setup['handler']}. "
+                    "The FastAPI baseline runs the eager model inline in an `async def` route, "
+                    "one image per request, no batching.",
+                    "",
+                ]
+            for plot in context.get("plots", []):
+                lines += [f"![{Path(plot).stem}]({rel}/{Path(plot).name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--skip", nargs="*", choices=STEPS, default=[], help="steps not to run")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads everywhere")
+    parser.add_argument("--inprocess-repeats", type=int, default=5)
+    parser.add_argument("--rebatch-requests", type=int, default=4000, help="images per re-batching run")
+    parser.add_argument("--rebatch-repeats", type=int, default=3)
+    parser.add_argument("--http-requests", type=int, default=400, help="requests per http_e2e run")
+    parser.add_argument("--peer-requests", type=int, default=800, help="requests per peer run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved peer rounds (medians)")
+    parser.add_argument("--warmup", type=int, default=64, help="peer warm-up requests per server")
+    parser.add_argument("--servers", nargs="+", default=["ranet", "torchserve", "fastapi"])
+    parser.add_argument("--require-torchserve", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # Step logs stay out of the results folder (which is committed); a failure quotes its log's tail.
+    logs = Path(tempfile.mkdtemp(prefix="ranet-bench-logs-"))
+    print(f"[bench] step logs in {logs}", flush=True)
+    bundle = str(args.bundle.resolve())
+    threads = str(args.threads)
+    concurrency = [str(c) for c in args.concurrency]
+    common_args = ["--bundle", bundle, "--threads", threads]
+    commands = {
+        "inprocess": [str(HERE / "inprocess.py"), *common_args, "--repeats", str(args.inprocess_repeats)],
+        "http": [str(HERE / "http_e2e.py"), *common_args, "--requests", str(args.http_requests)],
+        "peers": [str(HERE / "peers_http.py"), *common_args, "--requests", str(args.peer_requests)],
+        "rebatch": [str(HERE / "rebatch.py"), *common_args, "--requests", str(args.rebatch_requests)],
+    }
+    commands["rebatch"] += ["--repeats", str(args.rebatch_repeats)]
+    commands["http"] += ["--concurrency", *concurrency]
+    commands["peers"] += ["--concurrency", *concurrency, "--rounds", str(args.rounds)]
+    commands["peers"] += ["--warmup", str(args.warmup), "--servers", *args.servers]
+    if args.require_torchserve:
+        commands["peers"].append("--require-torchserve")
+    machine = machine_facts()
+    steps: dict[str, Any] = {}
+    for name in STEPS:
+        if name in args.skip:
+            continue
+        steps[name] = run_step(
+            name, [sys.executable, *commands[name], "--out", str(out)], logs / f"{name}.log"
+        )
+    # Only what this run produced: a failed step's JSON may be a stale one from an earlier run.
+    ran = {name for name, step in steps.items() if step["returncode"] == 0}
+    inprocess = _load(out / "inprocess.json") if "inprocess" in ran else None
+    peers = _load(out / "peers.json") if "peers" in ran else None
+    rebatch = _load(out / "rebatch.json") if "rebatch" in ran else None
+    plots = [str(p) for p in plot_peers(peers, out)] if peers and peers.get("summary") else []
+    context: dict[str, Any] = {
+        "command": shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]),
+        "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_s": time.monotonic() - started,
+        "bundle": os.path.relpath(bundle, ROOT) if bundle.startswith(str(ROOT)) else bundle,
+        "machine": machine,
+        "versions": versions(),
+        "steps": steps,
+        "goals": goals(inprocess, peers, rebatch),
+        "plots": plots,
+    }
+    (out / "summary.json").write_text(json.dumps(context, indent=2) + "\n")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(render_report(context, out, args.report.resolve()))
+    print(f"[bench] report: {args.report} ({context['wall_s'] / 60:.1f} min)", flush=True)
+    if any(step["returncode"] != 0 for step in steps.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

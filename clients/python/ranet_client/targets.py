@@ -1,0 +1,187 @@
+"""What the load generator sends requests to: a RANet Serve server, or a plain one-image classifier.
+
+The load generator is the project's yardstick, so comparisons with other servers (TorchServe, a
+hand-written FastAPI app) must use the very same loop, images, concurrency and report. A `Target`
+hides the only thing that differs, the wire protocol: `RanetTarget` speaks RANet Serve's /v1 through
+`AsyncRanetClient` (batches, budget knobs, exits, FLOPs and server timings); `PlainTarget` POSTs one
+image per request to a fixed path, as TorchServe's `POST /predictions/<model>` and most hand-written
+servers take it, and reads the class from a small JSON answer. What a plain server does not report
+(exit, FLOPs, queue time) stays None instead of being made up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from ranet_client._base import USER_AGENT
+from ranet_client._protocol import (
+    TRANSPORT_ERRORS,
+    error_from_exception,
+    error_from_response,
+    normalize_url,
+)
+from ranet_client.aio import AsyncRanetClient
+from ranet_client.errors import RanetError
+
+PlainBody = Literal["raw", "multipart"]
+PLAIN_BODIES: tuple[str, ...] = ("raw", "multipart")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer as the load generator records it; None where the server does not say."""
+
+    class_index: int | None
+    label: str | None
+    confidence: float | None = None
+    exit: int | None = None
+    flops: int | None = None
+    budget_limited: bool = False
+
+
+@dataclass(frozen=True)
+class TargetAnswer:
+    """One successful request: a prediction per image, in order, and the server-side time split if sent."""
+
+    predictions: tuple[Prediction, ...]
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+
+
+class Target(Protocol):
+    """A server the load generator can drive. `classify` raises a `RanetError` for every failure (an
+    error status, no answer, an unreadable answer), so failures are counted alike for every target."""
+
+    @property
+    def takes_knobs(self) -> bool:
+        """Whether budget knobs (max_flops, top_k, ...) mean anything to this server."""
+        ...
+
+    @property
+    def max_images_per_request(self) -> int | None:
+        """None: any batch the server accepts."""
+        ...
+
+    async def classify(self, images: Sequence[bytes], knobs: Mapping[str, Any]) -> TargetAnswer: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RanetTarget:
+    """RANet Serve through `AsyncRanetClient`; `own` closes the client with the target."""
+
+    takes_knobs = True
+    max_images_per_request: int | None = None
+
+    def __init__(self, client: AsyncRanetClient, *, own: bool = True):
+        self.client = client
+        self._own = own
+
+    async def classify(self, images: Sequence[bytes], knobs: Mapping[str, Any]) -> TargetAnswer:
+        answer = await self.client.classify(list(images), **dict(knobs))
+        return TargetAnswer(
+            predictions=tuple(
+                Prediction(r.class_index, r.label, r.confidence, r.exit, r.flops, r.budget_limited)
+                for r in answer.results
+            ),
+            queue_ms=answer.timings.queue_ms,
+            inference_ms=answer.timings.inference_ms,
+        )
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self.client.aclose()
+
+
+def parse_plain_answer(body: Any) -> Prediction:
+    """A plain server's answer for one image: `{"class_index": 3, "label": "Dress", "confidence": 0.9}`.
+
+    `class_index` or `label` must be present (either is enough to judge accuracy); `confidence` is
+    optional. A one-element list around the object is accepted too (some handlers wrap their answer).
+    Raises ValueError for anything else.
+    """
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object with class_index and/or label")
+    index, label, confidence = body.get("class_index"), body.get("label"), body.get("confidence")
+    if index is None and label is None:
+        raise ValueError("the answer has neither class_index nor label")
+    if isinstance(index, bool) or (index is not None and not isinstance(index, int)):
+        raise ValueError(f"class_index must be an integer, got {index!r}")
+    return Prediction(
+        class_index=index,
+        label=None if label is None else str(label),
+        confidence=None if confidence is None else float(confidence),
+    )
+
+
+class PlainTarget:
+    """A one-image-per-request classifier at `url` + `path`: the body is the image file itself
+    (`raw`, e.g. TorchServe) or a multipart form with the file in `field` (`multipart`, FastAPI's
+    `UploadFile`). No retries: a load test counts failures rather than hiding them."""
+
+    takes_knobs = False
+    max_images_per_request: int | None = 1
+
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        *,
+        body: PlainBody = "raw",
+        field: str = "file",
+        timeout: float = 30.0,
+        max_connections: int = 100,
+        content_type: str = "image/png",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        if body not in PLAIN_BODIES:
+            raise ValueError(f"unknown body {body!r}; use one of {', '.join(PLAIN_BODIES)}")
+        if not path.startswith("/"):
+            raise ValueError(f"the path must start with '/', got {path!r}")
+        self.url = normalize_url(url)
+        self.path = path
+        self.body = body
+        self.field = field
+        self.content_type = content_type
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def classify(self, images: Sequence[bytes], knobs: Mapping[str, Any]) -> TargetAnswer:
+        if len(images) != 1:
+            raise ValueError(f"a plain target takes one image per request, got {len(images)}")
+        if knobs:
+            raise ValueError(f"a plain target takes no knobs, got {', '.join(sorted(knobs))}")
+        if self.body == "raw":
+            kwargs: dict[str, Any] = {"content": images[0], "headers": {"Content-Type": self.content_type}}
+        else:
+            kwargs = {"files": {self.field: ("image.png", images[0], self.content_type)}}
+        try:
+            response = await self._http.post(self.path, **kwargs)
+        except TRANSPORT_ERRORS as exc:
+            raise error_from_exception(exc, self.url) from exc
+        if not response.is_success:
+            raise error_from_response(response)
+        try:
+            prediction = parse_plain_answer(response.json())
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise RanetError(
+                f"{self.url}{self.path} answered {response.status_code} with an unreadable body: {exc}",
+                status=response.status_code,
+                code="invalid_response",
+            ) from exc
+        return TargetAnswer(predictions=(prediction,))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

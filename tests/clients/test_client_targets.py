@@ -1,0 +1,242 @@
+"""Load targets: the load generator drives plain one-image classifiers (TorchServe's /predictions/<model>,
+a hand-written FastAPI app) with the same loop and report as RANet Serve, and reports nothing it was not
+told (no exits, FLOPs or server timings from a plain server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvicorn
+from ranet_client.cli import app
+from ranet_client.errors import RanetError, ServerError
+from ranet_client.image_sets import Sample, bundled_samples
+from ranet_client.load import (
+    BudgetChoice,
+    ImageRecord,
+    LoadConfig,
+    RequestRecord,
+    make_target,
+    run_load_sync,
+    summarize,
+)
+from ranet_client.targets import PlainTarget, RanetTarget, parse_plain_answer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+
+def _oracle(samples: list[Sample]) -> dict[bytes, int]:
+    """A fake classifier that is right on even classes and wrong (class + 1) on odd ones."""
+    answers = {}
+    for s in samples:
+        assert s.class_index is not None
+        answers[s.data] = s.class_index if s.class_index % 2 == 0 else (s.class_index + 1) % 10
+    return answers
+
+
+def _expected_accuracy(samples: list[Sample]) -> float:
+    return sum(1 for s in samples if s.class_index is not None and s.class_index % 2 == 0) / len(samples)
+
+
+def test_plain_answers_are_parsed_strictly() -> None:
+    assert parse_plain_answer({"class_index": 3, "label": "Dress", "confidence": 0.5}).class_index == 3
+    assert parse_plain_answer([{"label": "Bag"}]).label == "Bag"
+    one = parse_plain_answer({"class_index": 1})
+    assert (one.exit, one.flops, one.confidence) == (None, None, None)
+    for bad in ({}, {"class_index": "3"}, {"class_index": True}, [1, 2], "Bag", None):
+        with pytest.raises(ValueError):
+            parse_plain_answer(bad)
+
+
+def test_plain_target_sends_the_raw_file_or_a_multipart_form() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"class_index": 8, "label": "Bag", "confidence": 0.9})
+
+    async def run() -> None:
+        raw = PlainTarget("stub:9", "/predictions/m", transport=httpx.MockTransport(handler))
+        form = PlainTarget("stub:9", "/predict", body="multipart", transport=httpx.MockTransport(handler))
+        answer = await raw.classify([b"PNGDATA"], {})
+        await form.classify([b"PNGDATA"], {})
+        assert answer.predictions[0].class_index == 8 and answer.queue_ms is None
+        with pytest.raises(ValueError):
+            await raw.classify([b"a", b"b"], {})
+        with pytest.raises(ValueError):
+            await raw.classify([b"a"], {"max_flops": "1M"})
+        await raw.aclose()
+        await form.aclose()
+
+    asyncio.run(run())
+    assert str(seen[0].url) == "http://stub:9/predictions/m"
+    assert seen[0].content == b"PNGDATA" and seen[0].headers["content-type"] == "image/png"
+    assert str(seen[1].url) == "http://stub:9/predict"
+    assert seen[1].headers["content-type"].startswith("multipart/form-data")
+    assert b'name="file"' in seen[1].content and b"PNGDATA" in seen[1].content
+    with pytest.raises(ValueError):
+        PlainTarget("stub", "predict")
+    with pytest.raises(ValueError):
+        PlainTarget("stub", "/predict", body=cast(Any, "json"))
+
+
+def test_plain_target_failures_are_ranet_errors() -> None:
+    answers = iter(
+        [
+            httpx.Response(503, json={"code": 503, "type": "ServiceUnavailableException", "message": "x"}),
+            httpx.Response(200, content=b"not json"),
+            httpx.Response(200, json={"unexpected": 1}),
+        ]
+    )
+    target = PlainTarget("stub", "/p", transport=httpx.MockTransport(lambda request: next(answers)))
+
+    async def run() -> list[RanetError]:
+        errors = []
+        for _ in range(3):
+            try:
+                await target.classify([b"x"], {})
+            except RanetError as exc:
+                errors.append(exc)
+        await target.aclose()
+        return errors
+
+    first, second, third = asyncio.run(run())
+    assert isinstance(first, ServerError) and first.status == 503
+    assert (second.code, second.status) == ("invalid_response", 200)
+    assert third.code == "invalid_response"
+
+
+def test_load_against_a_plain_target_reports_accuracy_and_no_invented_figures() -> None:
+    samples = bundled_samples()
+    oracle = _oracle(samples)
+    calls = 0
+    failed: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 7:
+            failed.append(request.content)
+            return httpx.Response(500, json={"error": "boom"})
+        return httpx.Response(200, json={"class_index": oracle[request.content]})
+
+    config = LoadConfig(url="http://stub", requests=41, concurrency=3, plain_path="/predictions/m")
+    target = PlainTarget("http://stub", "/predictions/m", transport=httpx.MockTransport(handler))
+    report = run_load_sync(config, samples, target=target)
+
+    assert (report.requests_sent, report.requests_ok, report.requests_failed) == (41, 40, 1)
+    assert report.errors_by_status == {"500": 1}
+    assert report.images_ok == report.labelled_images == 40
+    assert report.exit_counts == {} and report.total_flops == 0 and report.mean_flops_per_image is None
+    assert report.server_queue_ms_mean is None and report.server_inference_ms_mean is None
+    # Request i sends sample i mod 20; the oracle is right on even classes; one answer was a 500.
+    sent = [samples[i % len(samples)] for i in range(41)]
+    expected_correct = sum(1 for s in sent if s.class_index is not None and s.class_index % 2 == 0)
+    expected_correct -= sum(1 for s in samples if s.data in failed and oracle[s.data] == s.class_index)
+    assert report.correct_images == expected_correct
+    assert report.accuracy == pytest.approx(expected_correct / 40)
+    json.dumps(report.to_dict())
+
+
+def test_plain_configs_refuse_what_a_plain_server_cannot_take() -> None:
+    base = LoadConfig(plain_path="/predict")
+    assert base.validated().plain_path == "/predict"
+    assert isinstance(make_target(base.validated()), PlainTarget)
+    assert isinstance(make_target(LoadConfig().validated()), RanetTarget)
+    for bad in (
+        LoadConfig(plain_path="/predict", batch=2),
+        LoadConfig(plain_path="/predict", mix=(BudgetChoice("cap", {"max_flops": "1M"}, 1.0),)),
+        LoadConfig(plain_path="/predict", top_k=3),
+        LoadConfig(plain_path="/predict", retries=2),
+        LoadConfig(plain_path="predict"),
+        LoadConfig(plain_path="/predict", plain_body=cast(Any, "json")),
+    ):
+        with pytest.raises(ValueError):
+            bad.validated()
+
+
+def test_summary_of_unknown_exits_flops_and_timings() -> None:
+    unknown = ImageRecord(exit=None, flops=None, confidence=None, budget_limited=False, correct=True)
+    known = ImageRecord(exit=2, flops=300, confidence=0.9, budget_limited=False, correct=False)
+    records = [
+        RequestRecord("none", 0.01, "200", images=(unknown,)),
+        RequestRecord("none", 0.02, "200", images=(known,), server_queue_ms=1.0, server_inference_ms=3.0),
+    ]
+    report = summarize(records, LoadConfig(), duration_s=1.0)
+    assert report.exit_counts == {2: 1} and report.total_flops == 300
+    assert report.mean_flops_per_image == 300  # over the images whose cost is known, not diluted by zeros
+    assert report.server_queue_ms_mean == 1.0 and report.server_inference_ms_mean == 3.0
+    assert report.accuracy == 0.5
+
+
+# -- the CLI against a TorchServe-like stub on a real socket -------------------------------------------
+
+
+class PlainStub:
+    """`POST /predictions/m` with the raw image as the body, answering like a TorchServe handler."""
+
+    def __init__(self, oracle: dict[bytes, int]):
+        self.oracle = oracle
+        self.requests = 0
+        app_ = Starlette(routes=[Route("/predictions/m", self.predict, methods=["POST"])])
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app_, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    async def predict(self, request: Request) -> JSONResponse:
+        self.requests += 1
+        index = self.oracle[await request.body()]
+        return JSONResponse({"class_index": index, "label": str(index), "confidence": 1.0})
+
+    def __enter__(self) -> PlainStub:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("stub server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+@pytest.fixture
+def plain_stub() -> Iterator[PlainStub]:
+    with PlainStub(_oracle(bundled_samples())) as stub:
+        yield stub
+
+
+def test_cli_load_drives_a_plain_server(plain_stub: PlainStub, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    runner = CliRunner(env={"COLUMNS": "160", "RANET_URL": None})
+    args = ["load", "--url", plain_stub.url, "--plain", "/predictions/m", "-n", "20", "-c", "4"]
+    result = runner.invoke(app, [*args, "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert plain_stub.requests == 20
+    assert report["requests_ok"] == 20 and report["labelled_images"] == 20
+    assert report["accuracy"] == pytest.approx(_expected_accuracy(bundled_samples()))
+    assert report["exit_counts"] == {} and report["mean_flops_per_image"] is None
+    assert report["config"]["plain_path"] == "/predictions/m"
+
+    refused = runner.invoke(app, [*args, "--batch", "2"])
+    assert refused.exit_code == 1 and "one image per request" in refused.stderr
+    refused = runner.invoke(app, [*args, "--budget-mix", "max_flops=20M"])
+    assert refused.exit_code == 1 and "no budget knobs" in refused.stderr
+    assert plain_stub.requests == 20  # nothing was sent for the refused runs

@@ -1,0 +1,250 @@
+"""The benchmark command cannot rot: a tiny run of `benchmarks/run_all.py` writes a report with real
+numbers, and the peers serve exactly the model and preprocessing ranet serve does.
+
+- The fast test runs the one command with tiny sizes against ranet serve and the FastAPI baseline
+  (in-process step skipped: it has no size knob small enough) and checks the JSON, the report and the
+  plots: every request answered, accuracy judged against the true labels, identical answers from the
+  servers that run the same model at full depth.
+- The handler test runs TorchServe's handler without TorchServe: its preprocessing and answers equal
+  ranet serve's own preprocessing and the bundle's PyTorch model at full depth.
+- The TorchServe leg (`slow`) needs Java 17 and the `bench` extra; it skips cleanly without them.
+
+Nothing here asserts a timing threshold: the machines are shared and timings are noise-bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ranet_serve.api.images import ImageLimits, preprocess_batch
+from ranet_serve.export.bundle import load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+BUNDLE = ROOT / "model_store" / "ranet-fmnist" / "1"
+REQUESTS = 16
+CONCURRENCY = (1, 2)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(
+    not (BUNDLE / "manifest.json").is_file() or not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs the default bundle and Debian's dataset-fashion-mnist (scripts/setup.sh installs both)",
+)
+
+
+def _importable_benchmarks() -> None:
+    """The benchmark scripts import each other as top-level modules; let the tests that need them too."""
+    for path in (BENCH, BENCH / "peers"):
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_WAIT_POLICY": "passive"},
+    )
+
+
+def _check_server_summary(entry: dict[str, Any], runs: int) -> None:
+    """Every request answered, accuracy computed from the true labels, latency percentiles ordered."""
+    sent = REQUESTS * runs
+    assert (entry["requests_sent"], entry["requests_ok"], entry["requests_failed"]) == (sent, sent, 0)
+    assert entry["labelled_images"] == sent and 0 <= entry["correct_images"] <= sent
+    assert entry["accuracy"] == pytest.approx(entry["correct_images"] / sent)
+    assert 0.0 <= entry["accuracy"] <= 1.0
+    assert {int(c) for c in entry["by_concurrency"]} == set(CONCURRENCY)
+    for row in entry["by_concurrency"].values():
+        assert row["throughput_rps"] > 0 and row["requests_failed"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
+    out, report = tmp_path / "results", tmp_path / "REPORT.md"
+    args = [str(BENCH / "run_all.py"), "--skip", "inprocess", "--servers", "ranet", "fastapi"]
+    args += ["--http-requests", str(REQUESTS), "--peer-requests", str(REQUESTS), "--warmup", "4"]
+    args += ["--concurrency", *map(str, CONCURRENCY), "--out", str(out), "--report", str(report)]
+    args += ["--rebatch-requests", str(REQUESTS), "--rebatch-repeats", "1"]
+    done = _run(args, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    manifest = load_bundle(BUNDLE).manifest
+    last_exit_flops = manifest.exits[-1].cumulative_flops
+
+    # Item 4: ranet serve over HTTP, default point and full depth at every concurrency.
+    http = json.loads((out / "http.json").read_text())
+    assert sorted((r["concurrency"], r["budget"]) for r in http) == sorted(
+        (c, b) for c in CONCURRENCY for b in ("default point", "full depth")
+    )
+    for row in http:
+        assert (row["requests_sent"], row["requests_ok"], row["requests_failed"]) == (REQUESTS, REQUESTS, 0)
+        assert row["labelled_images"] == REQUESTS and 0.0 <= row["accuracy"] <= 1.0
+        assert row["server_queue_ms_mean"] >= 0 and row["server_inference_ms_mean"] > 0
+        if row["budget"] == "full depth":
+            assert row["exit_counts"] == {str(len(manifest.exits) - 1): REQUESTS}
+            assert row["mean_flops_per_image"] == last_exit_flops
+
+    # Item 5: the peers, same images for every server.
+    peers = json.loads((out / "peers.json").read_text())
+    assert peers["config"]["images"] == REQUESTS * len(CONCURRENCY)
+    summary = peers["summary"]
+    assert set(summary) == {"ranet_default", "ranet_full", "fastapi"}
+    for entry in summary.values():
+        _check_server_summary(entry, runs=len(CONCURRENCY))
+    ours_full, by_hand = summary["ranet_full"], summary["fastapi"]
+    # One model at full depth (onnxruntime stages vs PyTorch eager): the same answers on the same images,
+    # up to a float-rounding flip on a near-tie.
+    assert abs(ours_full["correct_images"] - by_hand["correct_images"]) <= 1
+    assert by_hand["by_concurrency"]["1"]["mean_flops_per_image"] == last_exit_flops
+    assert by_hand["by_concurrency"]["1"]["server_queue_ms"] is None  # it reports none; none invented
+    default_flops = summary["ranet_default"]["by_concurrency"]["1"]["mean_flops_per_image"]
+    assert manifest.exits[0].cumulative_flops <= default_flops <= last_exit_flops
+
+    # The report: machine, versions, every section, the goals; plots are real PNGs.
+    text = report.read_text()
+    for needle in (
+        "## Machine and versions",
+        "| CPU |",
+        "| torch |",
+        "| onnxruntime |",
+        "| java |",
+        "## Goals",
+    ):
+        assert needle in text
+    assert "# In process (items 1-3)" in text and "Not run in this invocation." in text
+    assert "ranet serve, default point" in text and "FastAPI + eager, full depth" in text
+    assert (
+        f"{100 * by_hand['accuracy']:.2f} ({by_hand['correct_images']}/{by_hand['labelled_images']})" in text
+    )
+    assert "TorchServe was not run" in text  # its goals say why they are not measured
+    context = json.loads((out / "summary.json").read_text())
+    assert context["steps"]["http"]["returncode"] == 0 and "inprocess" not in context["steps"]
+    assert [g["met"] for g in context["goals"]][2:5] == [None, None, None]
+
+    # Issue 11: re-batching changes throughput, never the answers; both goals are judged.
+    rebatch = json.loads((out / "rebatch.json").read_text())
+    assert rebatch["requests"] == REQUESTS and rebatch["points"]
+    for point in rebatch["points"].values():
+        assert point["accuracy"]["rebatch"] == point["accuracy"]["per-batch"]
+        assert point["high_load_images_per_s"]["rebatch"] > 0 and point["low_load"]["rebatch"]["p50_ms"] > 0
+        stage_sizes = point["mean_stage_batch_size"]
+        assert stage_sizes["rebatch"][0] == stage_sizes["per-batch"][0]  # stage 0 batches alike
+    assert [g["met"] in (True, False) for g in context["goals"][5:]] == [True, True]
+    assert "# Survivor re-batching (issue 11)" in text
+    for name in ("peers_throughput.png", "peers_p99.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({out.relative_to(tmp_path)}/{name})" in text
+
+
+def test_torchserve_handler_equals_ranet_serve_preprocessing_and_full_depth_model(tmp_path: Path) -> None:
+    _importable_benchmarks()
+    from full_depth import export_torchscript
+    from torchserve_handler import RanetFullDepthHandler
+
+    from common import fmnist_samples
+
+    export_torchscript(BUNDLE, tmp_path)
+    handler = RanetFullDepthHandler()
+    handler.initialize(SimpleNamespace(system_properties={"model_dir": str(tmp_path)}))
+    samples = fmnist_samples(48)
+    answers = handler.handle([{"body": bytearray(s.data)} for s in samples], context=None)
+
+    bundle = load_bundle(BUNDLE)
+    reference = preprocess_batch([s.data for s in samples], bundle.manifest.input, ImageLimits())
+    mine = np.stack([handler._tensor(s.data) for s in samples])
+    np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        logits = bundle.load_model()(torch.from_numpy(reference))[-1]
+    assert [a["class_index"] for a in answers] == logits.argmax(1).tolist()
+    assert [a["label"] for a in answers] == [bundle.manifest.labels[k] for k in logits.argmax(1).tolist()]
+    probabilities = torch.softmax(logits, 1).max(1).values.tolist()
+    assert [a["confidence"] for a in answers] == pytest.approx(probabilities, abs=1e-4)
+
+
+def _torchserve_missing() -> list[str]:
+    _importable_benchmarks()
+    from torchserve import missing_requirements
+
+    return missing_requirements()
+
+
+@pytest.mark.slow
+def test_torchserve_leg_serves_the_same_model(tmp_path: Path) -> None:
+    missing = _torchserve_missing()
+    if missing:
+        pytest.skip(f"TorchServe leg needs {', '.join(missing)}; `make bench` installs them")
+    assert shutil.which("java") is not None
+    args = [str(BENCH / "peers_http.py"), "--servers", "ranet", "torchserve", "--require-torchserve"]
+    args += ["--requests", str(REQUESTS), "--warmup", "4", "--concurrency", *map(str, CONCURRENCY)]
+    done = _run([*args, "--out", str(tmp_path)], timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    peers = json.loads((tmp_path / "peers.json").read_text())
+    summary = peers["summary"]
+    assert set(summary) == {"ranet_default", "ranet_full", "torchserve"}
+    for entry in summary.values():
+        _check_server_summary(entry, runs=len(CONCURRENCY))
+    assert abs(summary["torchserve"]["correct_images"] - summary["ranet_full"]["correct_images"]) <= 1
+    setup = peers["servers"]["torchserve"]
+    assert (setup["workers"], setup["batch_size"]) == (1, 32) and setup["max_batch_delay_ms"] >= 1
+    for row in summary["torchserve"]["by_concurrency"].values():
+        # TorchServe's own counters give the split: queue and inference are both measured.
+        assert row["server_queue_ms"] is not None and row["server_queue_ms"] >= 0
+        assert row["server_inference_ms"] is not None and row["server_inference_ms"] > 0
+
+
+def _peer(throughput: dict[str, float], p99: dict[str, float], correct: int) -> dict[str, Any]:
+    return {
+        "accuracy": correct / 1000,
+        "labelled_images": 1000,
+        "by_concurrency": {c: {"throughput_rps": throughput[c], "p99_ms": p99[c]} for c in throughput},
+    }
+
+
+def test_goal_verdicts_follow_the_figures() -> None:
+    _importable_benchmarks()
+    from run_all import goals
+
+    inprocess = {
+        "split_cost": {"64": {"ratio": 1.05}},
+        "early_exit": {
+            "flops_ratio": 4.0,  # goal: speedup >= 3.2 at every batch
+            "by_batch": {"1": {"speedup_vs_full_depth": 5.0}, "128": {"speedup_vs_full_depth": 3.0}},
+        },
+    }
+    peers = {
+        "summary": {
+            "ranet_default": _peer({"1": 250.0, "4": 300.0}, {"1": 10.0, "4": 20.0}, correct=929),
+            "torchserve": _peer({"1": 100.0, "4": 200.0}, {"1": 11.0, "4": 40.0}, correct=932),
+        }
+    }
+    rebatch = {
+        "points": {
+            "a": {"throughput_ratio": 1.3, "p50_ratio": 1.01},
+            "b": {"throughput_ratio": 0.9, "p50_ratio": 1.2},
+        }
+    }
+    rows = goals(inprocess, peers, rebatch)
+    assert [row["met"] for row in rows] == [True, False, False, True, True, False, False]
+    assert rows[5]["measured"] == "a: 1.30, b: 0.90"
+    assert "lowest at batch 128" in rows[1]["measured"]
+    assert rows[2]["measured"] == "c=1: 2.50x, c=4: 1.50x"
+    assert "-0.30 points" in rows[3]["measured"]
+    missing = goals(None, {"summary": {}, "skipped": {"torchserve": "missing java"}})
+    assert [row["met"] for row in missing] == [None] * 6
+    assert missing[-2]["measured"] == "missing java"
