@@ -4,7 +4,9 @@ Runs, one after the other on this machine and the same bundle and images:
   1-3. benchmarks/inprocess.py   split cost, early exit vs full depth, backends (in process);
   4.   benchmarks/http_e2e.py    ranet serve over HTTP with the project's load generator;
   5.   benchmarks/peers_http.py  ranet serve vs TorchServe vs FastAPI + eager, same client and images;
-  6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process.
+  6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process
+                                 and over HTTP;
+  7.   benchmarks/slo.py         a p99 objective under 2x overload: load-adaptive vs fixed point (issue 11).
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
 report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores; the
@@ -31,7 +33,7 @@ from typing import Any
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch")
+STEPS = ("inprocess", "http", "peers", "rebatch", "slo")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
 SPLIT_COST_GOAL_BATCH64 = 1.10
 SPEEDUP_SHARE_OF_FLOPS_RATIO = 0.8
@@ -71,7 +73,10 @@ def _verdict(ok: bool | None) -> str:
 
 
 def goals(
-    inprocess: dict[str, Any] | None, peers: dict[str, Any] | None, rebatch: dict[str, Any] | None = None
+    inprocess: dict[str, Any] | None,
+    peers: dict[str, Any] | None,
+    rebatch: dict[str, Any] | None = None,
+    slo: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Each goal of the issues with the measured figure and whether it is met (None: not measured)."""
     rows: list[dict[str, Any]] = []
@@ -141,7 +146,27 @@ def goals(
         for goal_name in ("HTTP throughput >= 2x TorchServe", "accuracy within 0.5 points", "lower p99"):
             rows.append({"goal": goal_name, "target": "vs TorchServe", "measured": reason, "met": None})
     rows += rebatch_goals(rebatch)
+    rows += slo_goals(slo)
     return rows
+
+
+def slo_goals(slo: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 11 part 2: under overload the adaptive server keeps the objective, the fixed one does not."""
+    phases = {(p["server"], p["phase"]): p for p in (slo or {}).get("phases", [])}
+    fixed, adaptive = phases.get(("fixed", "overload")), phases.get(("adaptive", "overload"))
+    if not (fixed and adaptive):
+        return [{"goal": "latency objective under overload", "target": "-", "measured": None, "met": None}]
+    objective = slo["objective_ms"]  # type: ignore[index]
+    return [
+        {
+            "goal": f"p99 under {slo['multiple']:g}x overload, objective {objective} ms: "  # type: ignore[index]
+            "load-adaptive point vs fixed point",
+            "target": "adaptive within, fixed not",
+            "measured": f"adaptive {adaptive['admitted_p99_ms']} ms ({adaptive['accuracy']}%), "
+            f"fixed {fixed['admitted_p99_ms']} ms ({fixed['accuracy']}%)",
+            "met": bool(adaptive["within_objective"]) and not fixed["within_objective"],
+        }
+    ]
 
 
 def rebatch_goals(rebatch: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -264,6 +289,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("http", "http.md", "HTTP end to end (item 4)"),
         ("peers", "peers.md", "Against peers (item 5)"),
         ("rebatch", "rebatch.md", "Survivor re-batching (issue 11)"),
+        ("slo", "slo.md", "Operating points that follow load (issue 11)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -304,6 +330,8 @@ def main() -> None:
     parser.add_argument("--inprocess-repeats", type=int, default=5)
     parser.add_argument("--rebatch-requests", type=int, default=4000, help="images per re-batching run")
     parser.add_argument("--rebatch-repeats", type=int, default=3)
+    parser.add_argument("--rebatch-http-requests", type=int, default=600)
+    parser.add_argument("--slo-phase-seconds", type=float, default=15.0)
     parser.add_argument("--http-requests", type=int, default=400, help="requests per http_e2e run")
     parser.add_argument("--peer-requests", type=int, default=800, help="requests per peer run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -332,6 +360,9 @@ def main() -> None:
         "rebatch": [str(HERE / "rebatch.py"), *common_args, "--requests", str(args.rebatch_requests)],
     }
     commands["rebatch"] += ["--repeats", str(args.rebatch_repeats)]
+    commands["rebatch"] += ["--http-requests", str(args.rebatch_http_requests)]
+    commands["slo"] = [str(HERE / "slo.py"), "--bundle", bundle, "--threads", threads]
+    commands["slo"] += ["--phase-seconds", str(args.slo_phase_seconds)]
     commands["http"] += ["--concurrency", *concurrency]
     commands["peers"] += ["--concurrency", *concurrency, "--rounds", str(args.rounds)]
     commands["peers"] += ["--warmup", str(args.warmup), "--servers", *args.servers]
@@ -350,6 +381,7 @@ def main() -> None:
     inprocess = _load(out / "inprocess.json") if "inprocess" in ran else None
     peers = _load(out / "peers.json") if "peers" in ran else None
     rebatch = _load(out / "rebatch.json") if "rebatch" in ran else None
+    slo = _load(out / "slo.json") if "slo" in ran else None
     plots = [str(p) for p in plot_peers(peers, out)] if peers and peers.get("summary") else []
     context: dict[str, Any] = {
         "command": shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]),
@@ -359,7 +391,7 @@ def main() -> None:
         "machine": machine,
         "versions": versions(),
         "steps": steps,
-        "goals": goals(inprocess, peers, rebatch),
+        "goals": goals(inprocess, peers, rebatch, slo),
         "plots": plots,
     }
     (out / "summary.json").write_text(json.dumps(context, indent=2) + "\n")

@@ -229,14 +229,17 @@ def main() -> None:
     parser.add_argument("--low-fraction", type=float, default=0.25)
     parser.add_argument("--objective-ms", type=float, help="the p99 objective (default: factor x baseline)")
     parser.add_argument("--objective-factor", type=float, default=4.0)
-    parser.add_argument("--capacity-seconds", type=float, default=8.0)
-    parser.add_argument("--baseline-seconds", type=float, default=5.0)
-    parser.add_argument("--phase-seconds", type=float, default=15.0)
-    parser.add_argument("--recovery-seconds", type=float, default=8.0)
+    parser.add_argument("--phase-seconds", type=float, default=15.0, help="overload phase length")
+    parser.add_argument("--capacity-seconds", type=float, help="default: half the phase")
+    parser.add_argument("--baseline-seconds", type=float, help="default: a third of the phase")
+    parser.add_argument("--recovery-seconds", type=float, help="default: half the phase")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    args.capacity_seconds = args.capacity_seconds or args.phase_seconds / 2
+    args.baseline_seconds = args.baseline_seconds or args.phase_seconds / 3
+    args.recovery_seconds = args.recovery_seconds or args.phase_seconds / 2
     bundle = load_bundle(args.bundle)
     policy = ExitPolicy(bundle.manifest)
     ceiling = (

@@ -81,6 +81,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     args += ["--http-requests", str(REQUESTS), "--peer-requests", str(REQUESTS), "--warmup", "4"]
     args += ["--concurrency", *map(str, CONCURRENCY), "--out", str(out), "--report", str(report)]
     args += ["--rebatch-requests", str(REQUESTS), "--rebatch-repeats", "1"]
+    args += ["--rebatch-http-requests", str(REQUESTS), "--slo-phase-seconds", "2"]
     done = _run(args, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -145,8 +146,20 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
         assert point["high_load_images_per_s"]["rebatch"] > 0 and point["low_load"]["rebatch"]["p50_ms"] > 0
         stage_sizes = point["mean_stage_batch_size"]
         assert stage_sizes["rebatch"][0] == stage_sizes["per-batch"][0]  # stage 0 batches alike
-    assert [g["met"] in (True, False) for g in context["goals"][5:]] == [True, True]
+    assert [g["met"] in (True, False) for g in context["goals"][5:7]] == [True, True]
     assert "# Survivor re-batching (issue 11)" in text
+    assert set(rebatch["http"]["points"]) == set(rebatch["points"])
+
+    # Issue 11: the latency objective under overload, both servers measured on labelled images.
+    slo = json.loads((out / "slo.json").read_text())
+    phases = {(p["server"], p["phase"]): p for p in slo["phases"]}
+    assert set(phases) >= {("fixed", "overload"), ("adaptive", "overload"), ("adaptive", "recovery")}
+    for phase in phases.values():
+        assert phase["ok_200"] > 0 and phase["other"] == 0
+        assert 0.0 <= phase["accuracy"] <= 100.0 and phase["images"] == 8 * phase["ok_200"]
+    assert set(phases["fixed", "overload"]["points"]) == {slo["ceiling_point"]}  # the fixed point never moves
+    assert slo["objective_ms"] > 0 and context["goals"][7]["met"] in (True, False)
+    assert "# Operating points that follow load (issue 11)" in text
     for name in ("peers_throughput.png", "peers_p99.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({out.relative_to(tmp_path)}/{name})" in text
@@ -239,12 +252,33 @@ def test_goal_verdicts_follow_the_figures() -> None:
             "b": {"throughput_ratio": 0.9, "p50_ratio": 1.2},
         }
     }
-    rows = goals(inprocess, peers, rebatch)
-    assert [row["met"] for row in rows] == [True, False, False, True, True, False, False]
+    slo = {
+        "objective_ms": 100.0,
+        "multiple": 2.0,
+        "phases": [
+            {
+                "server": "fixed",
+                "phase": "overload",
+                "admitted_p99_ms": 900.0,
+                "within_objective": False,
+                "accuracy": 93.1,
+            },
+            {
+                "server": "adaptive",
+                "phase": "overload",
+                "admitted_p99_ms": 80.0,
+                "within_objective": True,
+                "accuracy": 92.7,
+            },
+        ],
+    }
+    rows = goals(inprocess, peers, rebatch, slo)
+    assert [row["met"] for row in rows] == [True, False, False, True, True, False, False, True]
+    assert rows[7]["measured"] == "adaptive 80.0 ms (92.7%), fixed 900.0 ms (93.1%)"
     assert rows[5]["measured"] == "a: 1.30, b: 0.90"
     assert "lowest at batch 128" in rows[1]["measured"]
     assert rows[2]["measured"] == "c=1: 2.50x, c=4: 1.50x"
     assert "-0.30 points" in rows[3]["measured"]
     missing = goals(None, {"summary": {}, "skipped": {"torchserve": "missing java"}})
-    assert [row["met"] for row in missing] == [None] * 6
-    assert missing[-2]["measured"] == "missing java"
+    assert [row["met"] for row in missing] == [None] * 7
+    assert missing[4]["measured"] == "missing java"
