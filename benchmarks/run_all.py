@@ -6,7 +6,8 @@ Runs, one after the other on this machine and the same bundle and images:
   5.   benchmarks/peers_http.py  ranet serve vs TorchServe vs FastAPI + eager, same client and images;
   6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process
                                  and over HTTP;
-  7.   benchmarks/slo.py         a p99 objective under 2x overload: load-adaptive vs fixed point (issue 11).
+  7.   benchmarks/slo.py         a p99 objective under 2x overload: load-adaptive vs fixed point (issue 11);
+  8.   benchmarks/agreement.py   live exit agreement vs the calibration data (issue 11).
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
 report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores; the
@@ -33,7 +34,7 @@ from typing import Any
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch", "slo")
+STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
 SPLIT_COST_GOAL_BATCH64 = 1.10
 SPEEDUP_SHARE_OF_FLOPS_RATIO = 0.8
@@ -290,6 +291,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("peers", "peers.md", "Against peers (item 5)"),
         ("rebatch", "rebatch.md", "Survivor re-batching (issue 11)"),
         ("slo", "slo.md", "Operating points that follow load (issue 11)"),
+        ("agreement", "agreement.md", "Live exit-quality monitoring (issue 11)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -332,6 +334,7 @@ def main() -> None:
     parser.add_argument("--rebatch-repeats", type=int, default=3)
     parser.add_argument("--rebatch-http-requests", type=int, default=600)
     parser.add_argument("--slo-phase-seconds", type=float, default=15.0)
+    parser.add_argument("--agreement-images", type=int, default=10_000)
     parser.add_argument("--http-requests", type=int, default=400, help="requests per http_e2e run")
     parser.add_argument("--peer-requests", type=int, default=800, help="requests per peer run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -363,6 +366,7 @@ def main() -> None:
     commands["rebatch"] += ["--http-requests", str(args.rebatch_http_requests)]
     commands["slo"] = [str(HERE / "slo.py"), "--bundle", bundle, "--threads", threads]
     commands["slo"] += ["--phase-seconds", str(args.slo_phase_seconds)]
+    commands["agreement"] = [str(HERE / "agreement.py"), *common_args, "--images", str(args.agreement_images)]
     commands["http"] += ["--concurrency", *concurrency]
     commands["peers"] += ["--concurrency", *concurrency, "--rounds", str(args.rounds)]
     commands["peers"] += ["--warmup", str(args.warmup), "--servers", *args.servers]

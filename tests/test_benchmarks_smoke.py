@@ -82,6 +82,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     args += ["--concurrency", *map(str, CONCURRENCY), "--out", str(out), "--report", str(report)]
     args += ["--rebatch-requests", str(REQUESTS), "--rebatch-repeats", "1"]
     args += ["--rebatch-http-requests", str(REQUESTS), "--slo-phase-seconds", "2"]
+    args += ["--agreement-images", "256"]
     done = _run(args, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -160,6 +161,14 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     assert set(phases["fixed", "overload"]["points"]) == {slo["ceiling_point"]}  # the fixed point never moves
     assert slo["objective_ms"] > 0 and context["goals"][7]["met"] in (True, False)
     assert "# Operating points that follow load (issue 11)" in text
+
+    # Issue 11: live agreement per early exit, next to what the validation split predicts.
+    agreement = json.loads((out / "agreement.json").read_text())
+    assert agreement["images"] == 256 and agreement["exits"]
+    assert sum(r["checked_live"] for r in agreement["exits"]) <= 256
+    for row in agreement["exits"]:
+        assert 0 <= row["live_agreement"] <= 100 and 0 <= row["validation_agreement"] <= 100
+    assert "# Live exit-quality monitoring (issue 11)" in text
     for name in ("peers_throughput.png", "peers_p99.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({out.relative_to(tmp_path)}/{name})" in text
