@@ -112,6 +112,18 @@ def test_manifest_describes_stages_state_and_flops(exported) -> None:
     }
 
 
+def test_onnx_stages_read_coarse_carriers_whole(exported) -> None:
+    # Split cost (issue 3): slicing coarse states out of their carriers inside a stage was most of
+    # the overhead of running stages in sequence; fusion layers read the carriers whole instead.
+    import onnx
+
+    _, bundle = exported
+    for stage in bundle.manifest.stages:
+        graph = onnx.load(str(bundle.stage_file(stage.index, "onnx"))).graph
+        sliced = [node.name for node in graph.node if node.op_type == "Slice"]
+        assert not sliced, f"stage {stage.index} slices: {sliced}"
+
+
 def test_cifar_model1_stage_plan_matches_the_spec(tmp_path: Path) -> None:
     # Spec section 6: what each stage of CIFAR model 1 needs from earlier stages (minimal carriers).
     from ranet_serve.model.stages import last_readers, plan_stages

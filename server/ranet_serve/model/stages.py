@@ -7,7 +7,10 @@ state later stages read. The split is derived from the layout, for every config.
 Between stages a block hands on only what its successors need, using the prefix identity of spec
 section 5: each dense state is a channel prefix of the next, so a block's whole state list is
 recovered by channel slicing from its last state, plus its second-to-last state when its last layer
-downsamples. Tensor names:
+downsamples. The stages never materialise those slices, though (see `_fusion_on_carriers`): every
+reader of a coarse state is a 1x1 convolution, which reads the whole carrier with zero-padded weights
+instead, so an exported stage has no Slice copies and converts each carrier to onnxruntime's blocked
+layout once for all its readers. Tensor names:
 
 * `image`: the preprocessed input.
 * `base_{h}`: the stem's base feature for sub-network h (h >= 1; base 0 is used at once).
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ranet_serve.model.layout import BlockSpec, RANetLayout
-from ranet_serve.model.ranet import RANet
+from ranet_serve.model.ranet import ConvUpNormal, FusionBlock, RANet, resize_to
 
 
 def state_name(block: BlockSpec) -> str:
@@ -143,8 +148,8 @@ class RANetStage(nn.Module):
             elif feature is None:
                 feature = env[output_name(self.layout.blocks[h][j - 1])]
             if spec.fusion:
-                coarse = _coarse_states(self.layout.blocks[h - 1][j], env)
-                feature, states = block(feature, coarse)
+                assert isinstance(block, FusionBlock)
+                feature, states = _fusion_on_carriers(block, self.layout.blocks[h - 1][j], feature, env)
             else:
                 feature, states = block(feature)
             env[state_name(spec)] = states[-1]
@@ -156,17 +161,59 @@ class RANetStage(nn.Module):
         return tuple(env[name] for name in self.spec.outputs)
 
 
-def _coarse_states(block: BlockSpec, env: dict[str, Tensor]) -> list[Tensor]:
-    """Rebuild a finished block's state list from its carriers by channel slicing (prefix identity)."""
-    last = env[state_name(block)]
-    if block.down:
-        pre = env[pre_state_name(block)]
-        return [_prefix(pre, w) for w in block.state_widths[:-1]] + [last]
-    return [_prefix(last, w) for w in block.state_widths]
+def _fusion_on_carriers(
+    block: FusionBlock, coarse: BlockSpec, x: Tensor, env: dict[str, Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """`FusionBlock.forward` fed with the coarse block's carriers instead of its rebuilt state list.
+
+    Why: slicing the coarse states back out of their carriers inside a stage graph costs a copy per
+    state (onnxruntime `Slice`) plus a layout conversion per slice before its convolution; together
+    they were most of the split overhead the benchmark measured (benchmarks/REPORT.md). Every reader of
+    coarse state i is the first layer of `conv_up` of fusion layer i, a 1x1 convolution without bias,
+    and a 1x1 convolution of the channel prefix `c[:, :w]` equals the same convolution of the whole
+    carrier `c` with its weight zero-padded from w to c's width. So each layer reads its carrier whole;
+    the padded weight is a constant of the exported graph. The price is (C - w) / w more
+    multiply-adds in those 1x1 convolutions only (0.11 M, 0.45% of the Fashion-MNIST model's 24.4 M).
+    `conv_last` reads the last state, a carrier itself.
+    The numbers equal `FusionBlock.forward` on the sliced list up to float summation order.
+    """
+    last = env[state_name(coarse)]
+    # States 0..L-1 are prefixes of the pre-downsampling state when the coarse block's last layer is
+    # strided (state L then has another resolution), else of the last state.
+    carrier = env[pre_state_name(coarse)] if coarse.down else last
+    states = [x]
+    for i, layer in enumerate(block.layers):
+        assert isinstance(layer, ConvUpNormal)
+        x = _fusion_layer(layer, _widened(layer.conv_up.net, carrier, coarse.state_widths[i]), x)
+        states.append(x)
+    size = (x.shape[-2], x.shape[-1])
+    x = torch.cat([x, resize_to(block.conv_last(last), size)], dim=1)
+    if block.trans is not None:
+        x = block.trans(x)
+    return x, states
 
 
-def _prefix(x: Tensor, channels: int) -> Tensor:
-    return x if x.shape[1] == channels else x[:, :channels]
+def _fusion_layer(layer: ConvUpNormal, coarse_feature: Tensor, x: Tensor) -> Tensor:
+    """`ConvUpNormal.forward`, given its `conv_up` output already computed (by `_widened`)."""
+    new = layer.conv_normal(x)
+    size = (new.shape[-2], new.shape[-1])
+    return torch.cat([resize_to(x, size), resize_to(coarse_feature, size), new], dim=1)
+
+
+def _widened(net: nn.Module, carrier: Tensor, width: int) -> Tensor:
+    """Run `net` (a ConvBN's Sequential) on `carrier[:, :width]` without slicing the carrier."""
+    modules = list(net.children())
+    first = modules[0]
+    assert isinstance(first, nn.Conv2d) and first.kernel_size == (1, 1) and first.stride == (1, 1)
+    assert first.bias is None and first.padding == (0, 0) and first.groups == 1
+    weight = first.weight
+    extra = carrier.shape[1] - width
+    if extra > 0:
+        weight = F.pad(weight, (0, 0, 0, 0, 0, extra))  # zero weights for channels width.. of the carrier
+    y = F.conv2d(carrier, weight)
+    for module in modules[1:]:
+        y = module(y)
+    return y
 
 
 def build_stages(model: RANet) -> list[RANetStage]:
