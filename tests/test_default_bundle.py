@@ -41,8 +41,25 @@ def test_default_bundle_meets_the_accuracy_and_flops_bars(bundle) -> None:
 
 
 def test_default_bundle_weights_stay_small() -> None:
+    # The checkpoint plus its ONNX and TorchScript copies, plots and card. Issue 4 asks for a few MB;
+    # the 128-wide heads keep this bundle at 21 MB (a 48-wide retrain made 7 MB but missed an accuracy
+    # bar), so this guards against growth until a narrower model meets both.
     total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
     assert total < 25 * 1024 * 1024
+
+
+def test_optimized_test_curve_is_on_or_above_the_geometric_one_at_every_budget(bundle) -> None:
+    calibration = bundle.manifest.calibration
+    assert calibration is not None
+    by_name = {p.name: p for p in calibration.points}
+    budgets = sorted(name.split("-")[1] for name in by_name if name.startswith("geometric-"))
+    assert len(budgets) == 39
+    for budget in budgets:
+        geometric, optimized = by_name[f"geometric-{budget}"], by_name[f"optimized-{budget}"]
+        assert optimized.expected_flops <= geometric.expected_flops + 1e-6  # within the same budget
+        assert optimized.val_accuracy >= geometric.val_accuracy
+        assert optimized.test_accuracy is not None and geometric.test_accuracy is not None
+        assert optimized.test_accuracy >= geometric.test_accuracy, budget
 
 
 @pytest.mark.skipif(
