@@ -1,7 +1,7 @@
 """A latency objective under overload: the load-adaptive default point versus a fixed one (issue 11).
 
 Two `ranet serve` processes on loopback serve the default bundle with the same default operating
-point (the "ceiling", by default the most accurate calibrated point): one keeps it fixed, the other
+point (the "ceiling", by default full depth): one keeps it fixed, the other
 has `RANET_SLO_P99_MS` set and may move down the calibrated curve. Only one gets traffic at a time.
 
 1. capacity: closed loop on the fixed server: the sustainable rate R at the ceiling point.
@@ -222,7 +222,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--ceiling", help="the default point both servers start at (default: most accurate)")
+    parser.add_argument("--ceiling", help="the default point both servers start at (default: full-depth)")
     parser.add_argument("--images-per-request", type=int, default=8)
     parser.add_argument("--images", type=int, default=2000, help="Fashion-MNIST test images, cyclically")
     parser.add_argument("--multiple", type=float, default=2.0, help="overload as a multiple of R")
@@ -242,13 +242,9 @@ def main() -> None:
     args.recovery_seconds = args.recovery_seconds or args.phase_seconds / 2
     bundle = load_bundle(args.bundle)
     policy = ExitPolicy(bundle.manifest)
-    ceiling = (
-        args.ceiling
-        or max(
-            (p for p in policy.points if p.method != "full-depth"),
-            key=lambda p: (p.val_accuracy, -p.expected_flops),
-        ).name
-    )
+    # The accurate point an operator serves when not overloaded: full depth where it is calibrated.
+    names = {p.name for p in policy.points}
+    ceiling = args.ceiling or ("full-depth" if "full-depth" in names else policy.default_point)
     samples = fmnist_samples(args.images)
     k = args.images_per_request
     groups = [samples[i : i + k] for i in range(0, len(samples) - k + 1, k)]

@@ -72,28 +72,38 @@ def test_starts_at_the_ceiling_and_steps_down_by_at_least_a_quarter_of_the_flops
     clock, moved = FakeClock(), []
     adaptive = controller(clock, moved)
     assert adaptive.current.name == "f"
-    feed(adaptive, clock, 0.200, 10)  # p99 200 ms > 0.8 x 100 ms
+    feed(adaptive, clock, 0.090, 10)  # p99 90 ms > 0.8 x 100 ms
     assert adaptive.current.name == "c"  # most accurate point with <= 7.5 MFLOPs (d is dominated)
     assert moved == ["c"]
+
+
+@pytest.mark.parametrize(("p99", "expected"), [(0.100, "c"), (0.140, "b"), (0.200, "a"), (10.0, "a")])
+def test_a_larger_overshoot_moves_further_in_one_step(p99: float, expected: str) -> None:
+    # Budget = 10 MFLOPs x max(0.25, min(0.75, 80 ms / p99)): 7.5 (c), 5.7 (b), 4.0 (a), 2.5 (a: cheapest).
+    clock = FakeClock()
+    adaptive = controller(clock)
+    feed(adaptive, clock, p99, 10)
+    assert adaptive.current.name == expected
+    assert adaptive.moves == 1
 
 
 def test_no_second_move_within_the_dwell_time_and_only_on_new_samples() -> None:
     clock, moved = FakeClock(), []
     adaptive = controller(clock, moved, dwell_seconds=1.0)
-    feed(adaptive, clock, 0.200, 10)
+    feed(adaptive, clock, 0.090, 10)
     assert moved == ["c"]
-    feed(adaptive, clock, 0.200, 9, spacing=0.1)  # 0.9 s later, and 9 samples < min_samples
+    feed(adaptive, clock, 0.090, 9, spacing=0.1)  # 0.9 s later, and 9 samples < min_samples
     assert moved == ["c"]
-    feed(adaptive, clock, 0.200, 1, spacing=0.2)  # dwell passed, 10 samples since the move
+    feed(adaptive, clock, 0.090, 1, spacing=0.2)  # dwell passed, 10 samples since the move
     assert moved == ["c", "a"]  # 6 * 0.75 = 4.5 MFLOPs: a
-    feed(adaptive, clock, 0.200, 20, spacing=0.2)
+    feed(adaptive, clock, 0.090, 20, spacing=0.2)
     assert moved == ["c", "a"]  # already the cheapest point
 
 
 def test_latency_between_the_water_marks_holds_the_point() -> None:
     clock, moved = FakeClock(), []
     adaptive = controller(clock, moved)
-    feed(adaptive, clock, 0.200, 10)
+    feed(adaptive, clock, 0.090, 10)
     feed(adaptive, clock, 0.065, 200, spacing=0.1)  # 65 ms: under 80 ms, over 50 ms
     assert moved == ["c"]
 
@@ -101,8 +111,8 @@ def test_latency_between_the_water_marks_holds_the_point() -> None:
 def test_climbs_back_to_the_ceiling_but_never_beyond_when_load_falls() -> None:
     clock, moved = FakeClock(), []
     adaptive = controller(clock, moved)
-    feed(adaptive, clock, 0.200, 10)
-    feed(adaptive, clock, 0.200, 10, spacing=0.2)
+    feed(adaptive, clock, 0.090, 10)
+    feed(adaptive, clock, 0.090, 10, spacing=0.2)
     assert adaptive.current.name == "a"
     feed(adaptive, clock, 0.010, 200, spacing=0.2)
     # Up by at least 25% of the FLOPs per move: a (4) -> b (5) -> e (8 >= 6.25) -> f (10).
@@ -126,7 +136,7 @@ def test_a_shed_request_counts_as_infinitely_late() -> None:
     feed(adaptive, clock, 0.010, 9)  # fast requests...
     clock.now += 0.01
     adaptive.observe_shed()  # ...but one was refused for a full queue
-    assert moved == ["c"]
+    assert moved == ["a"]  # shed: the largest single drop (to 2.5 MFLOPs: the cheapest point)
     assert adaptive.recent_p99() is None  # samples restart after a move
 
 
@@ -137,5 +147,18 @@ def test_settings_reject_nonsense() -> None:
         AdaptiveSettings(slo_p99_seconds=0.1, low_water=0.9, high_water=0.8)
     with pytest.raises(ValueError, match="step_down"):
         AdaptiveSettings(slo_p99_seconds=0.1, step_down=1.2)
+    with pytest.raises(ValueError, match="max_drop"):
+        AdaptiveSettings(slo_p99_seconds=0.1, max_drop=0.9)
     with pytest.raises(ValueError, match="unknown ceiling"):
         LoadAdaptivePoint(CURVE, "nope", AdaptiveSettings(slo_p99_seconds=0.1))
+
+
+def test_a_move_up_waits_longer_than_a_move_down() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved, dwell_seconds=1.0, up_dwell_factor=4.0)
+    feed(adaptive, clock, 0.090, 10)
+    assert moved == ["c"]
+    feed(adaptive, clock, 0.010, 35, spacing=0.1)  # 3.5 s of fast answers: too soon to rise
+    assert moved == ["c"]
+    feed(adaptive, clock, 0.010, 6, spacing=0.1)  # 4.1 s since the move down
+    assert moved == ["c", "e"]  # 6 MFLOPs x 1.25 = 7.5: e (8), the cheapest point at least that dear

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         "points while the recent p99 threatens it and back (up to the default) when load falls",
     )
     slo_window_s: float = Field(2.0, gt=0.0, description="how far back the p99 of the objective looks")
-    slo_dwell_s: float = Field(1.0, ge=0.0, description="minimum time between two operating-point moves")
+    slo_dwell_s: float = Field(
+        0.5, ge=0.0, description="minimum time between two moves (4x that before a move up)"
+    )
 
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request bodies beyond this answer 413")
     max_image_bytes: int = Field(8 * MIB, ge=64, description="one encoded image beyond this answers 413")

@@ -5,13 +5,16 @@ knobs gets) moves along the bundle's calibrated accuracy/FLOPs curve:
 
 * down (cheaper) quickly when the recent p99 exceeds `high_water` x objective, or when requests are
   shed for a full queue (a shed request counts as an infinitely late one): the next point costs at
-  most `step_down` x the current FLOPs;
+  most `step_down` x the current FLOPs, and less in proportion to how far the p99 overshoots
+  (`high_water` x objective / p99, down to `max_drop` x the FLOPs in one move), so a sudden overload
+  reaches a point that can carry it in one or two moves instead of one small step per dwell time;
 * up (more accurate) slowly when the p99 since the last move stayed under `low_water` x objective:
   the next point costs at least `step_up` x the current FLOPs, never beyond the ceiling (the
   configured default point);
-* never twice within `dwell_seconds`, and only on samples taken since the last move, so every
-  decision judges the point that is being served (that, and the gap between the two water marks,
-  is the hysteresis).
+* never twice within `dwell_seconds` (`up_dwell_factor` times longer before a move up, so a point
+  that just relieved an overload is not given up at once), and only on samples taken since the
+  last move, so every decision judges the point that is being served (that, and the gap between
+  the two water marks, is the hysteresis).
 
 Only the efficient frontier of the curve is used: a point that is dearer than another but no more
 accurate on validation data is never worth moving to. Requests that set any knob are untouched:
@@ -38,10 +41,12 @@ class AdaptiveSettings:
     slo_p99_seconds: float
     window_seconds: float = 2.0  # samples older than this do not count
     dwell_seconds: float = 1.0  # minimum time between two moves
+    up_dwell_factor: float = 4.0  # a move up waits this many dwell times since the last move
     min_samples: int = 20  # a p99 of fewer samples is noise
     high_water: float = 0.8  # move down above this share of the objective
     low_water: float = 0.5  # move up below this share of the objective
     step_down: float = 0.75  # next point's FLOPs <= this x current FLOPs
+    max_drop: float = 0.25  # ...and never below this x current FLOPs in one move
     step_up: float = 1.25  # next point's FLOPs >= this x current FLOPs
 
     def __post_init__(self) -> None:
@@ -51,8 +56,8 @@ class AdaptiveSettings:
             )
         if not 0 < self.low_water < self.high_water:
             raise ValueError("need 0 < low_water < high_water (the gap is the hysteresis)")
-        if not (0 < self.step_down < 1 < self.step_up):
-            raise ValueError("need step_down < 1 < step_up")
+        if not (0 < self.max_drop <= self.step_down < 1 < self.step_up):
+            raise ValueError("need 0 < max_drop <= step_down < 1 < step_up")
 
 
 def efficient_frontier(points: Sequence[OperatingPoint], ceiling: OperatingPoint) -> list[OperatingPoint]:
@@ -122,7 +127,7 @@ class LoadAdaptivePoint:
             while self._samples and self._samples[0][0] < horizon:
                 self._samples.popleft()
             if now - self._last_move >= self.settings.dwell_seconds:
-                moved_to = self._decide(now)
+                moved_to = self._decide(now, may_rise=now - self._last_move >= self._up_dwell)
         if moved_to is not None and self._on_change is not None:
             self._on_change(moved_to)
 
@@ -137,7 +142,11 @@ class LoadAdaptivePoint:
         # 'higher' keeps an infinite (shed) sample from turning into NaN by interpolation.
         return float(np.percentile([s for _, s in self._samples], 99, method="higher"))
 
-    def _decide(self, now: float) -> OperatingPoint | None:
+    @property
+    def _up_dwell(self) -> float:
+        return self.settings.dwell_seconds * self.settings.up_dwell_factor
+
+    def _decide(self, now: float, may_rise: bool) -> OperatingPoint | None:
         p99 = self._p99()
         if p99 is None:
             return None
@@ -145,10 +154,11 @@ class LoadAdaptivePoint:
         current = self.frontier[self._index].expected_flops
         target = self._index
         if p99 > self.settings.high_water * objective and self._index > 0:
-            budget = current * self.settings.step_down
+            overshoot = self.settings.high_water * objective / p99  # 0 for a shed request
+            budget = current * max(self.settings.max_drop, min(self.settings.step_down, overshoot))
             cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
             target = cheaper[-1] if cheaper else 0
-        elif p99 < self.settings.low_water * objective and self._index < len(self.frontier) - 1:
+        elif may_rise and p99 < self.settings.low_water * objective and self._index < len(self.frontier) - 1:
             wanted = current * self.settings.step_up
             dearer = [
                 i
