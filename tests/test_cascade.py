@@ -446,6 +446,29 @@ def test_a_failing_merged_stage_fails_exactly_the_requests_in_it(bundle, images)
         batcher.close()
 
 
+def test_an_open_batch_waits_only_for_requests_that_are_on_their_way(bundle, images) -> None:
+    sizes: list[int] = []
+    batcher = Batcher(
+        CascadeExecutor(OnnxRuntime(bundle, threads=1)),
+        max_batch_size=8,
+        max_queue_delay=600.0,  # far beyond the test's patience: only "nobody is coming" closes a batch
+        close_when_idle=True,
+        observer=lambda result: sizes.append(result.stage_batch_sizes[0]),
+    )
+    try:
+        assert submit(batcher, images[:1]).result(10).images[0].exit == 0  # alone: no wait at all
+        with batcher.arriving():  # a second request is being decoded...
+            first = submit(batcher, images[:1])
+            time.sleep(0.2)
+            assert not first.done()  # ...so the open batch waits for it
+            second = submit(batcher, images[1:2])
+        first.result(10)
+        second.result(10)
+    finally:
+        batcher.close()
+    assert sizes == [1, 2]
+
+
 def test_rebatch_delay_must_not_be_negative(bundle) -> None:
     with pytest.raises(ValueError, match="rebatch_delay"):
         Batcher(CascadeExecutor(OnnxRuntime(bundle, threads=1)), rebatch_delay=-1.0)

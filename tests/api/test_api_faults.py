@@ -178,7 +178,8 @@ def test_stage_exception_fails_exactly_its_batch(
 ) -> None:
     """Three requests share a batch whose stage raises: all three answer 500 with their own error id,
     each id is in the log; the two requests queued behind them form the next batch and succeed."""
-    server = start(max_queue_delay_ms=1000.0)  # a long batching window: the three land in one batch
+    # A long batching window that is waited out in full: the three land in one batch.
+    server = start(max_queue_delay_ms=1000.0, batch_close_when_idle=False)
     faults = server.faults
     faults.gate.clear()
     faults.blocking = True

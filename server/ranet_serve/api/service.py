@@ -11,6 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -131,17 +132,21 @@ class InferenceService:
                 )
             plan = entry.plan(request.budget)
             deadline = request.received + self._timeout_seconds(request)
-            images = await run_in_threadpool(self._prepare, request.images, manifest.input)
-            count = images.shape[0]
             try:
-                result = await self._infer(
-                    entry,
-                    images,
-                    np.tile(plan.thresholds, (count, 1)),
-                    np.full(count, plan.max_exit, dtype=np.int64),
-                    top_k,
-                    deadline,
-                )
+                # While this request is decoded the batcher knows it is coming, so an open batch waits
+                # for it; with nothing on its way a batch closes without waiting out the queue delay.
+                with entry.batcher.arriving():
+                    images = await run_in_threadpool(self._prepare, request.images, manifest.input)
+                    count = images.shape[0]
+                    future = self._submit(
+                        entry,
+                        images,
+                        np.tile(plan.thresholds, (count, 1)),
+                        np.full(count, plan.max_exit, dtype=np.int64),
+                        top_k,
+                        deadline,
+                    )
+                result = await self._wait(future, deadline)
             except (OverloadedError, DeadlineExceededError):
                 if entry.adaptive is not None:
                     entry.adaptive.observe_shed()  # shed or too late: the objective is under threat
@@ -174,24 +179,27 @@ class InferenceService:
             raise InvalidRequestError(f"deadline_ms must be a positive number, got {request.deadline_ms}")
         return request.deadline_ms / 1000.0
 
-    async def _infer(
-        self,
+    @staticmethod
+    def _submit(
         entry: ReadyVersion,
         images: torch.Tensor,
         thresholds: np.ndarray,
         max_exit: np.ndarray,
         top_k: int,
         deadline: float,
-    ) -> RequestResult:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    ) -> Future[RequestResult]:
+        if deadline - time.monotonic() <= 0:
             raise DeadlineExceededError("deadline passed before inference started (decoding took too long)")
+        return entry.batcher.submit(images, thresholds, max_exit, top_k, deadline)
+
+    @staticmethod
+    async def _wait(future: Future[RequestResult], deadline: float) -> RequestResult:
+        remaining = deadline - time.monotonic()
         try:
             # The batcher drops a request still queued at its deadline; wait_for also bounds a request
-            # whose batch is running (cancelling its future if it has not started).
-            return await asyncio.wait_for(
-                entry.batcher.infer(images, thresholds, max_exit, top_k, deadline), timeout=remaining
-            )
+            # whose batch is running (cancelling its future if it has not started, also when the
+            # client goes away).
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.0))
         except TimeoutError as exc:
             raise DeadlineExceededError(
                 f"no answer before the deadline (waited {1000 * remaining:.0f} ms for inference)"

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
+    batch_close_when_idle: bool = Field(
+        True,
+        description="close a batch before max_queue_delay_ms when nothing is queued and no request is "
+        "being decoded (no waiting for requests that do not exist)",
+    )
     max_queue_size: int = Field(256, ge=1, description="requests waiting per model version before 429")
     rebatch: bool = Field(
         True, description="park each stage's survivors and run them with other batches' survivors"

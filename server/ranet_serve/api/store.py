@@ -308,6 +308,7 @@ class ModelStore:
                 max_queue_delay=self.settings.max_queue_delay_ms / 1000.0,
                 max_queue_size=self.settings.max_queue_size,
                 rebatch_delay=self.settings.rebatch_delay_ms / 1000.0 if self.settings.rebatch else None,
+                close_when_idle=self.settings.batch_close_when_idle,  # the service announces decodes
                 observer=self.metrics.batch_observer(name, manifest.cumulative_flops[-1]),
                 name=f"{name}-{version}",
                 agreement=AgreementMonitor(

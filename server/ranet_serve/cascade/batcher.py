@@ -23,8 +23,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -80,6 +81,13 @@ class _Pending:
     batch_images: int = 0
 
 
+class _Wake:
+    """Queue token: the last announced request arrived or gave up; an open batch re-checks."""
+
+
+_WAKE = _Wake()
+
+
 @dataclass
 class _Parked:
     cohort: Cohort
@@ -100,6 +108,7 @@ class Batcher:
         max_queue_delay: float = 0.002,
         max_queue_size: int = 256,
         rebatch_delay: float | None = None,
+        close_when_idle: bool = False,
         observer: BatchObserver | None = None,
         name: str = "ranet",
         agreement: AgreementMonitor | None = None,
@@ -111,9 +120,12 @@ class Batcher:
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
         self.rebatch_delay = rebatch_delay
+        self.close_when_idle = close_when_idle
+        self._arriving = 0  # requests announced with `arriving()` and not submitted yet
+        self._wake_tokens = 0  # _WAKE tokens in the queue (not requests: `queued` leaves them out)
         self.observer = observer
         self.agreement = agreement  # idle-time checks of early exits against the last exit
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue: queue.Queue[_Pending | _Wake | None] = queue.Queue()
         self._closing = threading.Event()
         # Check-then-put and close-then-sentinel happen under one lock, so the bound is exact and no
         # request can land behind the stop marker.
@@ -130,7 +142,27 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting in the queue."""
+        return max(0, self._queue.qsize() - self._wake_tokens)
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request that is on its way (being decoded) and will be submitted in this block.
+
+        With `close_when_idle`, an open batch stops waiting for company as soon as the queue is empty
+        and no request is announced: waiting out `max_queue_delay` for requests that do not exist
+        only adds latency (at one client, the whole delay on every request).
+        """
+        with self._lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._arriving -= 1
+                if self._arriving == 0 and self.close_when_idle:
+                    self._wake_tokens += 1
+                    self._queue.put(_WAKE)
 
     @property
     def in_flight_images(self) -> int:
@@ -150,7 +182,7 @@ class Batcher:
         with self._lock:
             if self._closing.is_set():
                 raise OverloadedError("server is shutting down", retry_after_seconds=1.0, reason=SHUTDOWN)
-            if self._queue.qsize() >= self.max_queue_size:
+            if self.queued >= self.max_queue_size:
                 raise OverloadedError(
                     f"queue full ({self.max_queue_size} requests waiting)",
                     retry_after_seconds=max(0.1, self.max_queue_delay * 10),
@@ -181,7 +213,9 @@ class Batcher:
                     pending = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if pending is not None and pending.future.set_running_or_notify_cancel():
+                if isinstance(pending, _Wake):
+                    self._consumed_wake()
+                elif pending is not None and pending.future.set_running_or_notify_cancel():
                     pending.future.set_exception(OverloadedError("server is shutting down", reason=SHUTDOWN))
         self._queue.put(None)
         self._thread.join(timeout)
@@ -214,7 +248,8 @@ class Batcher:
         `max_queue_delay` to fill; otherwise it takes only what is queued now, so parked survivors
         are never held up by an empty queue.
         """
-        first, self._carry = self._carry, None
+        first: _Pending | _Wake | None = self._carry
+        self._carry = None
         if first is None:
             if not wait:
                 try:
@@ -231,23 +266,35 @@ class Batcher:
                 first = self._queue.get()
         if first is None:
             return [], True
+        if isinstance(first, _Wake):
+            self._consumed_wake()
+            return [], False
         batch = [first]
         size = first.images.shape[0]
         closes_at = first.enqueued + self.max_queue_delay if wait else 0.0
         while size < self.max_batch_size:
             remaining = closes_at - time.monotonic()
+            if self.close_when_idle and self._arriving == 0 and self._queue.empty():
+                break  # nobody else is coming: close now rather than wait for no one
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is None:
                 return batch, True
+            if isinstance(item, _Wake):
+                self._consumed_wake()
+                continue  # re-check: is anybody still on the way?
             if size + item.images.shape[0] > self.max_batch_size:
                 self._carry = item  # starts the next batch instead of overfilling this one
                 break
             batch.append(item)
             size += item.images.shape[0]
         return batch, False
+
+    def _consumed_wake(self) -> None:
+        with self._lock:
+            self._wake_tokens -= 1
 
     def _admit(self, batch: list[_Pending]) -> None:
         """Turn a batch of requests into a cohort at stage 0 and run that stage."""
