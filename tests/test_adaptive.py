@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from ranet_serve.cascade.adaptive import AdaptiveSettings, LoadAdaptivePoint, efficient_frontier
@@ -162,3 +163,33 @@ def test_a_move_up_waits_longer_than_a_move_down() -> None:
     assert moved == ["c"]
     feed(adaptive, clock, 0.010, 6, spacing=0.1)  # 4.1 s since the move down
     assert moved == ["c", "e"]  # 6 MFLOPs x 1.25 = 7.5: e (8), the cheapest point at least that dear
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decisions_equal_the_rule_on_the_p99_of_the_window(seed: int) -> None:
+    # The controller keeps counts instead of sorting the window; its decisions must equal the rule
+    # "p99 (numpy, method 'higher') above 80% / below 50% of the objective" on random windows.
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(20, 400))
+        latencies = rng.choice(
+            [0.03, 0.045, 0.05, 0.06, 0.08, 0.081, 0.2], size=n, p=rng.dirichlet(np.ones(7))
+        )
+        p99 = float(np.percentile(latencies, 99, method="higher"))
+        clock = FakeClock()
+        down = controller(clock, min_samples=n, dwell_seconds=0.0)
+        for value in latencies:
+            clock.now += 1e-4
+            down.observe(float(value))
+        assert (down.moves == 1) == (p99 > 0.080), (n, p99)
+        clock = FakeClock()
+        up = controller(clock, min_samples=n, dwell_seconds=0.0)
+        up.observe_shed()  # one shed alone is below min_samples unless n == 1: force a move down first
+        for _ in range(n - 1):
+            clock.now += 1e-4
+            up.observe(0.5)
+        assert up.current.name == "a"
+        for value in latencies:
+            clock.now += 1e-4
+            up.observe(float(value))
+        assert (up.current.name != "a") == (p99 < 0.050), (n, p99)

@@ -102,6 +102,10 @@ class LoadAdaptivePoint:
         self._on_change = on_change
         self._clock = clock
         self._samples: deque[tuple[float, float]] = deque()  # (time, seconds), since the last move
+        # Kept as samples come and go, so a request costs O(1) under the lock: the p99 itself is only
+        # computed when a move down needs its size.
+        self._above_high = 0  # samples > high_water x objective
+        self._not_below_low = 0  # samples >= low_water x objective
         self._last_move = -math.inf
         self._lock = threading.Lock()
         self.moves = 0
@@ -122,14 +126,20 @@ class LoadAdaptivePoint:
         moved_to: OperatingPoint | None = None
         with self._lock:
             now = self._clock()
+            self._count(seconds, +1)
             self._samples.append((now, seconds))
             horizon = now - self.settings.window_seconds
             while self._samples and self._samples[0][0] < horizon:
-                self._samples.popleft()
+                self._count(self._samples.popleft()[1], -1)
             if now - self._last_move >= self.settings.dwell_seconds:
                 moved_to = self._decide(now, may_rise=now - self._last_move >= self._up_dwell)
         if moved_to is not None and self._on_change is not None:
             self._on_change(moved_to)
+
+    def _count(self, seconds: float, sign: int) -> None:
+        objective = self.settings.slo_p99_seconds
+        self._above_high += sign * (seconds > self.settings.high_water * objective)
+        self._not_below_low += sign * (seconds >= self.settings.low_water * objective)
 
     def recent_p99(self) -> float | None:
         """The p99 of the samples that count now (None below `min_samples`)."""
@@ -147,18 +157,23 @@ class LoadAdaptivePoint:
         return self.settings.dwell_seconds * self.settings.up_dwell_factor
 
     def _decide(self, now: float, may_rise: bool) -> OperatingPoint | None:
-        p99 = self._p99()
-        if p99 is None:
+        n = len(self._samples)
+        if n < self.settings.min_samples:
             return None
+        # The p99 ('higher' method) is the sorted sample at rank k, so it is above a threshold exactly
+        # when at least n - k samples are, and below one exactly when at most n - k - 1 are not.
+        k = math.ceil(0.99 * (n - 1))
         objective = self.settings.slo_p99_seconds
         current = self.frontier[self._index].expected_flops
         target = self._index
-        if p99 > self.settings.high_water * objective and self._index > 0:
+        if self._above_high >= n - k and self._index > 0:
+            p99 = self._p99()
+            assert p99 is not None
             overshoot = self.settings.high_water * objective / p99  # 0 for a shed request
             budget = current * max(self.settings.max_drop, min(self.settings.step_down, overshoot))
             cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
             target = cheaper[-1] if cheaper else 0
-        elif may_rise and p99 < self.settings.low_water * objective and self._index < len(self.frontier) - 1:
+        elif may_rise and self._not_below_low <= n - k - 1 and self._index < len(self.frontier) - 1:
             wanted = current * self.settings.step_up
             dearer = [
                 i
@@ -171,5 +186,6 @@ class LoadAdaptivePoint:
         self._index = target
         self._last_move = now
         self._samples.clear()  # judge the new point on its own latencies
+        self._above_high = self._not_below_low = 0
         self.moves += 1
         return self.frontier[target]

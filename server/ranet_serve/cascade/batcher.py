@@ -377,16 +377,7 @@ class Batcher:
             return cohort
         if not live.any():
             return None
-        index = np.nonzero(live)[0]
-        select = torch.from_numpy(index).to(self.executor.runtime.device)
-        return replace(
-            cohort,
-            env={name: tensor.index_select(0, select) for name, tensor in cohort.env.items()},
-            tags=cohort.tags[index],
-            thresholds=cohort.thresholds[index],
-            caps=cohort.caps[index],
-            started=cohort.started[index],
-        )
+        return cohort.rows(np.nonzero(live)[0], self.executor.runtime.device)
 
     def _step(self, cohort: Cohort) -> None:
         try:

@@ -12,7 +12,7 @@ plain data.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -70,6 +70,18 @@ class Cohort:
     @property
     def size(self) -> int:
         return int(self.tags.size)
+
+    def rows(self, index: np.ndarray, device: torch.device | str) -> Cohort:
+        """The same cohort restricted to rows `index`: one gather per state tensor, on `device`."""
+        select = torch.from_numpy(index).to(device)
+        return replace(
+            self,
+            env={name: tensor.index_select(0, select) for name, tensor in self.env.items()},
+            tags=self.tags[index],
+            thresholds=self.thresholds[index],
+            caps=self.caps[index],
+            started=self.started[index],
+        )
 
 
 @dataclass(frozen=True)
@@ -219,21 +231,9 @@ class CascadeExecutor:
         survivors: Cohort | None = None
         keep = ~leave
         if keep.any() and k < last:
+            survivors = replace(cohort, stage=k + 1, env=env, started=started)
             if leave.any():
-                index = np.nonzero(keep)[0]
-                select = torch.from_numpy(index).to(self.runtime.device)
-                env = {name: tensor.index_select(0, select) for name, tensor in env.items()}
-            else:
-                index = rows
-            survivors = Cohort(
-                stage=k + 1,
-                env=env,
-                tags=cohort.tags[index],
-                thresholds=cohort.thresholds[index],
-                caps=cohort.caps[index],
-                started=started[index],
-                top_k=cohort.top_k,
-            )
+                survivors = survivors.rows(np.nonzero(keep)[0], self.runtime.device)
         elif keep.any():
             raise AssertionError("images left the last stage without an exit")
         return StepResult(tuple(finished), survivors, k, cohort.size, now - stage_start)
