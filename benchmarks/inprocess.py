@@ -92,19 +92,33 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each candidate, run round-robin so drift hits all of them alike."""
+def interleaved(
+    candidates: dict[str, Callable[[], object]], repeats: int, block: int = 1
+) -> dict[str, float]:
+    """Median seconds of each candidate, run round-robin so drift hits all of them alike.
+
+    `block` > 1 runs each candidate `block` times in a row per turn and drops the first call of each
+    turn: every candidate is then timed in its own steady state, as a server runs it, instead of
+    paying on every call for the caches the other candidate just filled. Used for the split cost at
+    batch 1, where calls last 1-2 ms: interleaved call by call, which of the two ran just before
+    moved the stages/monolithic ratio by up to 0.1 between otherwise identical runs.
+    """
     for fn in candidates.values():
         fn()  # warm-up
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
+    for _ in range(max(repeats // block, 1)):
         for name, fn in candidates.items():
-            samples[name].append(seconds(fn))
+            times = [seconds(fn) for _ in range(block + (1 if block > 1 else 0))]
+            samples[name].extend(times[1:] if block > 1 else times)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def batches(images: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [images[i : i + size] for i in range(0, images.shape[0], size)]
+
+
+# Calls per turn in the split-cost measurement, by batch size (see `interleaved`).
+SPLIT_BLOCK = {1: 20, 64: 4}
 
 
 def measure_split_cost(
@@ -125,25 +139,26 @@ def measure_split_cost(
     for k, (staged, single) in enumerate(
         zip(run_all_stages(runtime, check), mono.run(None, {"image": check.numpy()}), strict=True)
     ):
-        diff = float(np.abs(staged.numpy() - single).max())
+        diff = float(np.abs(staged - single).max())
         assert diff <= 1e-4, f"exit {k}: stages and monolithic graph differ by {diff}"
     split: dict[str, dict[str, object]] = {}
     for batch in (1, 64):
         x = images[:batch]
         xn = x.numpy()
-        count = max(repeats * (20 if batch == 1 else 4), 5)
+        count = max(repeats * (100 if batch == 1 else 8), 5)
 
         def whole(xn: np.ndarray = xn) -> object:
             return mono.run(None, {"image": xn})
 
-        # Pairs only: with two candidates each always runs right after the other, so neither inherits
-        # the other's warm caches more than it gives them (the bare calls share the stage sessions).
+        # Pairs only, in blocks of calls: each candidate is timed warm, in its own steady state, and
+        # turns alternate so drift hits both alike (the bare calls share the stage sessions).
+        block = SPLIT_BLOCK[batch]
         rounds = [
-            interleaved({"stages": lambda x=x: run_all_stages(runtime, x), "monolithic": whole}, count)
+            interleaved({"stages": lambda x=x: run_all_stages(runtime, x), "monolithic": whole}, count, block)
             for _ in range(max(rounds_wanted, 1))
         ]
         bare_rounds = [
-            interleaved({"bare_stage_calls": lambda xn=xn: bare(xn), "monolithic": whole}, count)
+            interleaved({"bare_stage_calls": lambda xn=xn: bare(xn), "monolithic": whole}, count, block)
             for _ in range(max(rounds_wanted, 1))
         ]
         ratios = [r["stages"] / r["monolithic"] for r in rounds]

@@ -118,7 +118,7 @@ def test_stages_get_exactly_their_inputs_and_drop_lists_follow_last_readers(bund
 
         def __init__(self, inner: StageRuntime):
             super().__init__(inner.bundle)
-            self.inner, self.device = inner, inner.device
+            self.inner, self.device, self.arrays = inner, inner.device, inner.arrays
 
         def run(self, stage: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.append(set(inputs))
@@ -130,6 +130,16 @@ def test_stages_get_exactly_their_inputs_and_drop_lists_follow_last_readers(bund
     readers = {t.name: t.last_reader_stage for t in bundle.manifest.tensors}
     for stage, dropped in enumerate(executor._drop_after):
         assert all(readers[name] == stage for name in dropped)
+
+
+def test_cpu_onnxruntime_hands_numpy_state_from_stage_to_stage(bundle, images) -> None:
+    """No torch tensor between onnxruntime CPU stages: state, gathers and logits stay numpy."""
+    executor = CascadeExecutor(OnnxRuntime(bundle, threads=1))
+    cohort = executor.start(images, half_leave_at_exit_0(N), caps(EXITS - 1), np.arange(N))
+    assert isinstance(cohort.env["image"], np.ndarray)
+    step = executor.step(cohort)
+    assert step.survivors is not None and step.survivors.size == N // 2  # rows were gathered
+    assert step.survivors.env and all(isinstance(a, np.ndarray) for a in step.survivors.env.values())
 
 
 def test_all_runtimes_agree(bundle, images) -> None:
@@ -225,7 +235,7 @@ class Gate(StageRuntime):
 
     def __init__(self, inner: StageRuntime):
         super().__init__(inner.bundle)
-        self.inner, self.device = inner, inner.device
+        self.inner, self.device, self.arrays = inner, inner.device, inner.arrays
         self.release = threading.Event()
         self.entered = threading.Event()
         self.fail_next = False

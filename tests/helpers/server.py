@@ -51,6 +51,7 @@ class ControlledRuntime(StageRuntime):
         self.faults = faults
         self.backend = inner.backend
         self.device = inner.device
+        self.arrays = inner.arrays
 
     def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         faults = self.faults

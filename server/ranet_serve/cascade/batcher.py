@@ -368,7 +368,7 @@ class Batcher:
                 taken.append(cohort)
                 size += cohort.size
         if taken:
-            self._step(merge_cohorts(taken))
+            self._step(merge_cohorts(taken, self.executor.runtime.arrays))
 
     def _live_rows(self, cohort: Cohort) -> Cohort | None:
         """Drop rows whose request already failed: their work is no longer wanted."""
@@ -377,7 +377,7 @@ class Batcher:
             return cohort
         if not live.any():
             return None
-        return cohort.rows(np.nonzero(live)[0], self.executor.runtime.device)
+        return cohort.rows(np.nonzero(live)[0], self.executor.runtime.arrays)
 
     def _step(self, cohort: Cohort) -> None:
         try:

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from ranet_serve.cascade.arrays import StageArray, StageArrays
 from ranet_serve.cascade.runtimes import StageRuntime
 
 
@@ -54,13 +54,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Cohort:
     """Images part-way through the cascade: the state they carry and whom they belong to.
 
-    Row i of every array and of every tensor in `env` is the same image. `tags` are the caller's
+    Row i of every array here and of every state array in `env` is the same image. `tags` are the caller's
     image identifiers (the row in the batch for `run`; request slots for the re-batching batcher), so
     cohorts from different batches can be merged and split again without losing track of anyone.
     """
 
     stage: int  # the next stage to run
-    env: dict[str, Tensor]
+    env: dict[str, StageArray]  # in the runtime's array type
     tags: np.ndarray  # [n] int64
     thresholds: np.ndarray  # [n, exits]
     caps: np.ndarray  # [n] last exit each image may reach
@@ -71,12 +71,11 @@ class Cohort:
     def size(self) -> int:
         return int(self.tags.size)
 
-    def rows(self, index: np.ndarray, device: torch.device | str) -> Cohort:
-        """The same cohort restricted to rows `index`: one gather per state tensor, on `device`."""
-        select = torch.from_numpy(index).to(device)
+    def rows(self, index: np.ndarray, arrays: StageArrays) -> Cohort:
+        """The same cohort restricted to rows `index`: one gather per state array."""
         return replace(
             self,
-            env={name: tensor.index_select(0, select) for name, tensor in self.env.items()},
+            env={name: arrays.gather(array, index) for name, array in self.env.items()},
             tags=self.tags[index],
             thresholds=self.thresholds[index],
             caps=self.caps[index],
@@ -95,8 +94,8 @@ class StepResult:
     seconds: float
 
 
-def merge_cohorts(cohorts: list[Cohort]) -> Cohort:
-    """One cohort from several waiting at the same stage (their state tensors are concatenated)."""
+def merge_cohorts(cohorts: list[Cohort], arrays: StageArrays) -> Cohort:
+    """One cohort from several waiting at the same stage (their state arrays are concatenated)."""
     if len(cohorts) == 1:
         return cohorts[0]
     stage = cohorts[0].stage
@@ -104,7 +103,7 @@ def merge_cohorts(cohorts: list[Cohort]) -> Cohort:
         raise ValueError("only cohorts waiting at the same stage can be merged")
     return Cohort(
         stage=stage,
-        env={name: torch.cat([c.env[name] for c in cohorts]) for name in cohorts[0].env},
+        env={name: arrays.concat([c.env[name] for c in cohorts]) for name in cohorts[0].env},
         tags=np.concatenate([c.tags for c in cohorts]),
         thresholds=np.concatenate([c.thresholds for c in cohorts]),
         caps=np.concatenate([c.caps for c in cohorts]),
@@ -170,7 +169,7 @@ class CascadeExecutor:
         tags: np.ndarray,
         top_k: int = 1,
     ) -> Cohort:
-        """A cohort at stage 0 (checks the shapes; moves the images to the runtime's device)."""
+        """A cohort at stage 0 (checks the shapes; hands the images over in the runtime's array type)."""
         n = images.shape[0]
         if thresholds.shape != (n, self.num_exits) or max_exit.shape != (n,) or tags.shape != (n,):
             raise ValueError(
@@ -179,7 +178,7 @@ class CascadeExecutor:
             )
         return Cohort(
             stage=0,
-            env={"image": self.runtime.to_device(images)},
+            env={"image": self.runtime.arrays.from_images(images)},
             tags=np.asarray(tags, dtype=np.int64),
             thresholds=thresholds,
             caps=np.minimum(max_exit, self.num_exits - 1),
@@ -196,7 +195,7 @@ class CascadeExecutor:
         started = np.where(np.isnan(cohort.started), stage_start, cohort.started)
         env = dict(cohort.env)
         outputs = self.runtime.run(k, {name: env[name] for name in stage.inputs})
-        logits = outputs.pop(stage.outputs[0]).float().cpu().numpy()
+        logits = self.runtime.arrays.to_host(outputs.pop(stage.outputs[0]))
         env.update(outputs)
         for name in self._drop_after[k]:
             env.pop(name, None)
@@ -233,7 +232,7 @@ class CascadeExecutor:
         if keep.any() and k < last:
             survivors = replace(cohort, stage=k + 1, env=env, started=started)
             if leave.any():
-                survivors = survivors.rows(np.nonzero(keep)[0], self.runtime.device)
+                survivors = survivors.rows(np.nonzero(keep)[0], self.runtime.arrays)
         elif keep.any():
             raise AssertionError("images left the last stage without an exit")
         return StepResult(tuple(finished), survivors, k, cohort.size, now - stage_start)

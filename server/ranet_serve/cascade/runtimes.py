@@ -1,11 +1,12 @@
 """Stage runtimes: "run stage k on these named tensors", for onnxruntime, TorchScript and eager PyTorch.
 
-Runtimes know nothing of requests, thresholds or HTTP. Tensors crossing the interface are torch
-tensors on the runtime's device, so the executor can gather surviving images with one `index_select`
-per state tensor without leaving the device; only logits are copied to the host.
+Runtimes know nothing of requests, thresholds or HTTP. State crosses the interface in the runtime's
+own array type (`runtime.arrays`, see `arrays.py`): numpy for onnxruntime on the CPU, torch tensors on
+the runtime's device otherwise, so the executor gathers surviving images without converting anything
+and only logits are read on the host.
 
 The onnxruntime runtime on CUDA uses I/O binding onto torch-owned device buffers, so state tensors
-stay on the GPU between stages. On CPU, numpy views of the same memory are passed (no copies).
+stay on the GPU between stages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ranet_serve.cascade.arrays import NumpyArrays, StageArray, StageArrays, TorchArrays
 from ranet_serve.errors import BundleError, StageExecutionError
 from ranet_serve.export.bundle import Bundle
 
@@ -35,17 +37,15 @@ class StageRuntime(ABC):
 
     backend: str
     device: torch.device
+    arrays: StageArrays  # how this runtime holds state between stages
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
         self.manifest = bundle.manifest
 
     @abstractmethod
-    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
         """Run stage `stage` on a batch; return every output named in the manifest."""
-
-    def to_device(self, images: Tensor) -> Tensor:
-        return images.to(self.device, non_blocking=True)
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device}"
@@ -85,6 +85,7 @@ class OnnxRuntime(StageRuntime):
             self.sessions.append(session)
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self._cuda = self.device.type == "cuda"
+        self.arrays = TorchArrays(self.device) if self._cuda else NumpyArrays()
         self._ort = ort
         # Per stage: the session and its I/O names as the lists onnxruntime takes, built once because
         # at batch 1 every microsecond of Python around the six calls shows in the split cost.
@@ -93,33 +94,34 @@ class OnnxRuntime(StageRuntime):
             for session, spec in zip(self.sessions, self.manifest.stages, strict=True)
         ]
 
-    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
         session, input_names, output_names = self._plans[stage]
         try:
             if self._cuda:
                 return self._run_bound(session, input_names, tuple(output_names), inputs)
-            # numpy views of the torch memory in, onnxruntime-owned arrays out: no copies either way.
-            results = session.run(
-                output_names, {name: inputs[name].contiguous().numpy() for name in input_names}
-            )
+            # numpy in, onnxruntime's own arrays out, handed on as they are to the next stage.
+            results = session.run(output_names, {name: inputs[name] for name in input_names})
         except Exception as exc:
             raise StageExecutionError(f"stage {stage} failed in onnxruntime: {exc}", stage=stage) from exc
-        return dict(zip(output_names, map(torch.from_numpy, results), strict=True))
+        return dict(zip(output_names, results, strict=True))
 
     def _run_bound(
         self,
         session: object,
         input_names: tuple[str, ...],
         output_names: tuple[str, ...],
-        inputs: dict[str, Tensor],
-    ) -> dict[str, Tensor]:
+        inputs: dict[str, StageArray],
+    ) -> dict[str, StageArray]:
         """CUDA path: bind torch-owned device buffers so nothing crosses PCIe but what the caller asks."""
         binding = session.io_binding()  # type: ignore[attr-defined]
         batch = next(iter(inputs.values())).shape[0]
         for name in input_names:
-            tensor = inputs[name].contiguous()
+            tensor = inputs[name]
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}: the CUDA runtime takes torch tensors, got {type(tensor).__name__}")
+            tensor = tensor.contiguous()
             binding.bind_input(name, "cuda", 0, np.float32, tuple(tensor.shape), tensor.data_ptr())
-        outputs: dict[str, Tensor] = {}
+        outputs: dict[str, StageArray] = {}
         for name in output_names:
             shape = (batch, *self._output_shape(name))
             out = torch.empty(shape, dtype=torch.float32, device=self.device)
@@ -200,6 +202,7 @@ class TorchScriptRuntime(StageRuntime):
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         super().__init__(bundle)
         self.device = torch.device(device)
+        self.arrays = TorchArrays(self.device)
         self.modules = []
         for index in range(len(self.manifest.stages)):
             path = bundle.stage_file(index, "torchscript")
@@ -209,7 +212,7 @@ class TorchScriptRuntime(StageRuntime):
                 raise BundleError(f"{path}: TorchScript cannot load it ({exc})", file=str(path)) from exc
 
     @torch.no_grad()
-    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
         spec = self.manifest.stages[stage]
         try:
             outputs = self.modules[stage](*(inputs[name] for name in spec.inputs))
@@ -228,11 +231,12 @@ class EagerRuntime(StageRuntime):
         from ranet_serve.model.stages import build_stages
 
         self.device = torch.device(device)
+        self.arrays = TorchArrays(self.device)
         self.model = bundle.load_model().to(self.device)
         self.stages = build_stages(self.model)
 
     @torch.no_grad()
-    def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
         module = self.stages[stage]
         outputs = module(*(inputs[name] for name in module.spec.inputs))
         return dict(zip(module.spec.outputs, outputs, strict=True))

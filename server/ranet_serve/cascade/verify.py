@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ranet_serve.cascade.arrays import StageArray
 from ranet_serve.cascade.runtimes import OnnxRuntime, StageRuntime, TorchScriptRuntime
 from ranet_serve.export.bundle import Bundle
 
@@ -25,14 +27,14 @@ class ExitParity:
         return self.max_abs_diff <= TOLERANCE
 
 
-def run_all_stages(runtime: StageRuntime, images: Tensor) -> list[Tensor]:
-    """Run every stage in order on `images` and return every exit's logits (on the host)."""
-    env: dict[str, Tensor] = {"image": runtime.to_device(images)}
+def run_all_stages(runtime: StageRuntime, images: Tensor) -> list[np.ndarray]:
+    """Run every stage in order on `images` and return every exit's logits (float32, on the host)."""
+    env: dict[str, StageArray] = {"image": runtime.arrays.from_images(images)}
     logits = []
     for stage in runtime.manifest.stages:
         outputs = runtime.run(stage.index, {name: env[name] for name in stage.inputs})
         env.update(outputs)
-        logits.append(outputs[stage.outputs[0]].float().cpu())
+        logits.append(runtime.arrays.to_host(outputs[stage.outputs[0]]))
     return logits
 
 
@@ -46,8 +48,8 @@ def verify_bundle(bundle: Bundle, batches: dict[str, Tensor], device: str = "cpu
     results = []
     for label, images in batches.items():
         with torch.no_grad():
-            reference = [r.float() for r in model(images)]
+            reference = [r.float().numpy() for r in model(images)]
         for runtime in runtimes:
             for k, (got, want) in enumerate(zip(run_all_stages(runtime, images), reference, strict=True)):
-                results.append(ExitParity(runtime.backend, label, k, float((got - want).abs().max())))
+                results.append(ExitParity(runtime.backend, label, k, float(np.abs(got - want).max())))
     return results

@@ -30,5 +30,5 @@ def bundle_probabilities(
     for start in range(0, len(data), batch_size):
         images = normalize(torch.from_numpy(data.images[start : start + batch_size]), spec.mean, spec.std)
         logits = run_all_stages(runtime, images)
-        chunks.append(np.stack([softmax(exit_logits.numpy().astype(np.float32)) for exit_logits in logits]))
+        chunks.append(np.stack([softmax(exit_logits) for exit_logits in logits]))
     return np.concatenate(chunks, axis=1)
