@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from helpers.bundles import make_store
+from helpers.metrics import metric
 from helpers.server import RunningServer, settings_for
 from ranet_serve.export.bundle import load_bundle, write_manifest
 
@@ -85,15 +86,6 @@ def nothing_to_read(sock: socket.socket) -> bool:
     finally:
         sock.setblocking(True)
     return False
-
-
-def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """The value of one series from /metrics (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and line.split("}")[0][len(name) + 1 :] == wanted:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from helpers.bundles import make_store
 from helpers.images import png_bytes
+from helpers.metrics import delta, scrape
 from helpers.server import RunningServer, settings_for
 from ranet_serve.api import auth
 from ranet_serve.api.settings import Settings
@@ -105,6 +106,26 @@ def test_protected_routes_answer_401_without_the_right_key(
     else:
         assert body["error"]["code"] == "unauthorized" and body["error"]["message"]
     assert KEY not in response.text and ADMIN_KEY not in response.text
+
+
+def test_unauthorized_inference_requests_are_counted_with_bounded_model_labels(keyed: RunningServer) -> None:
+    with keyed.client() as client:
+        before = scrape(client)
+        assert client.post(V1, files={"file": ("a.png", PNG, "image/png")}).status_code == 401
+        assert client.post(V2, json=V2_BODY, headers=bearer("wrong")).status_code == 401
+        # A model name from the path that the store lacks: counted under "unknown", not as a new label.
+        assert client.post("/v2/models/no-such-model-7/infer", json=V2_BODY).status_code == 401
+        # Not inference requests: not in the inference counters.
+        assert client.get("/v1/models").status_code == 401
+        assert client.post("/v1/admin/reload", headers=bearer(KEY)).status_code == 401
+        after = scrape(client)
+    assert delta(before, after, "ranet_requests_total", model="tiny", status="401") == 2
+    assert delta(before, after, "ranet_rejected_total", model="tiny", reason="unauthorized") == 2
+    assert delta(before, after, "ranet_requests_total", model="unknown", status="401") == 1
+    assert delta(before, after, "ranet_rejected_total", model="unknown", reason="unauthorized") == 1
+    assert not any("no-such-model-7" in str(labels) for _, labels in after)
+    # Refused before being served: not in the served-request latency histogram.
+    assert delta(before, after, "ranet_request_duration_seconds_count", model="tiny") == 0
 
 
 def test_the_right_keys_open_their_routes_and_only_theirs(keyed: RunningServer) -> None:

@@ -25,7 +25,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ranet_serve.api.errors import error_body
-from ranet_serve.api.metrics import UNKNOWN_MODEL, ServerMetrics
+from ranet_serve.api.metrics import ServerMetrics, model_label
 from ranet_serve.api.store import ModelStore
 from ranet_serve.errors import OVERLOAD_REASONS
 
@@ -35,6 +35,14 @@ RETRY_AFTER_SECONDS = 1
 _INFERENCE = re.compile(
     r"^/v1/classify$|^/v1/models/([^/]+)/classify$|^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$"
 )
+
+
+def inference_model(method: str, path: str) -> tuple[bool, str | None]:
+    """Whether `method path` is an inference request, and the model its path names (None: default)."""
+    match = _INFERENCE.match(path) if method == "POST" else None
+    if match is None:
+        return False, None
+    return True, match.group(1) or match.group(2)
 
 
 class AdmissionGate:
@@ -57,15 +65,14 @@ class AdmissionGate:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        match = _INFERENCE.match(scope["path"])
-        if match is None:
+        is_inference, model = (
+            inference_model(scope["method"], scope["path"]) if scope["type"] == "http" else (False, None)
+        )
+        if not is_inference:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            await self._shed(scope, send, match.group(1) or match.group(2))
+            await self._shed(scope, send, model)
             return
         self.active += 1
         try:
@@ -128,6 +135,5 @@ class AdmissionGate:
         ]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        name = model or self.default_model
-        label = name if self.store.has_model(name) else UNKNOWN_MODEL
+        label = model_label(model or self.default_model, self.store.has_model)
         self.metrics.request_finished(label, 429, time.perf_counter() - started, REASON)

@@ -20,11 +20,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from ranet_serve.api.admission import inference_model
 from ranet_serve.api.errors import error_response
+from ranet_serve.api.metrics import model_label
 from ranet_serve.api.settings import Settings
 from ranet_serve.errors import RanetServeError
 
 REALM = "ranet-serve"
+UNAUTHORIZED_REASON = "unauthorized"  # the `reason` label of ranet_rejected_total
 INFERENCE_SCHEME = "apiKey"  # security scheme names in the OpenAPI schema
 ADMIN_SCHEME = "adminKey"
 
@@ -104,6 +107,11 @@ async def require_admin_key(
 
 async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UnauthorizedError)
+    is_inference, model = inference_model(request.method, request.url.path)
+    if is_inference:  # counted like every other answered inference request (ranet_requests_total)
+        state = request.app.state
+        label = model_label(model or state.settings.default_model, state.store.has_model)
+        state.metrics.request_refused(label, 401, UNAUTHORIZED_REASON)
     return error_response(request, 401, exc.code, exc.message, headers={"WWW-Authenticate": exc.challenge})
 
 

@@ -43,6 +43,13 @@ FLOPS_BUCKETS = (*(m * 10.0**e for e in range(5, 11) for m in (1, 2, 5)), 1e11)
 
 UNKNOWN_MODEL = "unknown"
 
+
+def model_label(name: str, is_known: Callable[[str], bool]) -> str:
+    """`name` as a `model` label: itself when the store has it, else "unknown". Names come from
+    request paths, so anything else would let any client add label values without bound."""
+    return name if is_known(name) else UNKNOWN_MODEL
+
+
 SAVED_RATIO_HALF_LIFE_IMAGES = 1024
 
 
@@ -249,6 +256,12 @@ class ServerMetrics:
         self.request_duration.labels(model).observe(seconds)
         if reason is not None:
             self.rejected.labels(model, reason).inc()
+
+    def request_refused(self, model: str, status: int, reason: str) -> None:
+        """An inference request answered before it was served (bad credentials): counted by status and
+        reason, but not in the latency histogram, which describes requests that were served."""
+        self.requests.labels(model, str(status)).inc()
+        self.rejected.labels(model, reason).inc()
 
     def queued(self, model: str, seconds: float) -> None:
         self.queue_duration.labels(model).observe(seconds)

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ranet_serve.api.errors import InvalidRequestError, status_for
 from ranet_serve.api.images import ImageLimits, preprocess_batch
-from ranet_serve.api.metrics import UNKNOWN_MODEL, ServerMetrics
+from ranet_serve.api.metrics import ServerMetrics, model_label
 from ranet_serve.api.settings import Settings
 from ranet_serve.api.store import ModelStore, ReadyVersion
 from ranet_serve.cascade.batcher import RequestResult
@@ -116,8 +116,7 @@ class InferenceService:
             gauge.dec()
 
     def _model_label(self, model: str | None) -> str:
-        name = model or self.settings.default_model
-        return name if self.store.has_model(name) else UNKNOWN_MODEL
+        return model_label(model or self.settings.default_model, self.store.has_model)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """Run one request; raises the domain errors the API maps to statuses."""
