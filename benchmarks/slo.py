@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from ranet_client.image_sets import Sample
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples, machine_facts, versions
 from ranet_serve.cascade.policy import ExitPolicy
 from ranet_serve.export.bundle import load_bundle
-from stress import Pool, percentile, start_server, stop_server
+from stress import Pool, closed_loop, open_loop, percentile, start_server, stop_server
 
 BOUNDARY = "ranet-slo-boundary"
 
@@ -143,28 +144,13 @@ class Client:
         phase.outcomes.append(outcome)
 
     async def closed_loop(self, phase: Phase, concurrency: int) -> Phase:
-        end = phase.started + phase.seconds
-        counter = 0
-
-        async def worker() -> None:
-            nonlocal counter
-            while time.perf_counter() < end:
-                counter += 1
-                await self.shoot(phase, counter, time.perf_counter())
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await closed_loop(partial(self.shoot, phase), concurrency, phase.started + phase.seconds)
         phase.seconds = time.perf_counter() - phase.started
         return phase
 
     async def open_loop(self, phase: Phase) -> Phase:
         assert phase.rate is not None
-        for index in range(max(1, int(phase.rate * phase.seconds))):
-            due = phase.started + index / phase.rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            task = asyncio.create_task(self.shoot(phase, index, due))
-            self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
-        await asyncio.sleep(max(0.0, phase.started + phase.seconds - time.perf_counter()))
+        await open_loop(partial(self.shoot, phase), phase.rate, phase.started, phase.seconds, self.pending)
         if self.pending:  # the phase's stragglers finish before the next phase starts
             await asyncio.wait(set(self.pending), timeout=self.timeout)
         return phase

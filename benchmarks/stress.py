@@ -44,8 +44,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,42 @@ def recovery_figures(recovery: PhaseResult, normal_p99_ms: float | None) -> dict
 
 # -- load ------------------------------------------------------------------------------------------------
 
+Shoot = Callable[[int, float], Awaitable[None]]  # send request number i, scheduled at perf_counter t
+
+
+async def closed_loop(shoot: Shoot, concurrency: int, end: float) -> None:
+    """`concurrency` workers, each sending its next request as soon as its last one is answered."""
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal counter
+        while time.perf_counter() < end:
+            counter += 1
+            await shoot(counter, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def open_loop(
+    shoot: Shoot,
+    rate: float,
+    started: float,
+    seconds: float,
+    pending: set[asyncio.Task[None]],
+    admit: Callable[[int, float], bool] = lambda index, due: True,
+) -> None:
+    """Request i due at `started + i / rate`, sent whether or not earlier ones were answered (unless
+    `admit(i, due)` says no); returns at the end of the phase with the stragglers left in `pending`."""
+    for index in range(max(1, int(rate * seconds))):
+        due = started + index / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))  # sleep(0) still yields when behind
+        if not admit(index, due):
+            continue
+        task = asyncio.create_task(shoot(index, due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.sleep(max(0.0, started + seconds - time.perf_counter()))
+
 
 class Driver:
     """Sends the pre-encoded requests, records every answer, samples the server's RSS."""
@@ -350,16 +387,7 @@ class Driver:
     async def closed_loop(self, name: str, concurrency: int, seconds: float) -> PhaseResult:
         phase = PhaseResult(name, "closed-loop", None, seconds, time.perf_counter())
         cpu = time.process_time()
-        end = phase.started + seconds
-        counter = 0
-
-        async def worker() -> None:
-            nonlocal counter
-            while time.perf_counter() < end:
-                counter += 1
-                await self.shoot(phase, counter, time.perf_counter())
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await closed_loop(partial(self.shoot, phase), concurrency, phase.started + seconds)
         phase.seconds = time.perf_counter() - phase.started
         phase.client_cpu_s = time.process_time() - cpu
         return phase
@@ -368,17 +396,14 @@ class Driver:
         """Requests due at start + i / rate; one that finds `max_inflight` pending is dropped client-side."""
         phase = PhaseResult(name, "open-loop", rate, seconds, time.perf_counter())
         cpu = time.process_time()
-        total = max(1, int(rate * seconds))
-        for index in range(total):
-            due = phase.started + index / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))  # sleep(0) still yields when behind
-            if len(self.pending) >= self.max_inflight:
-                phase.shots.append(Shot(name, index, due, due, "client_dropped"))
-                continue
-            task = asyncio.create_task(self.shoot(phase, index, due))
-            self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
-        await asyncio.sleep(max(0.0, phase.started + seconds - time.perf_counter()))
+
+        def admit(index: int, due: float) -> bool:
+            if len(self.pending) < self.max_inflight:
+                return True
+            phase.shots.append(Shot(name, index, due, due, "client_dropped"))
+            return False
+
+        await open_loop(partial(self.shoot, phase), rate, phase.started, seconds, self.pending, admit)
         phase.client_cpu_s = time.process_time() - cpu
         return phase
 
