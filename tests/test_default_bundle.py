@@ -41,11 +41,13 @@ def test_default_bundle_meets_the_accuracy_and_flops_bars(bundle) -> None:
 
 
 def test_default_bundle_weights_stay_small() -> None:
-    # The checkpoint plus its ONNX and TorchScript copies, plots and card. Issue 4 asks for a few MB;
-    # the 128-wide heads keep this bundle at 21 MB (a 48-wide retrain made 7 MB but missed an accuracy
-    # bar), so this guards against growth until a narrower model meets both.
+    # Issue 4: committed weights stay a few MB. The checkpoint is 3.0 MB (0.69 M parameters with
+    # 64-wide classifier heads); the whole bundle, with its ONNX and TorchScript copies of the same
+    # weights, plots and card, 9.4 MB (the 128-wide heads made 21 MB).
+    checkpoint = (BUNDLE / "checkpoint.pt").stat().st_size
     total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
-    assert total < 25 * 1024 * 1024
+    assert checkpoint < 4 * 1024 * 1024
+    assert total < 10 * 1024 * 1024
 
 
 def test_optimized_test_curve_is_on_or_above_the_geometric_one_at_every_budget(bundle) -> None:

@@ -65,3 +65,16 @@ def test_calibrate_refuses_a_split_that_differs_from_training(tiny_bundle_dir: P
         app, ["calibrate", str(bundle_dir), "--val-size", "500", "--train-checkpoint", str(checkpoint)]
     )
     assert result.exit_code == 1 and "differs from the one" in result.output
+
+
+def test_model_card_states_total_and_median_epoch_time(tiny_bundle_dir: Path) -> None:
+    from ranet_serve.train.model_card import render_model_card
+
+    training = {
+        "recipe": {"epochs": 3, "batch_size": 128, "threads": 2},
+        "history": [{"seconds": 100.0}, {"seconds": 300.0}, {"seconds": 200.0}],  # one slowed epoch
+        "epoch": 2,
+    }
+    manifest = load_bundle(tiny_bundle_dir).manifest
+    card = render_model_card(manifest, commands=["ranet train"], training=training)
+    assert "Wall time 10.0 min" in card and "median epoch 200 s" in card and "checkpoint of epoch 3" in card

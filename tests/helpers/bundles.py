@@ -30,7 +30,8 @@ LOGIT_SCALE = 30.0
 def tiny_model(seed: int = 0) -> RANet:
     """A seeded tiny RANet in eval mode with batch-norm statistics from random inputs."""
     torch.manual_seed(seed)
-    # 128-wide CIFAR heads (not the default model's 48): the tests' FLOPs figures were worked out for them.
+    # 128-wide CIFAR heads (not the default model's narrower ones): the tests' FLOPs figures were
+    # worked out for them.
     config = load_config("fmnist-default", n_channels=4, growth_rate=4, classifier_channels=None)
     model = RANet(config)
     model.train()

@@ -7,6 +7,7 @@ drift from the weights it describes.
 from __future__ import annotations
 
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,18 @@ def render_model_card(
     if training is not None:
         recipe = training.get("recipe", {})
         history = training.get("history", [])
-        seconds = sum(float(h.get("seconds", 0.0)) for h in history)
+        epoch_seconds = [float(h.get("seconds", 0.0)) for h in history]
+        seconds = sum(epoch_seconds)
+        # The median epoch too: the total includes any time the machine was shared or the run paused.
+        median = f", median epoch {statistics.median(epoch_seconds):.0f} s" if epoch_seconds else ""
         lines += [
             f"Training: {recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, SGD momentum "
             f"{recipe.get('momentum')}, LR {recipe.get('lr')} ({recipe.get('schedule')}), weight decay "
             f"{recipe.get('weight_decay')}, random crop (padding {recipe.get('crop_padding')}) + horizontal "
             f"flip, loss = sum of per-exit cross-entropy, seed {recipe.get('seed')}, "
             f"{recipe.get('threads')} CPU threads.",
-            f"Wall time {seconds / 60:.1f} min on {platform.machine()} ({platform.processor() or 'cpu'}), "
+            f"Wall time {seconds / 60:.1f} min on {platform.machine()} ({platform.processor() or 'cpu'})"
+            f"{median}, "
             f"checkpoint of epoch {int(training.get('epoch', -1)) + 1} (best last-exit validation accuracy).",
             "",
         ]

@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "fmnist-default": {
         "dataset": "fashion-mnist",
         "config": "fmnist-default",
-        "epochs": 14,
+        "epochs": 16,
         "batch_size": 128,
         "schedule": "cosine",
         "crop_padding": 2,
