@@ -137,7 +137,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     assert "TorchServe was not run" in text  # its goals say why they are not measured
     context = json.loads((out / "summary.json").read_text())
     assert context["steps"]["http"]["returncode"] == 0 and "inprocess" not in context["steps"]
-    assert [g["met"] for g in context["goals"]][2:5] == [None, None, None]
+    assert [g["met"] for g in context["goals"]][3:6] == [None, None, None]
 
     # Issue 11: re-batching changes throughput, never the answers; both goals are judged.
     rebatch = json.loads((out / "rebatch.json").read_text())
@@ -147,7 +147,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
         assert point["high_load_images_per_s"]["rebatch"] > 0 and point["low_load"]["rebatch"]["p50_ms"] > 0
         stage_sizes = point["mean_stage_batch_size"]
         assert stage_sizes["rebatch"][0] == stage_sizes["per-batch"][0]  # stage 0 batches alike
-    assert [g["met"] in (True, False) for g in context["goals"][5:7]] == [True, True]
+    assert [g["met"] in (True, False) for g in context["goals"][6:8]] == [True, True]
     assert "# Survivor re-batching (issue 11)" in text
     assert set(rebatch["http"]["points"]) == set(rebatch["points"])
 
@@ -159,7 +159,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
         assert phase["ok_200"] > 0 and phase["other"] == 0
         assert 0.0 <= phase["accuracy"] <= 100.0 and phase["images"] == 8 * phase["ok_200"]
     assert set(phases["fixed", "overload"]["points"]) == {slo["ceiling_point"]}  # the fixed point never moves
-    assert slo["objective_ms"] > 0 and context["goals"][7]["met"] in (True, False)
+    assert slo["objective_ms"] > 0 and context["goals"][8]["met"] in (True, False)
     assert "# Operating points that follow load (issue 11)" in text
 
     # Issue 11: live agreement per early exit, next to what the validation split predicts.
@@ -243,7 +243,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
     from run_all import goals
 
     inprocess = {
-        "split_cost": {"64": {"ratio": 1.05}},
+        "split_cost": {"1": {"ratio": 1.3}, "64": {"ratio": 1.05}},
         "early_exit": {
             "flops_ratio": 4.0,  # goal: speedup >= 3.2 at every batch
             "by_batch": {"1": {"speedup_vs_full_depth": 5.0}, "128": {"speedup_vs_full_depth": 3.0}},
@@ -282,12 +282,13 @@ def test_goal_verdicts_follow_the_figures() -> None:
         ],
     }
     rows = goals(inprocess, peers, rebatch, slo)
-    assert [row["met"] for row in rows] == [True, False, False, True, True, False, False, True]
-    assert rows[7]["measured"] == "adaptive 80.0 ms (92.7%), fixed 900.0 ms (93.1%)"
-    assert rows[5]["measured"] == "a: 1.30, b: 0.90"
-    assert "lowest at batch 128" in rows[1]["measured"]
-    assert rows[2]["measured"] == "c=1: 2.50x, c=4: 1.50x"
-    assert "-0.30 points" in rows[3]["measured"]
+    assert [row["met"] for row in rows] == [False, True, False, False, True, True, False, False, True]
+    assert rows[0]["goal"].startswith("split cost at batch 1 ") and rows[0]["measured"] == "1.30"
+    assert rows[8]["measured"] == "adaptive 80.0 ms (92.7%), fixed 900.0 ms (93.1%)"
+    assert rows[6]["measured"] == "a: 1.30, b: 0.90"
+    assert "lowest at batch 128" in rows[2]["measured"]
+    assert rows[3]["measured"] == "c=1: 2.50x, c=4: 1.50x"
+    assert "-0.30 points" in rows[4]["measured"]
     missing = goals(None, {"summary": {}, "skipped": {"torchserve": "missing java"}})
-    assert [row["met"] for row in missing] == [None] * 7
-    assert missing[4]["measured"] == "missing java"
+    assert [row["met"] for row in missing] == [None] * 8
+    assert missing[5]["measured"] == "missing java"
