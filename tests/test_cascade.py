@@ -17,6 +17,7 @@ from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPolicy
 from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, StageRuntime, TorchScriptRuntime
+from ranet_serve.cascade.verify import run_all_stages
 from ranet_serve.errors import BudgetError, DeadlineExceededError, OverloadedError, StageExecutionError
 from ranet_serve.export.bundle import Bundle, load_bundle
 
@@ -154,6 +155,48 @@ def test_all_runtimes_agree(bundle, images) -> None:
         np.testing.assert_allclose(
             [r.confidence for r in other.images], [r.confidence for r in reference], atol=1e-5
         )
+
+
+def test_small_batches_run_on_single_threaded_sessions(bundle, images) -> None:
+    runtime = OnnxRuntime(bundle, threads=2, single_thread_below=4)
+    assert [runtime.threads_for(n) for n in (1, 3, 4, 64)] == [1, 1, 2, 2]
+    small, large = runtime.sessions_for(3), runtime.sessions_for(4)
+    assert large == runtime.sessions and not set(map(id, small)) & set(map(id, large))
+    assert {s.get_session_options().intra_op_num_threads for s in small} == {1}
+    assert {s.get_session_options().intra_op_num_threads for s in large} == {2}
+    # Every stage call goes to the session set its batch size picks, including survivor batches that
+    # shrink below the line part-way through the cascade.
+    used: list[tuple[int, int]] = []
+    for threads, sessions in ((1, small), (2, large)):
+        for session in sessions:
+            original = session.run
+
+            def spy(names, feed, *rest, original=original, threads=threads):
+                used.append((next(iter(feed.values())).shape[0], threads))
+                return original(names, feed, *rest)
+
+            session.run = spy
+    thresholds = full(1.5, 8)
+    thresholds[:5] = 0.0  # five images leave at exit 0, three go on to the end
+    result = CascadeExecutor(runtime).run(images[:8], thresholds, caps(EXITS - 1, 8))
+    assert result.stage_batch_sizes == (8,) + (3,) * (EXITS - 1)
+    assert used == [(8, 2)] + [(3, 1)] * (EXITS - 1)
+    # Same numbers either way: forcing the multi-threaded sessions changes nothing but speed.
+    forced = OnnxRuntime(bundle, threads=2, single_thread_below=0)
+    for n in (1, 3):
+        staged = run_all_stages(runtime, images[:n])
+        for got, want in zip(staged, run_all_stages(forced, images[:n]), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_single_thread_sessions_only_where_they_differ(bundle) -> None:
+    for runtime in (
+        OnnxRuntime(bundle, threads=1),  # already single-threaded: one set of sessions
+        OnnxRuntime(bundle, threads=2, single_thread_below=0),  # turned off
+    ):
+        assert runtime.single_thread_below == 0
+        assert runtime.sessions_for(1) == runtime.sessions_for(64) == runtime.sessions
+        assert runtime.threads_for(1) == runtime.threads
 
 
 @pytest.mark.gpu

@@ -16,7 +16,10 @@ from typer.testing import CliRunner
 from helpers.bundles import make_store
 from helpers.images import png_bytes
 from ranet_serve.api.settings import Settings
+from ranet_serve.api.store import default_runtime_factory
+from ranet_serve.cascade.runtimes import SINGLE_THREAD_BELOW, OnnxRuntime
 from ranet_serve.cli import app
+from ranet_serve.export.bundle import load_bundle
 
 
 def free_port() -> int:
@@ -46,6 +49,17 @@ def test_settings_come_from_ranet_environment_variables(monkeypatch: pytest.Monk
     settings = Settings()
     assert (settings.port, settings.max_batch_size, settings.default_operating_point) == (9123, 4, "fast")
     assert settings.host == "127.0.0.1" and settings.model_store == Path("model_store")
+
+
+def test_runtime_threads_follow_the_settings(tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = load_bundle(tiny_bundle_dir)
+    runtime = default_runtime_factory(bundle, Settings(backend="onnxruntime", device="cpu", threads=2))
+    assert isinstance(runtime, OnnxRuntime)
+    assert (runtime.threads, runtime.single_thread_below) == (2, SINGLE_THREAD_BELOW)
+    assert runtime.threads_for(SINGLE_THREAD_BELOW - 1) == 1 and runtime.threads_for(SINGLE_THREAD_BELOW) == 2
+    monkeypatch.setenv("RANET_SINGLE_THREAD_BELOW", "0")
+    runtime = default_runtime_factory(bundle, Settings(device="cpu", threads=2))
+    assert isinstance(runtime, OnnxRuntime) and runtime.threads_for(1) == 2
 
 
 def test_serve_process_reloads_on_sighup_and_stops_on_sigterm(tiny_bundle_dir: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ranet_serve.api.app import create_app
 from ranet_serve.api.settings import Settings
-from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
+from ranet_serve.api.store import default_runtime_factory
+from ranet_serve.cascade.runtimes import StageRuntime
 from ranet_serve.errors import StageExecutionError
 from ranet_serve.export.bundle import Bundle
 
@@ -69,11 +70,11 @@ class ControlledRuntime(StageRuntime):
         return self.inner.run(stage, inputs)
 
 
-def controlled_factory(faults: Faults) -> Callable[[Bundle, str, str, int], StageRuntime]:
-    def factory(bundle: Bundle, backend: str, device: str, threads: int) -> StageRuntime:
+def controlled_factory(faults: Faults) -> Callable[[Bundle, Settings], StageRuntime]:
+    def factory(bundle: Bundle, settings: Settings) -> StageRuntime:
         if faults.load_gate is not None:
             faults.load_gate.wait(30)
-        return ControlledRuntime(create_runtime(bundle, backend, device, threads), faults)
+        return ControlledRuntime(default_runtime_factory(bundle, settings), faults)
 
     return factory
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ranet_serve.cascade.runtimes import SINGLE_THREAD_BELOW
+
 MIB = 1 << 20
 
 
@@ -29,6 +31,12 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="intra-op threads per runtime; 0 lets the runtime choose")
+    single_thread_below: int = Field(
+        SINGLE_THREAD_BELOW,
+        ge=0,
+        description="onnxruntime on the CPU runs batches smaller than this single-threaded, on a second "
+        "set of stage sessions (faster for small batches on few cores; 0 or 1 turns it off)",
+    )
 
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)

@@ -43,11 +43,18 @@ NAME_PATTERN = re.compile(_NAME)
 VERSION_PATTERN = re.compile(_VERSION)
 WARMUP_BATCH = 4
 
-RuntimeFactory = Callable[[Bundle, str, str, int], StageRuntime]
+RuntimeFactory = Callable[[Bundle, Settings], StageRuntime]
 
 
-def default_runtime_factory(bundle: Bundle, backend: str, device: str, threads: int) -> StageRuntime:
-    return create_runtime(bundle, backend=backend, device=device, threads=threads)
+def default_runtime_factory(bundle: Bundle, settings: Settings) -> StageRuntime:
+    """The runtime the settings name (backend, device, threads) for one bundle."""
+    return create_runtime(
+        bundle,
+        backend=settings.backend,
+        device=settings.device,
+        threads=settings.threads,
+        single_thread_below=settings.single_thread_below,
+    )
 
 
 def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
@@ -294,9 +301,7 @@ class ModelStore:
                     f"{path}: manifest names {manifest.name}/{manifest.version} but the bundle lives in "
                     f"{name}/{version}"
                 )
-            runtime = self.runtime_factory(
-                bundle, self.settings.backend, self.settings.device, self.settings.threads
-            )
+            runtime = self.runtime_factory(bundle, self.settings)
             executor = CascadeExecutor(runtime)
             policy = ExitPolicy(manifest, self._default_point(manifest))
             adaptive = self._adaptive(name, policy)

@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 Backend = Literal["onnxruntime", "torchscript", "eager"]
 
+# Batches smaller than this run on single-threaded onnxruntime sessions. With two intra-op threads,
+# every parallel operator wakes a sleeping worker, which costs more than it saves on small tensors.
+# Measured on the default model's whole graph (2-core x86_64, onnxruntime 1.32, medians of blocks of
+# calls), 1 thread against 2: batch 1 0.81 vs 1.04 ms, batch 2 1.47 vs 1.74, batch 4 2.97 vs 4.26,
+# batch 8 5.43 vs 5.10, batch 32 21.9 vs 15.7. Stage boundaries gain twice: the six stages of a
+# batch-1 image cost 1.11x the whole graph single-threaded against 1.15x with two threads.
+SINGLE_THREAD_BELOW = 8
+
 
 class StageRuntime(ABC):
     """Runs the stages of one bundle. Called only from the executor's worker thread."""
@@ -60,42 +68,74 @@ class OnnxRuntime(StageRuntime):
         device: str = "cpu",
         threads: int = 0,
         optimization: Literal["disable", "basic", "extended", "all"] = "all",
+        single_thread_below: int = SINGLE_THREAD_BELOW,
     ):
         super().__init__(bundle)
         import onnxruntime as ort
 
-        options = session_options(threads, optimization, shared_cpu_arena=device != "cuda")
+        self._ort = ort
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self._cuda = self.device.type == "cuda"
+        self.arrays = TorchArrays(self.device) if self._cuda else NumpyArrays()
+        self.threads = threads
+        options = session_options(threads, optimization, shared_cpu_arena=not self._cuda)
+        self.sessions = self._load_sessions(options)
+        # Per stage: the session and its I/O names as the lists onnxruntime takes, built once because
+        # at batch 1 every microsecond of Python around the six calls shows in the split cost.
+        self._plans = self._stage_plans(self.sessions)
+        # Small batches on the CPU run on a second, single-threaded set of sessions (see
+        # SINGLE_THREAD_BELOW); pointless where the runtime is single-threaded already or on CUDA.
+        self.single_thread_below = 0 if self._cuda or threads == 1 else max(single_thread_below, 0)
+        self._small_plans = self._plans
+        if self.single_thread_below > 1:
+            serial = session_options(1, optimization, shared_cpu_arena=True)
+            self._small_plans = self._stage_plans(self._load_sessions(serial))
+
+    def _load_sessions(self, options: onnxruntime.SessionOptions) -> list[onnxruntime.InferenceSession]:
         providers: list[str | tuple[str, dict[str, str]]]
-        if device == "cuda":
+        if self._cuda:
             providers = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.sessions = []
+        sessions = []
         for index in range(len(self.manifest.stages)):
-            path = bundle.stage_file(index, "onnx")
+            path = self.bundle.stage_file(index, "onnx")
             try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+                session = self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
             except Exception as exc:
                 raise BundleError(f"{path}: onnxruntime cannot load it ({exc})", file=str(path)) from exc
-            if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            if self._cuda and "CUDAExecutionProvider" not in session.get_providers():
                 # onnxruntime-gpu lists CUDA even without a GPU; only the created session tells the truth.
                 raise BundleError(
                     "onnxruntime could not create a CUDA session (no GPU or no onnxruntime-gpu)"
                 )
-            self.sessions.append(session)
-        self.device = torch.device("cuda" if device == "cuda" else "cpu")
-        self._cuda = self.device.type == "cuda"
-        self.arrays = TorchArrays(self.device) if self._cuda else NumpyArrays()
-        self._ort = ort
-        # Per stage: the session and its I/O names as the lists onnxruntime takes, built once because
-        # at batch 1 every microsecond of Python around the six calls shows in the split cost.
-        self._plans = [
-            (session, spec.inputs, list(spec.outputs))
-            for session, spec in zip(self.sessions, self.manifest.stages, strict=True)
+            sessions.append(session)
+        return sessions
+
+    def _stage_plans(
+        self, sessions: list[onnxruntime.InferenceSession]
+    ) -> list[tuple[onnxruntime.InferenceSession, tuple[str, ...], list[str]]]:
+        return [
+            (session, tuple(spec.inputs), list(spec.outputs))
+            for session, spec in zip(sessions, self.manifest.stages, strict=True)
         ]
 
+    def threads_for(self, batch: int) -> int:
+        """Intra-op threads a batch of `batch` images runs with (0: onnxruntime's default)."""
+        return 1 if batch < self.single_thread_below else self.threads
+
+    def sessions_for(self, batch: int) -> list[onnxruntime.InferenceSession]:
+        """The stage sessions a batch of `batch` images runs on."""
+        plans = self._small_plans if batch < self.single_thread_below else self._plans
+        return [session for session, _, _ in plans]
+
     def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
-        session, input_names, output_names = self._plans[stage]
+        if self._cuda:
+            session, input_names, output_names = self._plans[stage]
+        else:
+            batch = next(iter(inputs.values())).shape[0]
+            plans = self._small_plans if batch < self.single_thread_below else self._plans
+            session, input_names, output_names = plans[stage]
         try:
             if self._cuda:
                 return self._run_bound(session, input_names, tuple(output_names), inputs)
@@ -104,6 +144,12 @@ class OnnxRuntime(StageRuntime):
         except Exception as exc:
             raise StageExecutionError(f"stage {stage} failed in onnxruntime: {exc}", stage=stage) from exc
         return dict(zip(output_names, results, strict=True))
+
+    def describe(self) -> str:
+        threads = self.threads or "default"
+        if self.single_thread_below > 1:
+            return f"{super().describe()}, {threads} threads (1 below batch {self.single_thread_below})"
+        return f"{super().describe()}, {threads} threads"
 
     def _run_bound(
         self,
@@ -258,13 +304,17 @@ def resolve_device(requested: str, backend: str) -> str:
 
 
 def create_runtime(
-    bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", threads: int = 0
+    bundle: Bundle,
+    backend: str = "onnxruntime",
+    device: str = "auto",
+    threads: int = 0,
+    single_thread_below: int = SINGLE_THREAD_BELOW,
 ) -> StageRuntime:
     """Build the runtime a setting names; log what was chosen."""
     chosen = resolve_device(device, backend)
     runtime: StageRuntime
     if backend == "onnxruntime":
-        runtime = OnnxRuntime(bundle, device=chosen, threads=threads)
+        runtime = OnnxRuntime(bundle, device=chosen, threads=threads, single_thread_below=single_thread_below)
     elif backend == "torchscript":
         if threads > 0:
             torch.set_num_threads(threads)
