@@ -20,6 +20,7 @@ from ranet_client.cli import app
 from ranet_client.errors import RanetError, ServerError
 from ranet_client.image_sets import Sample, bundled_samples
 from ranet_client.load import (
+    MAX_CLIENTS,
     BudgetChoice,
     ImageRecord,
     LoadConfig,
@@ -28,7 +29,14 @@ from ranet_client.load import (
     run_load_sync,
     summarize,
 )
-from ranet_client.targets import PlainTarget, RanetTarget, parse_plain_answer
+from ranet_client.targets import (
+    PlainTarget,
+    Prediction,
+    RanetTarget,
+    TargetAnswer,
+    TargetPool,
+    parse_plain_answer,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -152,8 +160,9 @@ def test_load_against_a_plain_target_reports_accuracy_and_no_invented_figures() 
 def test_plain_configs_refuse_what_a_plain_server_cannot_take() -> None:
     base = LoadConfig(plain_path="/predict")
     assert base.validated().plain_path == "/predict"
-    assert isinstance(make_target(base.validated()), PlainTarget)
-    assert isinstance(make_target(LoadConfig().validated()), RanetTarget)
+    plain, ranet = make_target(base.validated()), make_target(LoadConfig().validated())
+    assert all(isinstance(t, PlainTarget) for t in plain.targets) and not plain.takes_knobs
+    assert all(isinstance(t, RanetTarget) for t in ranet.targets) and ranet.takes_knobs
     for bad in (
         LoadConfig(plain_path="/predict", batch=2),
         LoadConfig(plain_path="/predict", mix=(BudgetChoice("cap", {"max_flops": "1M"}, 1.0),)),
@@ -240,3 +249,54 @@ def test_cli_load_drives_a_plain_server(plain_stub: PlainStub, tmp_path: Path) -
     refused = runner.invoke(app, [*args, "--budget-mix", "max_flops=20M"])
     assert refused.exit_code == 1 and "no budget knobs" in refused.stderr
     assert plain_stub.requests == 20  # nothing was sent for the refused runs
+
+
+class _Gated:
+    """A target whose answers wait for a gate; counts the requests it was given and whether it closed."""
+
+    takes_knobs = True
+    max_images_per_request = None
+
+    def __init__(self, gate: asyncio.Event):
+        self.gate = gate
+        self.requests = 0
+        self.closed = False
+
+    async def classify(self, images: Any, knobs: Any) -> TargetAnswer:
+        self.requests += 1
+        await self.gate.wait()
+        return TargetAnswer(predictions=(Prediction(class_index=0, label=None),))
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_target_pool_sends_each_request_to_the_least_busy_client() -> None:
+    async def scenario() -> list[_Gated]:
+        gate = asyncio.Event()
+        targets = [_Gated(gate) for _ in range(3)]
+        pool = TargetPool(targets)
+        first = [asyncio.create_task(pool.classify([b"x"], {})) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert [t.requests for t in targets] == [1, 1, 1]  # three in flight: one per client
+        more = [asyncio.create_task(pool.classify([b"x"], {})) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert [t.requests for t in targets] == [2, 2, 1]  # then the least busy, first first
+        gate.set()
+        answers = await asyncio.gather(*first, *more)
+        assert all(a.predictions[0].class_index == 0 for a in answers)
+        await pool.classify([b"x"], {})  # all idle again: the first client
+        assert [t.requests for t in targets] == [3, 2, 1]
+        await pool.aclose()
+        return targets
+
+    assert all(t.closed for t in asyncio.run(scenario()))
+    with pytest.raises(ValueError):
+        TargetPool([])
+
+
+def test_load_generator_opens_one_client_per_connection_up_to_a_cap() -> None:
+    assert len(make_target(LoadConfig(concurrency=16).validated()).targets) == 16
+    assert len(make_target(LoadConfig(concurrency=1).validated()).targets) == 1
+    open_loop = LoadConfig(rate=100.0, max_inflight=256, plain_path="/predict").validated()
+    assert len(make_target(open_loop).targets) == MAX_CLIENTS < 256

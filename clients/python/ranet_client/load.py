@@ -15,18 +15,29 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import httpx
+
 from ranet_client._protocol import DEFAULT_URL, Encoding
 from ranet_client.aio import AsyncRanetClient
 from ranet_client.budget import KNOB_NAMES, parse_flops
 from ranet_client.errors import RanetError
 from ranet_client.image_sets import Sample
-from ranet_client.targets import PLAIN_BODIES, PlainBody, PlainTarget, Prediction, RanetTarget, Target
+from ranet_client.targets import (
+    PLAIN_BODIES,
+    PlainBody,
+    PlainTarget,
+    Prediction,
+    RanetTarget,
+    Target,
+    TargetPool,
+)
 
 MAX_DURATION_S = 600.0
 MAX_REQUESTS = 1_000_000
@@ -375,26 +386,48 @@ def _judge(sample: Sample, prediction: Prediction) -> bool | None:
     return None
 
 
-def make_target(config: LoadConfig) -> Target:
-    """The target `config` describes: a plain classifier when `plain_path` is set, else RANet Serve."""
+# Most HTTP clients the load generator opens; more connections than this are shared out among them.
+MAX_CLIENTS = 64
+
+
+def make_target(config: LoadConfig) -> TargetPool:
+    """The target `config` describes (a plain classifier when `plain_path` is set, else RANet Serve), as
+    a pool of clients with one connection each, or a few beyond MAX_CLIENTS (see `TargetPool`)."""
     connections = config.concurrency if config.rate is None else config.max_inflight
-    if config.plain_path is not None:
-        return PlainTarget(
-            config.url,
-            config.plain_path,
-            body=config.plain_body,
-            timeout=config.timeout,
-            max_connections=connections,
-        )
-    client = AsyncRanetClient(
-        config.url,
-        model=config.model,
-        timeout=config.timeout,
-        retry=config.retries,
-        encoding=config.encoding,
-        max_connections=connections,
-    )
-    return RanetTarget(client)
+    clients = min(connections, MAX_CLIENTS)
+    per_client = math.ceil(connections / clients)
+    # One TLS context for every client: httpx would build one per client (about 20 ms each).
+    tls = ssl.create_default_context()
+
+    def transport() -> httpx.AsyncHTTPTransport:
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        return httpx.AsyncHTTPTransport(verify=tls, limits=limits)
+
+    targets: list[Target] = []
+    for _ in range(clients):
+        if config.plain_path is not None:
+            targets.append(
+                PlainTarget(
+                    config.url,
+                    config.plain_path,
+                    body=config.plain_body,
+                    timeout=config.timeout,
+                    max_connections=per_client,
+                    transport=transport(),
+                )
+            )
+        else:
+            client = AsyncRanetClient(
+                config.url,
+                model=config.model,
+                timeout=config.timeout,
+                retry=config.retries,
+                encoding=config.encoding,
+                max_connections=per_client,
+                transport=transport(),
+            )
+            targets.append(RanetTarget(client))
+    return TargetPool(targets)
 
 
 async def _one(

@@ -11,6 +11,7 @@ servers take it, and reads the class from a small JSON answer. What a plain serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,44 @@ class RanetTarget:
     async def aclose(self) -> None:
         if self._own:
             await self.client.aclose()
+
+
+class TargetPool:
+    """Several targets of one server, each with its own small connection pool; a request goes to the
+    least busy one.
+
+    Why not one client with many connections: httpx's pool (httpcore 1.0) checks every connection it
+    holds, with system calls, each time it hands one out, and hands them out unfairly. Measured against
+    one `ranet serve` at 16 concurrent one-image requests (2-core machine): one client with 16
+    connections spent 1.4 ms of CPU per request and saw a p99 of 133 ms while the server answered every
+    request within 15 ms; 16 clients with one connection each spent 0.9 ms and saw 33 ms. A load
+    generator that slow measures itself, not the server.
+    """
+
+    def __init__(self, targets: Sequence[Target]):
+        if not targets:
+            raise ValueError("a target pool needs at least one target")
+        self.targets = tuple(targets)
+        self._busy = [0] * len(self.targets)
+
+    @property
+    def takes_knobs(self) -> bool:
+        return self.targets[0].takes_knobs
+
+    @property
+    def max_images_per_request(self) -> int | None:
+        return self.targets[0].max_images_per_request
+
+    async def classify(self, images: Sequence[bytes], knobs: Mapping[str, Any]) -> TargetAnswer:
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            return await self.targets[index].classify(images, knobs)
+        finally:
+            self._busy[index] -= 1
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(target.aclose() for target in self.targets))
 
 
 def parse_plain_answer(body: Any) -> Prediction:
