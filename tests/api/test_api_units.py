@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
+import io
 import zlib
+from typing import Any, cast
 
+import numpy as np
 import pytest
 from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from helpers.images import png_bytes
+from ranet_serve.api.app import freeze_heap
 from ranet_serve.api.body import inflate
 from ranet_serve.api.errors import InvalidRequestError, status_for
+from ranet_serve.api.images import declared_pixels
 from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, EncodedImages, InferenceService
+from ranet_serve.api.settings import Settings
 from ranet_serve.api.store import version_key
 from ranet_serve.errors import (
     BudgetError,
@@ -88,3 +99,46 @@ def test_openapi_schema_documents_both_protocols() -> None:
     assert "/v2/models/{model}/versions/{version}/infer" in paths
     body = paths["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*", "application/json"} <= set(body)
+
+
+def _blank_png(width: int, height: int, comment: str = "") -> bytes:
+    info = PngInfo()
+    if comment:
+        info.add_text("Comment", comment)
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", optimize=True, pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_only_small_requests_are_decoded_on_the_event_loop() -> None:
+    service = InferenceService(Settings(), cast(Any, None), cast(Any, None))
+    small = png_bytes(0)
+    assert service._decodes_inline(EncodedImages((small,) * 4))
+    assert service._decodes_inline(np.zeros((4, 1, 28, 28), dtype=np.float32))
+    # Too many pixels in all, declared by a header the full decode never reaches: a 4096x4096 PNG of
+    # zeros is a few KiB but would hold the event loop for tens of milliseconds.
+    bomb = _blank_png(4096, 4096)
+    assert len(bomb) < INLINE_DECODE_MAX_BYTES and declared_pixels(bomb) == 4096 * 4096
+    assert not service._decodes_inline(EncodedImages((bomb,)))
+    assert not service._decodes_inline(EncodedImages((small,) * 21))  # 21 x 784 > 128 x 128 pixels
+    assert not service._decodes_inline(np.zeros((64, 3, 32, 32), dtype=np.float32))
+    # Bytes the header reader cannot judge go to the worker thread, whose decode names the problem.
+    assert declared_pixels(b"not an image") is None and declared_pixels(small[:20]) is None
+    assert not service._decodes_inline(EncodedImages((small, small[:20])))
+    big = _blank_png(28, 28, comment="x" * INLINE_DECODE_MAX_BYTES)  # few pixels, many bytes
+    assert declared_pixels(big) == 784 and len(big) > INLINE_DECODE_MAX_BYTES
+    assert not service._decodes_inline(EncodedImages((big,)))
+    off = InferenceService(Settings(inline_decode_max_pixels=0), cast(Any, None), cast(Any, None))
+    assert not off._decodes_inline(EncodedImages((small,)))
+
+
+def test_freezing_the_heap_takes_loaded_objects_out_of_gc_scans() -> None:
+    loaded = [{"weights": [i]} for i in range(10_000)]  # stands for what the store loaded
+    try:
+        frozen = freeze_heap()
+        assert frozen == gc.get_freeze_count() >= len(loaded)
+        assert not any(obj is loaded for obj in gc.get_objects())  # no generation holds them now
+        assert freeze_heap() == gc.get_freeze_count()  # a reload freezes again, after unfreezing
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0 and any(obj is loaded for obj in gc.get_objects())

@@ -1,8 +1,8 @@
 """The inference service: the one data plane both protocols call.
 
 v1 and KServe v2 routes translate their wire formats into one `ClassifyRequest` and encode the one
-`ClassifyResult`; everything between (model lookup, budget resolution, preprocessing off the event
-loop, batching, the deadline, per-request metrics) happens here, once.
+`ClassifyResult`; everything between (model lookup, budget resolution, preprocessing (in a worker
+thread unless the request is small), batching, the deadline, per-request metrics) happens here, once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from ranet_serve.api.errors import InvalidRequestError, status_for
-from ranet_serve.api.images import ImageLimits, preprocess_batch
+from ranet_serve.api.images import ImageLimits, declared_pixels, preprocess_batch
 from ranet_serve.api.metrics import ServerMetrics, model_label
 from ranet_serve.api.settings import Settings
 from ranet_serve.api.store import ModelStore, ReadyVersion
@@ -35,6 +35,9 @@ from ranet_serve.errors import (
     RanetServeError,
 )
 from ranet_serve.export.manifest import InputSpec
+
+# Encoded bytes beyond which a request is always decoded in a worker thread (see `_decodes_inline`).
+INLINE_DECODE_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,10 @@ class InferenceService:
                 # While this request is decoded the batcher knows it is coming, so an open batch waits
                 # for it; with nothing on its way a batch closes without waiting out the queue delay.
                 with entry.batcher.arriving():
-                    images = await run_in_threadpool(self._prepare, request.images, manifest.input)
+                    if self._decodes_inline(request.images):
+                        images = self._prepare(request.images, manifest.input)
+                    else:
+                        images = await run_in_threadpool(self._prepare, request.images, manifest.input)
                     count = images.shape[0]
                     future = self._submit(
                         entry,
@@ -204,8 +210,35 @@ class InferenceService:
                 f"no answer before the deadline (waited {1000 * remaining:.0f} ms for inference)"
             ) from exc
 
+    def _decodes_inline(self, images: EncodedImages | np.ndarray) -> bool:
+        """Whether a request is small enough to decode on the event loop instead of a worker thread.
+
+        Handing work to a worker thread costs the event loop more than decoding one small image: in a
+        profile of the server at 16 concurrent one-image requests (Fashion-MNIST PNGs, 880 bytes, 37 us
+        to decode), the thread handoff took 15% of the event loop's time. Requests whose images declare
+        few pixels in all are decoded in place; anything larger still goes to a thread, so one request
+        never holds up the others for long. The header is read first (11 us), so a small file that
+        declares a huge image (a decompression bomb) is not decoded here.
+        """
+        max_pixels = self.settings.inline_decode_max_pixels
+        if max_pixels <= 0:
+            return False
+        if not isinstance(images, EncodedImages):
+            return int(images.size) <= max_pixels  # an array is only checked and converted
+        if sum(len(data) for data in images.items) > INLINE_DECODE_MAX_BYTES:
+            return False
+        total = 0
+        for data in images.items:
+            pixels = declared_pixels(data)
+            if pixels is None:
+                return False  # let the worker thread's full decode say what is wrong
+            total += pixels
+            if total > max_pixels:
+                return False
+        return True
+
     def _prepare(self, images: EncodedImages | np.ndarray, spec: InputSpec) -> torch.Tensor:
-        """Decode or check the images into a float32 [N, C, H, W] tensor (runs in a worker thread)."""
+        """Decode or check the images into a float32 [N, C, H, W] tensor (see `_decodes_inline`)."""
         limit = self.settings.max_images_per_request
         count = (
             len(images.items)

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         0.5, ge=0.0, description="minimum time between two moves (4x that before a move up)"
     )
 
+    inline_decode_max_pixels: int = Field(
+        128 * 128,
+        ge=0,
+        description="requests whose images declare at most this many pixels in all (and at most 64 KiB "
+        "encoded) are decoded on the event loop, which is cheaper than a worker thread for small images; "
+        "0 decodes every request in a worker thread",
+    )
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request bodies beyond this answer 413")
     max_image_bytes: int = Field(8 * MIB, ge=64, description="one encoded image beyond this answers 413")
     max_image_pixels: int = Field(
