@@ -193,3 +193,68 @@ def test_decisions_equal_the_rule_on_the_p99_of_the_window(seed: int) -> None:
             clock.now += 1e-4
             up.observe(float(value))
         assert (up.current.name != "a") == (p99 < 0.050), (n, p99)
+
+
+class FakeWorker:
+    """A worker whose busy share of wall time is `load` x the served point's MFLOPs: its cumulative busy
+    seconds, as the batcher counts them."""
+
+    def __init__(self, clock: FakeClock, load: float):
+        self.clock = clock
+        self.load = load
+        self.busy = 0.0
+        self.last = clock.now
+        self.serving: LoadAdaptivePoint | None = None
+
+    def __call__(self) -> float:
+        mflops = self.serving.current.expected_flops / 1e6 if self.serving is not None else 10.0
+        self.busy += (self.clock.now - self.last) * self.load * mflops
+        self.last = self.clock.now
+        return self.busy
+
+
+def measured(clock: FakeClock, worker: FakeWorker, moved: list[str], **overrides: float) -> LoadAdaptivePoint:
+    values: dict[str, float] = {"slo_p99_seconds": 0.100, "min_samples": 10, "dwell_seconds": 0.0}
+    adaptive = LoadAdaptivePoint(
+        CURVE,
+        "f",
+        AdaptiveSettings(**{**values, **overrides}),  # type: ignore[arg-type]
+        on_change=lambda p: moved.append(p.name),
+        busy_seconds=worker,
+        clock=clock,
+    )
+    worker.serving = adaptive
+    return adaptive
+
+
+def test_a_saturated_worker_takes_the_biggest_move_down_at_once() -> None:
+    # The same small overshoot (p99 90 ms vs 80 ms) that moves f -> c on latency alone (see above).
+    clock, moved = FakeClock(), []
+    adaptive = measured(clock, FakeWorker(clock, 0.095), moved)  # 0.95 busy at f (10 MFLOPs)
+    feed(adaptive, clock, 0.090, 10)
+    assert moved == ["a"]  # 10 x 0.25 = 2.5 MFLOPs allowed: the cheapest point
+    clock, moved = FakeClock(), []
+    adaptive = measured(clock, FakeWorker(clock, 0.05), moved)  # 0.5 busy at f
+    feed(adaptive, clock, 0.090, 10)
+    assert moved == ["c"]  # a worker with room: the overshoot decides, as without the check
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [
+        (0.0125, ["a", "f"]),  # 0.05 busy at a (4 MFLOPs); f would make it 0.125: straight there
+        (0.03, ["a", "e"]),  # 0.12 at a; f would need 0.30 > 0.25, e (8 MFLOPs) 0.24; and e stays
+        (0.055, ["a"]),  # 0.22 at a; b (5 MFLOPs) would need 0.275: no move up, however low the p99
+    ],
+)
+def test_moves_up_only_as_far_as_the_worker_can_carry(load: float, expected: list[str]) -> None:
+    clock, moved = FakeClock(), []
+    worker = FakeWorker(clock, 0.095)
+    adaptive = measured(clock, worker, moved, max_utilisation_up=0.25)
+    feed(adaptive, clock, 0.090, 10)
+    assert moved == ["a"]
+    worker.load = load
+    feed(adaptive, clock, 0.010, 80, spacing=0.1)
+    assert moved == expected
+    mflops = adaptive.current.expected_flops / 1e6
+    assert adaptive.utilisation_after(adaptive.current) == pytest.approx(load * mflops)

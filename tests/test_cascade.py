@@ -325,6 +325,29 @@ def test_batches_form_up_to_the_max_size_and_results_return_in_order(gate, image
     assert flat == [r.class_index for r in direct.images]
 
 
+def test_busy_seconds_add_up_the_stage_time_of_requests(bundle, images) -> None:
+    stage_seconds: list[float] = []
+    batcher = Batcher(
+        CascadeExecutor(OnnxRuntime(bundle, threads=1)),
+        max_batch_size=8,
+        max_queue_delay=0.0,
+        observer=lambda result: stage_seconds.append(sum(result.stage_seconds)),
+    )
+    try:
+        assert batcher.busy_seconds == 0.0
+        started = time.perf_counter()
+        for i in range(0, 16, 4):
+            submit(batcher, images[i : i + 4]).result(10)
+        elapsed = time.perf_counter() - started
+        busy = batcher.busy_seconds
+        time.sleep(0.05)  # idle time is not busy time
+        assert batcher.busy_seconds == busy
+    finally:
+        batcher.close()
+    assert 0 < busy < elapsed
+    assert busy == pytest.approx(sum(stage_seconds))  # the same stage timings the metrics observe
+
+
 def test_full_queue_rejects_with_overload(gate, images) -> None:
     batcher = Batcher(CascadeExecutor(gate), max_batch_size=1, max_queue_delay=0.0, max_queue_size=2)
     try:

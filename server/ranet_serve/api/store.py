@@ -304,7 +304,6 @@ class ModelStore:
             runtime = self.runtime_factory(bundle, self.settings)
             executor = CascadeExecutor(runtime)
             policy = ExitPolicy(manifest, self._default_point(manifest))
-            adaptive = self._adaptive(name, policy)
             if self.settings.warmup:
                 _warm_up(executor, min(WARMUP_BATCH, self.settings.max_batch_size))
             batcher = Batcher(
@@ -320,6 +319,7 @@ class ModelStore:
                     self.settings.agreement_sample_fraction, observer=self.metrics.agreement_observer(name)
                 ),
             )
+            adaptive = self._adaptive(name, policy, batcher)
         except Exception as exc:
             logger.error("bundle %s/%s at %s failed to load: %s", name, version, path, exc)
             return FailedVersion(name, version, path, fingerprint, str(exc) or type(exc).__name__)
@@ -343,7 +343,7 @@ class ModelStore:
             adaptive=adaptive,
         )
 
-    def _adaptive(self, name: str, policy: ExitPolicy) -> LoadAdaptivePoint | None:
+    def _adaptive(self, name: str, policy: ExitPolicy, batcher: Batcher) -> LoadAdaptivePoint | None:
         """The load-adaptive default point, when a latency objective is set and the bundle is calibrated."""
         objective = self.settings.slo_p99_ms
         if objective is None or policy.default_point is None:
@@ -358,6 +358,7 @@ class ModelStore:
                 dwell_seconds=self.settings.slo_dwell_s,
             ),
             on_change=lambda point: gauge.labels(name).set(point.expected_flops),
+            busy_seconds=lambda: batcher.busy_seconds,
         )
 
     def _default_point(self, manifest: Manifest) -> str | None:

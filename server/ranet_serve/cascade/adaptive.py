@@ -8,9 +8,15 @@ knobs gets) moves along the bundle's calibrated accuracy/FLOPs curve:
   most `step_down` x the current FLOPs, and less in proportion to how far the p99 overshoots
   (`high_water` x objective / p99, down to `max_drop` x the FLOPs in one move), so a sudden overload
   reaches a point that can carry it in one or two moves instead of one small step per dwell time;
-* up (more accurate) slowly when the p99 since the last move stayed under `low_water` x objective:
-  the next point costs at least `step_up` x the current FLOPs, never beyond the ceiling (the
-  configured default point);
+  with the worker busy `saturated` of the time since the last move, the move is always the biggest
+  one allowed, because the latencies of the requests that got through understate a growing queue;
+* up (more accurate) slowly when the p99 since the last move stayed under `low_water` x objective,
+  never beyond the ceiling (the configured default point). Where the worker's busy time is known,
+  to the dearest point that would keep the worker's utilisation at or below `max_utilisation_up`
+  (today's utilisation scaled by the FLOPs ratio), and nowhere if none would: a point that carries
+  the load with a low p99 looks like headroom, and a move up that overloads the worker again builds
+  the queue whose latency the objective was set against. Otherwise to the first point that costs at
+  least `step_up` x the current FLOPs;
 * never twice within `dwell_seconds` (`up_dwell_factor` times longer before a move up, so a point
   that just relieved an overload is not given up at once), and only on samples taken since the
   last move, so every decision judges the point that is being served (that, and the gap between
@@ -24,6 +30,7 @@ request handlers report from the event loop while metrics read from anywhere.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -34,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranet_serve.export.manifest import OperatingPoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ class AdaptiveSettings:
     step_down: float = 0.75  # next point's FLOPs <= this x current FLOPs
     max_drop: float = 0.25  # ...and never below this x current FLOPs in one move
     step_up: float = 1.25  # next point's FLOPs >= this x current FLOPs
+    # Worker utilisation (busy share of wall time) where it is known. Measured with the default bundle
+    # on 2 cores, where HTTP and decoding share the cores with the worker: 0.8-0.95 when overloaded,
+    # 0.6 at the edge of the objective, 0.35-0.4 with room to spare; and it grows faster than FLOPs
+    # (a move from 4.0 to 4.8 MFLOPs took it from 0.40 to 0.62), so the bar sits at the low end.
+    max_utilisation_up: float = 0.4  # move up only to a point this would stay under
+    saturated: float = 0.75  # at or above this since the last move: the biggest move down allowed
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slo_p99_seconds) and self.slo_p99_seconds > 0):
@@ -58,6 +73,8 @@ class AdaptiveSettings:
             raise ValueError("need 0 < low_water < high_water (the gap is the hysteresis)")
         if not (0 < self.max_drop <= self.step_down < 1 < self.step_up):
             raise ValueError("need 0 < max_drop <= step_down < 1 < step_up")
+        if not self.max_utilisation_up > 0:
+            raise ValueError(f"max_utilisation_up must be positive, got {self.max_utilisation_up}")
 
 
 def efficient_frontier(points: Sequence[OperatingPoint], ceiling: OperatingPoint) -> list[OperatingPoint]:
@@ -91,8 +108,11 @@ class LoadAdaptivePoint:
         settings: AdaptiveSettings,
         *,
         on_change: Callable[[OperatingPoint], None] | None = None,
+        busy_seconds: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """`busy_seconds`: the worker's cumulative busy time (`Batcher.busy_seconds`), for the
+        utilisation check before a move up; None moves up on latency alone."""
         by_name = {p.name: p for p in points}
         if ceiling not in by_name:
             raise ValueError(f"unknown ceiling point {ceiling!r}")
@@ -107,6 +127,9 @@ class LoadAdaptivePoint:
         self._above_high = 0  # samples > high_water x objective
         self._not_below_low = 0  # samples >= low_water x objective
         self._last_move = -math.inf
+        self._busy_seconds = busy_seconds
+        # (time, worker busy seconds) at each sample since the last move, within the window.
+        self._busy_marks: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
         self.moves = 0
 
@@ -131,6 +154,10 @@ class LoadAdaptivePoint:
             horizon = now - self.settings.window_seconds
             while self._samples and self._samples[0][0] < horizon:
                 self._count(self._samples.popleft()[1], -1)
+            if self._busy_seconds is not None:
+                self._busy_marks.append((now, self._busy_seconds()))
+                while self._busy_marks[0][0] < horizon:
+                    self._busy_marks.popleft()
             if now - self._last_move >= self.settings.dwell_seconds:
                 moved_to = self._decide(now, may_rise=now - self._last_move >= self._up_dwell)
         if moved_to is not None and self._on_change is not None:
@@ -152,6 +179,21 @@ class LoadAdaptivePoint:
         # 'higher' keeps an infinite (shed) sample from turning into NaN by interpolation.
         return float(np.percentile([s for _, s in self._samples], 99, method="higher"))
 
+    def utilisation_after(self, point: OperatingPoint) -> float:
+        """The worker's recent utilisation, scaled to `point`'s FLOPs (0 if unknown).
+
+        Recent: over the samples that count now (since the last move, within the window). Stage time
+        grows less than in proportion to FLOPs (every call has a fixed cost), so the estimate errs on
+        the busy side: it may hold a move up back, never wave an overload through.
+        """
+        if len(self._busy_marks) < 2:
+            return 0.0
+        (since, busy_then), (until, busy_now) = self._busy_marks[0], self._busy_marks[-1]
+        if until <= since:
+            return 0.0
+        utilisation = (busy_now - busy_then) / (until - since)
+        return utilisation * point.expected_flops / self.frontier[self._index].expected_flops
+
     @property
     def _up_dwell(self) -> float:
         return self.settings.dwell_seconds * self.settings.up_dwell_factor
@@ -170,21 +212,45 @@ class LoadAdaptivePoint:
             p99 = self._p99()
             assert p99 is not None
             overshoot = self.settings.high_water * objective / p99  # 0 for a shed request
+            if self.utilisation_after(self.frontier[self._index]) >= self.settings.saturated:
+                # A saturated worker: the queue grows with every request, and the latencies seen so far
+                # (of requests that got through) understate the overload. Go as far as one move may.
+                overshoot = 0.0
             budget = current * max(self.settings.max_drop, min(self.settings.step_down, overshoot))
             cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
             target = cheaper[-1] if cheaper else 0
         elif may_rise and self._not_below_low <= n - k - 1 and self._index < len(self.frontier) - 1:
-            wanted = current * self.settings.step_up
-            dearer = [
-                i
-                for i in range(self._index + 1, len(self.frontier))
-                if self.frontier[i].expected_flops >= wanted
-            ]
-            target = dearer[0] if dearer else len(self.frontier) - 1
+            if self._busy_seconds is not None and len(self._busy_marks) >= 2:
+                # The dearest point the worker could carry at today's load, however far up it is.
+                affordable = [
+                    i
+                    for i in range(self._index + 1, len(self.frontier))
+                    if self.utilisation_after(self.frontier[i]) <= self.settings.max_utilisation_up
+                ]
+                target = affordable[-1] if affordable else self._index
+            else:
+                wanted = current * self.settings.step_up
+                dearer = [
+                    i
+                    for i in range(self._index + 1, len(self.frontier))
+                    if self.frontier[i].expected_flops >= wanted
+                ]
+                target = dearer[0] if dearer else len(self.frontier) - 1
         if target == self._index:
             return None
+        logger.info(
+            "operating point %s -> %s (%d samples since the last move, p99 %.1f ms, objective %.1f ms, "
+            "worker utilisation %.2f)",
+            self.frontier[self._index].name,
+            self.frontier[target].name,
+            n,
+            1000 * (self._p99() or 0.0),
+            1000 * objective,
+            self.utilisation_after(self.frontier[self._index]),
+        )
         self._index = target
         self._last_move = now
+        self._busy_marks.clear()
         self._samples.clear()  # judge the new point on its own latencies
         self._above_high = self._not_below_low = 0
         self.moves += 1

@@ -135,6 +135,7 @@ class Batcher:
         self._parked: list[list[_Parked]] = [[] for _ in range(executor.num_exits)]
         self._slots: dict[int, tuple[_Pending, int]] = {}
         self._next_tag = 0
+        self._busy_seconds = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -163,6 +164,15 @@ class Batcher:
                 if self._arriving == 0 and self.close_when_idle:
                     self._wake_tokens += 1
                     self._queue.put(_WAKE)
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds the worker has spent running stages for requests (idle-time checks not counted).
+
+        Differences over time give the worker's utilisation: what the load-adaptive operating point
+        reads before moving to a dearer point. A float written by the worker thread only.
+        """
+        return self._busy_seconds
 
     @property
     def in_flight_images(self) -> int:
@@ -385,6 +395,7 @@ class Batcher:
         except Exception as exc:
             self._fail(cohort.tags, exc)
             return
+        self._busy_seconds += step.seconds
         if step.survivors is not None:
             self._parked[step.survivors.stage].append(_Parked(step.survivors, time.monotonic()))
         if self.observer is not None:
