@@ -15,7 +15,7 @@ import torch
 from helpers.bundles import build_tiny_bundle, tiny_model
 from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
-from ranet_serve.cascade.policy import Budget, ExitPolicy
+from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, StageRuntime, TorchScriptRuntime
 from ranet_serve.cascade.verify import run_all_stages
 from ranet_serve.errors import BudgetError, DeadlineExceededError, OverloadedError, StageExecutionError
@@ -346,6 +346,38 @@ def test_busy_seconds_add_up_the_stage_time_of_requests(bundle, images) -> None:
         batcher.close()
     assert 0 < busy < elapsed
     assert busy == pytest.approx(sum(stage_seconds))  # the same stage timings the metrics observe
+
+
+def test_replanned_requests_run_at_the_plan_of_the_moment_their_batch_forms(gate, images) -> None:
+    current = {"plan": ExitPlan(np.full(EXITS, 1.5, dtype=np.float32), EXITS - 1, "dear")}
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=4, max_queue_delay=0.0)
+    try:
+        blocker = submit(batcher, images[:1])
+        gate.entered.wait(5)  # the worker is busy: what follows waits in the queue
+        queued_plan = (full(1.5, 2), caps(EXITS - 1, 2))  # planned at submission: full depth
+        follows = batcher.submit(images[1:3], *queued_plan, replan=lambda: current["plan"])
+        keeps = batcher.submit(images[3:5], *queued_plan)
+        current["plan"] = ExitPlan(np.zeros(EXITS, dtype=np.float32), EXITS - 1, "cheap")  # the move
+        gate.release.set()
+        blocker.result(10)
+        moved, unmoved = follows.result(10), keeps.result(10)
+    finally:
+        batcher.close()
+    assert moved.operating_point == "cheap" and [r.exit for r in moved.images] == [0, 0]
+    assert unmoved.operating_point is None and [r.exit for r in unmoved.images] == [EXITS - 1] * 2
+
+
+def test_a_failing_replan_keeps_the_queued_plan_and_the_worker(gate, images) -> None:
+    def broken() -> ExitPlan:
+        raise RuntimeError("no plan")
+
+    batcher = Batcher(CascadeExecutor(gate.inner), max_batch_size=4, max_queue_delay=0.0)
+    try:
+        result = batcher.submit(images[:2], full(1.5, 2), caps(EXITS - 1, 2), replan=broken).result(10)
+        assert [r.exit for r in result.images] == [EXITS - 1] * 2 and result.operating_point is None
+        assert submit(batcher, images[2:3]).result(10).images[0].exit == 0  # still serving
+    finally:
+        batcher.close()
 
 
 def test_full_queue_rejects_with_overload(gate, images) -> None:

@@ -24,7 +24,7 @@ from ranet_serve.api.images import ImageLimits, declared_pixels, preprocess_batc
 from ranet_serve.api.metrics import ServerMetrics, model_label
 from ranet_serve.api.settings import Settings
 from ranet_serve.api.store import ModelStore, ReadyVersion
-from ranet_serve.cascade.batcher import RequestResult
+from ranet_serve.cascade.batcher import Replan, RequestResult
 from ranet_serve.cascade.executor import ImageResult
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.errors import (
@@ -143,6 +143,9 @@ class InferenceService:
                     else:
                         images = await run_in_threadpool(self._prepare, request.images, manifest.input)
                     count = images.shape[0]
+                    # The load-adaptive default may move while this request waits: it runs at the
+                    # default of the moment its batch forms (requests with knobs keep their plan).
+                    follows_load = entry.adaptive is not None and request.budget == Budget()
                     future = self._submit(
                         entry,
                         images,
@@ -150,6 +153,7 @@ class InferenceService:
                         np.full(count, plan.max_exit, dtype=np.int64),
                         top_k,
                         deadline,
+                        replan=(lambda: entry.plan(Budget())) if follows_load else None,
                     )
                 result = await self._wait(future, deadline)
             except (OverloadedError, DeadlineExceededError):
@@ -169,7 +173,7 @@ class InferenceService:
             return ClassifyResult(
                 model=entry.name,
                 version=entry.version,
-                operating_point=plan.operating_point,
+                operating_point=result.operating_point or plan.operating_point,
                 labels=manifest.labels,
                 images=result.images,
                 queue_seconds=result.timing.queue_seconds,
@@ -192,10 +196,11 @@ class InferenceService:
         max_exit: np.ndarray,
         top_k: int,
         deadline: float,
+        replan: Replan | None = None,
     ) -> Future[RequestResult]:
         if deadline - time.monotonic() <= 0:
             raise DeadlineExceededError("deadline passed before inference started (decoding took too long)")
-        return entry.batcher.submit(images, thresholds, max_exit, top_k, deadline)
+        return entry.batcher.submit(images, thresholds, max_exit, top_k, deadline, replan=replan)
 
     @staticmethod
     async def _wait(future: Future[RequestResult], deadline: float) -> RequestResult:

@@ -41,6 +41,7 @@ from ranet_serve.cascade.executor import (
     StepResult,
     merge_cohorts,
 )
+from ranet_serve.cascade.policy import ExitPlan
 from ranet_serve.errors import (
     OVERLOAD_REASONS,
     DeadlineExceededError,
@@ -64,6 +65,11 @@ class RequestTiming:
 class RequestResult:
     images: tuple[ImageResult, ...]
     timing: RequestTiming
+    operating_point: str | None = None  # the point applied when the batch formed (`replan`), else None
+
+
+# Resolves a request's plan when its batch forms instead of when it was queued (see `Batcher.submit`).
+Replan = Callable[[], ExitPlan]
 
 
 @dataclass
@@ -79,6 +85,8 @@ class _Pending:
     remaining: int = 0
     started: float = 0.0
     batch_images: int = 0
+    replan: Replan | None = None
+    operating_point: str | None = None
 
 
 class _Wake:
@@ -186,8 +194,16 @@ class Batcher:
         max_exit: np.ndarray,
         top_k: int = 1,
         deadline: float | None = None,
+        replan: Replan | None = None,
     ) -> Future[RequestResult]:
-        """Queue one request; fail fast when the queue is full or the batcher is closing."""
+        """Queue one request; fail fast when the queue is full or the batcher is closing.
+
+        `replan`, if given, is called when the request's batch forms, and its plan replaces
+        `thresholds` and `max_exit`: a request that asked for the server's default operating point
+        gets the point that is the default when it runs. Under a sudden overload the load-adaptive
+        default moves down within a fraction of a second, and the requests queued before the move
+        would otherwise drain at the old, dearer point, which is what keeps latency high.
+        """
         future: Future[RequestResult] = Future()
         with self._lock:
             if self._closing.is_set():
@@ -198,7 +214,7 @@ class Batcher:
                     retry_after_seconds=max(0.1, self.max_queue_delay * 10),
                     reason=QUEUE_FULL,
                 )
-            self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future))
+            self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future, replan=replan))
         return future
 
     async def infer(
@@ -330,6 +346,15 @@ class Batcher:
         offset = 0
         for pending in runnable:
             count = pending.images.shape[0]
+            if pending.replan is not None:
+                try:
+                    plan = pending.replan()
+                except Exception:  # keep the plan it was queued with; never take the worker down
+                    logger.exception("re-planning a queued request failed")
+                else:
+                    pending.thresholds = np.tile(plan.thresholds, (count, 1))
+                    pending.max_exit = np.full(count, plan.max_exit, dtype=np.int64)
+                    pending.operating_point = plan.operating_point
             pending.results = [None] * count
             pending.remaining = count
             pending.started = now
@@ -421,6 +446,7 @@ class Batcher:
                 timing=RequestTiming(
                     pending.started - pending.enqueued, finished - pending.started, pending.batch_images
                 ),
+                operating_point=pending.operating_point,
             )
         )
 
