@@ -258,3 +258,52 @@ def test_moves_up_only_as_far_as_the_worker_can_carry(load: float, expected: lis
     assert moved == expected
     mflops = adaptive.current.expected_flops / 1e6
     assert adaptive.utilisation_after(adaptive.current) == pytest.approx(load * mflops)
+
+
+class FakeIntake:
+    """Images admitted to the worker: `rate` per second of the fake clock."""
+
+    def __init__(self, clock: FakeClock, rate: float):
+        self.clock, self.rate, self.start = clock, rate, clock.now
+
+    def __call__(self) -> int:
+        return int((self.clock.now - self.start) * self.rate)
+
+
+@pytest.mark.parametrize(
+    ("load", "backlog", "expected"),
+    [
+        (0.095, 200, ["a"]),  # 0.95 busy, 200 images x 0.95 ms = 190 ms ahead: move now, all the way
+        (0.095, 50, []),  # 47.5 ms of work ahead: under 0.8 x 100 ms
+        (0.05, 200, []),  # a lot queued but the worker is only half busy: latency decides, not this
+    ],
+)
+def test_an_arrival_behind_a_deep_queue_moves_down_before_any_answer(
+    load: float, backlog: int, expected: list[str]
+) -> None:
+    clock, moved = FakeClock(), []
+    worker, intake = FakeWorker(clock, load), FakeIntake(clock, 1000.0)  # 1000 images/s admitted
+    adaptive = LoadAdaptivePoint(
+        CURVE,
+        "f",
+        AdaptiveSettings(slo_p99_seconds=0.100, dwell_seconds=0.0),
+        on_change=lambda p: moved.append(p.name),
+        busy_seconds=worker,
+        admitted_images=intake,
+        clock=clock,
+    )
+    worker.serving = adaptive
+    for _ in range(5):  # 50 ms of arrivals, no answer yet: the latency rule has nothing to go on
+        clock.now += 0.01
+        adaptive.observe_arrival(backlog)
+    assert moved == expected
+    assert adaptive.recent_p99() is None
+
+
+def test_arrivals_without_the_workers_cost_never_move() -> None:
+    clock, moved = FakeClock(), []
+    adaptive = controller(clock, moved)  # no busy time, no intake: the latency rule alone
+    for _ in range(50):
+        clock.now += 0.01
+        adaptive.observe_arrival(10_000)
+    assert moved == []

@@ -380,6 +380,22 @@ def test_a_failing_replan_keeps_the_queued_plan_and_the_worker(gate, images) -> 
         batcher.close()
 
 
+def test_backlog_counts_queued_and_running_images(gate, images) -> None:
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=2, max_queue_delay=0.0)
+    try:
+        assert batcher.backlog_images == 0 and batcher.admitted_images == 0
+        running = submit(batcher, images[:2])
+        gate.entered.wait(5)  # 2 images in the cascade
+        queued = [submit(batcher, images[2:5]), submit(batcher, images[5:6])]  # 4 images waiting
+        assert batcher.backlog_images == 6 and batcher.admitted_images == 2
+        gate.release.set()
+        for future in [running, *queued]:
+            future.result(10)
+        assert batcher.backlog_images == 0 and batcher.admitted_images == 6
+    finally:
+        batcher.close()
+
+
 def test_full_queue_rejects_with_overload(gate, images) -> None:
     batcher = Batcher(CascadeExecutor(gate), max_batch_size=1, max_queue_delay=0.0, max_queue_size=2)
     try:

@@ -146,6 +146,8 @@ class InferenceService:
                     # The load-adaptive default may move while this request waits: it runs at the
                     # default of the moment its batch forms (requests with knobs keep their plan).
                     follows_load = entry.adaptive is not None and request.budget == Budget()
+                    if entry.adaptive is not None:
+                        entry.adaptive.observe_arrival(entry.batcher.backlog_images)
                     future = self._submit(
                         entry,
                         images,

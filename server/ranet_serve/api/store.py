@@ -359,6 +359,7 @@ class ModelStore:
             ),
             on_change=lambda point: gauge.labels(name).set(point.expected_flops),
             busy_seconds=lambda: batcher.busy_seconds,
+            admitted_images=lambda: batcher.admitted_images,
         )
 
     def _default_point(self, manifest: Manifest) -> str | None:

@@ -10,6 +10,10 @@ knobs gets) moves along the bundle's calibrated accuracy/FLOPs curve:
   reaches a point that can carry it in one or two moves instead of one small step per dwell time;
   with the worker busy `saturated` of the time since the last move, the move is always the biggest
   one allowed, because the latencies of the requests that got through understate a growing queue;
+* down at once, before any answer, when a request arrives behind more work than `high_water` x
+  objective at the worker's recent cost per image while the worker is `saturated`
+  (`observe_arrival`): the leading signal that catches a sudden overload within tens of
+  milliseconds instead of after `min_samples` answers;
 * up (more accurate) slowly when the p99 since the last move stayed under `low_water` x objective,
   never beyond the ceiling (the configured default point). Where the worker's busy time is known,
   to the dearest point that would keep the worker's utilisation at or below `max_utilisation_up`
@@ -109,10 +113,12 @@ class LoadAdaptivePoint:
         *,
         on_change: Callable[[OperatingPoint], None] | None = None,
         busy_seconds: Callable[[], float] | None = None,
+        admitted_images: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         """`busy_seconds`: the worker's cumulative busy time (`Batcher.busy_seconds`), for the
-        utilisation check before a move up; None moves up on latency alone."""
+        utilisation checks; None moves on latency alone. `admitted_images` (`Batcher.admitted_images`)
+        gives, with it, the worker's cost per image, which `observe_arrival` needs."""
         by_name = {p.name: p for p in points}
         if ceiling not in by_name:
             raise ValueError(f"unknown ceiling point {ceiling!r}")
@@ -128,8 +134,9 @@ class LoadAdaptivePoint:
         self._not_below_low = 0  # samples >= low_water x objective
         self._last_move = -math.inf
         self._busy_seconds = busy_seconds
-        # (time, worker busy seconds) at each sample since the last move, within the window.
-        self._busy_marks: deque[tuple[float, float]] = deque()
+        self._admitted_images = admitted_images
+        # (time, worker busy seconds, images admitted) at each event since the last move, in the window.
+        self._busy_marks: deque[tuple[float, float, int]] = deque()
         self._lock = threading.Lock()
         self.moves = 0
 
@@ -154,14 +161,57 @@ class LoadAdaptivePoint:
             horizon = now - self.settings.window_seconds
             while self._samples and self._samples[0][0] < horizon:
                 self._count(self._samples.popleft()[1], -1)
-            if self._busy_seconds is not None:
-                self._busy_marks.append((now, self._busy_seconds()))
-                while self._busy_marks[0][0] < horizon:
-                    self._busy_marks.popleft()
+            self._mark(now)
             if now - self._last_move >= self.settings.dwell_seconds:
                 moved_to = self._decide(now, may_rise=now - self._last_move >= self._up_dwell)
         if moved_to is not None and self._on_change is not None:
             self._on_change(moved_to)
+
+    def observe_arrival(self, backlog_images: int) -> None:
+        """Record a request arriving with `backlog_images` of work ahead of it (queued and running).
+
+        The leading signal: an answered request's latency arrives only after its wait, so at a sudden
+        overload the first move would come after `min_samples` answers (about 130 ms at full depth on
+        the dev machine), with a queue that deep already built. When the work ahead of an arriving
+        request would take longer than `high_water` x objective at the worker's recent cost per image,
+        and the worker is `saturated`, the point moves down at once, as far as one move may.
+        """
+        moved_to: OperatingPoint | None = None
+        with self._lock:
+            now = self._clock()
+            self._mark(now)
+            if self._index > 0 and now - self._last_move >= self.settings.dwell_seconds:
+                wait = backlog_images * self._seconds_per_image()
+                if (
+                    wait > self.settings.high_water * self.settings.slo_p99_seconds
+                    and self.utilisation_after(self.frontier[self._index]) >= self.settings.saturated
+                ):
+                    budget = self.frontier[self._index].expected_flops * self.settings.max_drop
+                    cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
+                    moved_to = self._move(
+                        cheaper[-1] if cheaper else 0,
+                        now,
+                        f"{backlog_images} images ahead of a new request, about {1000 * wait:.1f} ms of work",
+                    )
+        if moved_to is not None and self._on_change is not None:
+            self._on_change(moved_to)
+
+    def _mark(self, now: float) -> None:
+        if self._busy_seconds is None:
+            return
+        admitted = self._admitted_images() if self._admitted_images is not None else 0
+        self._busy_marks.append((now, self._busy_seconds(), admitted))
+        horizon = now - self.settings.window_seconds
+        while self._busy_marks[0][0] < horizon:
+            self._busy_marks.popleft()
+
+    def _seconds_per_image(self) -> float:
+        """The worker's busy seconds per admitted image since the last move (0 if unknown)."""
+        if len(self._busy_marks) < 2:
+            return 0.0
+        (_, busy_then, images_then), (_, busy_now, images_now) = self._busy_marks[0], self._busy_marks[-1]
+        images = images_now - images_then
+        return (busy_now - busy_then) / images if images > 0 else 0.0
 
     def _count(self, seconds: float, sign: int) -> None:
         objective = self.settings.slo_p99_seconds
@@ -188,7 +238,7 @@ class LoadAdaptivePoint:
         """
         if len(self._busy_marks) < 2:
             return 0.0
-        (since, busy_then), (until, busy_now) = self._busy_marks[0], self._busy_marks[-1]
+        (since, busy_then, _), (until, busy_now, _) = self._busy_marks[0], self._busy_marks[-1]
         if until <= since:
             return 0.0
         utilisation = (busy_now - busy_then) / (until - since)
@@ -238,14 +288,17 @@ class LoadAdaptivePoint:
                 target = dearer[0] if dearer else len(self.frontier) - 1
         if target == self._index:
             return None
+        return self._move(
+            target, now, f"{n} samples since the last move, p99 {1000 * (self._p99() or 0.0):.1f} ms"
+        )
+
+    def _move(self, target: int, now: float, why: str) -> OperatingPoint:
         logger.info(
-            "operating point %s -> %s (%d samples since the last move, p99 %.1f ms, objective %.1f ms, "
-            "worker utilisation %.2f)",
+            "operating point %s -> %s (%s; objective %.1f ms, worker utilisation %.2f)",
             self.frontier[self._index].name,
             self.frontier[target].name,
-            n,
-            1000 * (self._p99() or 0.0),
-            1000 * objective,
+            why,
+            1000 * self.settings.slo_p99_seconds,
             self.utilisation_after(self.frontier[self._index]),
         )
         self._index = target

@@ -144,6 +144,8 @@ class Batcher:
         self._slots: dict[int, tuple[_Pending, int]] = {}
         self._next_tag = 0
         self._busy_seconds = 0.0
+        self._admitted_images = 0  # images that reached stage 0 (worker thread)
+        self._queued_images = 0  # images of requests waiting to be admitted (under the lock)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -183,6 +185,18 @@ class Batcher:
         return self._busy_seconds
 
     @property
+    def admitted_images(self) -> int:
+        """Images that reached stage 0 so far: with `busy_seconds`, the worker's cost per image."""
+        return self._admitted_images
+
+    @property
+    def backlog_images(self) -> int:
+        """Images waiting in the queue plus images in the cascade: the work ahead of a new request."""
+        with self._lock:
+            queued = self._queued_images
+        return queued + len(self._slots)
+
+    @property
     def in_flight_images(self) -> int:
         """Images admitted to the cascade and not answered yet (parked survivors included)."""
         return len(self._slots)
@@ -215,6 +229,7 @@ class Batcher:
                     reason=QUEUE_FULL,
                 )
             self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future, replan=replan))
+            self._queued_images += images.shape[0]
         return future
 
     async def infer(
@@ -241,8 +256,12 @@ class Batcher:
                     break
                 if isinstance(pending, _Wake):
                     self._consumed_wake()
-                elif pending is not None and pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(OverloadedError("server is shutting down", reason=SHUTDOWN))
+                elif pending is not None:
+                    self._left_queue([pending])
+                    if pending.future.set_running_or_notify_cancel():
+                        pending.future.set_exception(
+                            OverloadedError("server is shutting down", reason=SHUTDOWN)
+                        )
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -322,8 +341,13 @@ class Batcher:
         with self._lock:
             self._wake_tokens -= 1
 
+    def _left_queue(self, batch: list[_Pending]) -> None:
+        with self._lock:
+            self._queued_images -= sum(p.images.shape[0] for p in batch)
+
     def _admit(self, batch: list[_Pending]) -> None:
         """Turn a batch of requests into a cohort at stage 0 and run that stage."""
+        self._left_queue(batch)
         now = time.monotonic()
         runnable: list[_Pending] = []
         for pending in batch:
@@ -341,6 +365,7 @@ class Batcher:
         if not runnable:
             return
         total = sum(p.images.shape[0] for p in runnable)
+        self._admitted_images += total
         tags = np.arange(self._next_tag, self._next_tag + total, dtype=np.int64)
         self._next_tag += total
         offset = 0
