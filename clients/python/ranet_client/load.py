@@ -412,8 +412,7 @@ def make_target(config: LoadConfig) -> TargetPool:
                     config.plain_path,
                     body=config.plain_body,
                     timeout=config.timeout,
-                    max_connections=per_client,
-                    transport=transport(),
+                    transport=transport(),  # the transport holds the connection limits
                 )
             )
         else:
@@ -423,7 +422,6 @@ def make_target(config: LoadConfig) -> TargetPool:
                 timeout=config.timeout,
                 retry=config.retries,
                 encoding=config.encoding,
-                max_connections=per_client,
                 transport=transport(),
             )
             targets.append(RanetTarget(client))

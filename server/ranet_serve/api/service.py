@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -143,11 +144,13 @@ class InferenceService:
                     else:
                         images = await run_in_threadpool(self._prepare, request.images, manifest.input)
                     count = images.shape[0]
-                    # The load-adaptive default may move while this request waits: it runs at the
-                    # default of the moment its batch forms (requests with knobs keep their plan).
-                    follows_load = entry.adaptive is not None and request.budget == Budget()
+                    replan: Replan | None = None
                     if entry.adaptive is not None:
                         entry.adaptive.observe_arrival(entry.batcher.backlog_images)
+                        if request.budget == Budget():
+                            # The default may move while this request waits: it runs at the default of
+                            # the moment its batch forms (requests with knobs keep their plan).
+                            replan = partial(entry.plan, Budget())
                     future = self._submit(
                         entry,
                         images,
@@ -155,7 +158,7 @@ class InferenceService:
                         np.full(count, plan.max_exit, dtype=np.int64),
                         top_k,
                         deadline,
-                        replan=(lambda: entry.plan(Budget())) if follows_load else None,
+                        replan=replan,
                     )
                 result = await self._wait(future, deadline)
             except (OverloadedError, DeadlineExceededError):

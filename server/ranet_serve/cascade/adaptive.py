@@ -187,9 +187,8 @@ class LoadAdaptivePoint:
                     and self.utilisation_after(self.frontier[self._index]) >= self.settings.saturated
                 ):
                     budget = self.frontier[self._index].expected_flops * self.settings.max_drop
-                    cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
                     moved_to = self._move(
-                        cheaper[-1] if cheaper else 0,
+                        self._cheapest_within(budget),
                         now,
                         f"{backlog_images} images ahead of a new request, about {1000 * wait:.1f} ms of work",
                     )
@@ -266,9 +265,9 @@ class LoadAdaptivePoint:
                 # A saturated worker: the queue grows with every request, and the latencies seen so far
                 # (of requests that got through) understate the overload. Go as far as one move may.
                 overshoot = 0.0
-            budget = current * max(self.settings.max_drop, min(self.settings.step_down, overshoot))
-            cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
-            target = cheaper[-1] if cheaper else 0
+            target = self._cheapest_within(
+                current * max(self.settings.max_drop, min(self.settings.step_down, overshoot))
+            )
         elif may_rise and self._not_below_low <= n - k - 1 and self._index < len(self.frontier) - 1:
             if self._busy_seconds is not None and len(self._busy_marks) >= 2:
                 # The dearest point the worker could carry at today's load, however far up it is.
@@ -291,6 +290,11 @@ class LoadAdaptivePoint:
         return self._move(
             target, now, f"{n} samples since the last move, p99 {1000 * (self._p99() or 0.0):.1f} ms"
         )
+
+    def _cheapest_within(self, budget: float) -> int:
+        """The dearest point below the current one that costs at most `budget` FLOPs (else the cheapest)."""
+        cheaper = [i for i in range(self._index) if self.frontier[i].expected_flops <= budget]
+        return cheaper[-1] if cheaper else 0
 
     def _move(self, target: int, now: float, why: str) -> OperatingPoint:
         logger.info(

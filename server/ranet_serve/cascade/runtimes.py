@@ -126,16 +126,15 @@ class OnnxRuntime(StageRuntime):
 
     def sessions_for(self, batch: int) -> list[onnxruntime.InferenceSession]:
         """The stage sessions a batch of `batch` images runs on."""
-        plans = self._small_plans if batch < self.single_thread_below else self._plans
-        return [session for session, _, _ in plans]
+        return [session for session, _, _ in self._plans_for(batch)]
+
+    def _plans_for(self, batch: int) -> list[tuple[onnxruntime.InferenceSession, tuple[str, ...], list[str]]]:
+        # On CUDA and single-threaded runtimes single_thread_below is 0: always the one set.
+        return self._small_plans if batch < self.single_thread_below else self._plans
 
     def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
-        if self._cuda:
-            session, input_names, output_names = self._plans[stage]
-        else:
-            batch = next(iter(inputs.values())).shape[0]
-            plans = self._small_plans if batch < self.single_thread_below else self._plans
-            session, input_names, output_names = plans[stage]
+        batch = next(iter(inputs.values())).shape[0]
+        session, input_names, output_names = self._plans_for(batch)[stage]
         try:
             if self._cuda:
                 return self._run_bound(session, input_names, tuple(output_names), inputs)
