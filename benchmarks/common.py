@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 from ranet_client.image_sets import Sample
 
+from hey import hey_version
 from ranet_serve.data.datasets import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,10 +95,12 @@ def versions() -> dict[str, str | None]:
         "httpx",
         "torchserve",
         "torch-model-archiver",
+        "litserve",
     ):
         try:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
     out["java"] = _first_line(["java", "-version"])
+    out["hey"] = hey_version()
     return out

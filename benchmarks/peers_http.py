@@ -1,25 +1,37 @@
-"""HTTP against peers: ranet serve next to TorchServe and a hand-written FastAPI + eager server.
+"""HTTP against peers: ranet serve next to LitServe, TorchServe and a hand-written FastAPI + eager server.
 
-All servers serve the same trained model (the bundle's checkpoint) on 127.0.0.1 of this machine and
-are driven by the same client, the project's load generator (`ranet_client.load`; plain servers
-through its `PlainTarget`), with the same images, request counts and concurrency:
+All servers serve the same trained model (the bundle's checkpoint) on 127.0.0.1 of this machine:
 
 - ranet serve at its default operating point (early exit) and at full depth (`confidence=1`);
+- LitServe at full depth: the whole network as one onnxruntime graph, LitServe's batching (32 / 2 ms),
+  2 intra-op threads (benchmarks/peers/litserve_onnx.py);
 - TorchServe at full depth (TorchScript, custom handler, its own batching set like ours, 1 worker);
 - FastAPI + uvicorn + PyTorch eager at full depth, no batching (benchmarks/peers/fastapi_eager.py).
+
+Two clients drive every server, in the same run:
+
+1. the project's load generator (`ranet_client.load`; plain servers through its `PlainTarget`), with
+   the same images, request counts and concurrency, which also judges accuracy;
+2. `hey` (benchmarks/hey.py): one multipart image per request at 16 and 64 concurrent clients, an
+   independent client that costs far less CPU than the Python one (both share the 2 cores).
+
+Then ranet serve alone with 16 images per request from 4 clients (load generator): images/s at the
+default point over full depth, next to the FLOPs ratio from the manifest's calibration.
 
 Every server is started once and kept up; the runs are interleaved (for each round and concurrency,
 every server in turn) so drift on a shared machine hits all alike. Run k of every server sends the
 same slice of the Fashion-MNIST test set (images k*requests onwards), so accuracy is judged on
 identical images and pooled over all runs. Figures are medians over rounds. Usage:
 
-    .venv/bin/python benchmarks/peers_http.py [--requests 800] [--concurrency 1 4 16] [--rounds 1]
-        [--servers ranet torchserve fastapi] [--out benchmarks/results]
+    .venv/bin/python benchmarks/peers_http.py [--requests 800] [--concurrency 1 4 16 64] [--rounds 1]
+        [--hey-requests 1000] [--hey-concurrency 16 64] [--batch-requests 100]
+        [--servers ranet litserve torchserve fastapi] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -28,18 +40,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 from ranet_client.image_sets import Sample
 from ranet_client.load import BudgetChoice, LoadConfig, run_load_sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+from full_depth import export_onnx
 from servers import ManagedServer, free_port, http_ok
 from torchserve import missing_requirements, queue_and_inference_us, torchserve_server
 
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
+from hey import hey_executable, hey_version, multipart_body, run_hey
 from ranet_serve.export.bundle import load_bundle
+from ranet_serve.export.manifest import Manifest
 
-SERVERS = ("ranet", "torchserve", "fastapi")
+PEERS = Path(__file__).resolve().parent / "peers"
+SERVERS = ("ranet", "litserve", "torchserve", "fastapi")
+# The clients at which ranet serve is compared with LitServe (issue 17), by both clients.
+VERSUS_LITSERVE_CONCURRENCY = (16, 64)
 
 
 @dataclass
@@ -58,16 +78,26 @@ class Variant:
     # network, i.e. the bundle's last-exit cumulative FLOPs. Quoted so the table compares like with like.
     model_flops: int | None = None
 
-    def config(self, requests: int, concurrency: int, timeout: float) -> LoadConfig:
+    def config(self, requests: int, concurrency: int, timeout: float, batch: int = 1) -> LoadConfig:
         return LoadConfig(
             url=self.url,
             requests=requests,
             concurrency=concurrency,
+            batch=batch,
             mix=(BudgetChoice(self.key, self.knobs, 1.0),),
             timeout=timeout,
             plain_path=self.plain_path,
             plain_body="multipart" if self.plain_body == "multipart" else "raw",
         )
+
+    @property
+    def hey_url(self) -> str:
+        """Where hey posts its multipart image: the plain path, or ranet serve's v1 route with the
+        variant's knobs in the query string (the form carries only the image)."""
+        if self.plain_path is not None:
+            return f"{self.url}{self.plain_path}"
+        query = f"?{urlencode(self.knobs)}" if self.knobs else ""
+        return f"{self.url}/v1/classify{query}"
 
 
 def start_ranet(bundle: Path, threads: int, log: Path) -> ManagedServer:
@@ -89,6 +119,52 @@ def start_fastapi(bundle: Path, threads: int, log: Path) -> ManagedServer:
 
 class PeerUnavailable(RuntimeError):
     """A peer cannot run here (software missing) or did not start; the message says which and why."""
+
+
+def litserve_missing() -> list[str]:
+    """What the LitServe peer needs that this environment lacks (empty when it can run)."""
+    missing = []
+    if importlib.util.find_spec("litserve") is None:
+        missing.append("litserve (pip install -e '.[bench]')")
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        missing.append("python-multipart (pip install -e '.[bench]')")
+    return missing
+
+
+def start_litserve(bundle: Path, workdir: Path, threads: int) -> tuple[ManagedServer, dict[str, Any]]:
+    """LitServe serving the bundle's full-depth ONNX graph, started and ready, with its setup facts.
+
+    The graph is exported here (ranet_serve's model code and the in-process benchmark's exporter), so
+    the server process itself needs no torch. PeerUnavailable when LitServe is missing or fails.
+    """
+    missing = litserve_missing()
+    if missing:
+        raise PeerUnavailable(f"missing {', '.join(missing)} (make bench installs them)")
+    model_path, preprocess_path = export_onnx(bundle, workdir)
+    port = free_port()
+    command = [sys.executable, str(PEERS / "litserve_onnx.py"), "--port", str(port)]
+    command += ["--model", str(model_path), "--preprocess", str(preprocess_path), "--threads", str(threads)]
+    url = f"http://127.0.0.1:{port}"
+    # cwd: the work directory, so nothing LitServe writes lands in the checkout.
+    server = ManagedServer(
+        "litserve", command, http_ok(f"{url}/health"), cwd=workdir, log=workdir / "log", url=url
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise PeerUnavailable(f"failed to start: {exc}"[:1500]) from exc
+    import litserve_onnx  # only now: it imports litserve, which was checked above
+
+    setup = {
+        "url": url,
+        "path": litserve_onnx.API_PATH,
+        "max_batch_size": litserve_onnx.MAX_BATCH_SIZE,
+        "batch_timeout_ms": 1000 * litserve_onnx.BATCH_TIMEOUT_S,
+        "workers": 1,
+        "threads": threads,
+        "graph": "the whole network as one ONNX graph (full_depth.export_onnx), onnxruntime CPU",
+    }
+    return server, setup
 
 
 def start_torchserve(bundle: Path, workdir: Path, threads: int) -> tuple[ManagedServer, dict[str, Any]]:
@@ -170,8 +246,127 @@ def summarize(variants: list[Variant], runs: list[dict[str, Any]]) -> dict[str, 
     return out
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def summarize_hey(variants: list[Variant], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant and concurrency: hey's figures, medians over rounds; counts summed over them.
+
+    `throughput_rps` is 2xx answers per second (hey's own requests/s counts failures too), so a
+    server that answers errors fast is not credited for them.
+    """
+    out: dict[str, Any] = {}
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant.key]
+        if not mine:
+            continue
+        by_concurrency: dict[str, Any] = {}
+        for concurrency in sorted({r["concurrency"] for r in mine}):
+            these = [r for r in mine if r["concurrency"] == concurrency]
+            codes: dict[str, int] = {}
+            errors: dict[str, int] = {}
+            for run in these:
+                for code, count in run["status_codes"].items():
+                    codes[code] = codes.get(code, 0) + count
+                for message, count in run["errors"].items():
+                    errors[message] = errors.get(message, 0) + count
+            by_concurrency[str(concurrency)] = {
+                "rounds": len(these),
+                "throughput_rps": _median([r["ok_per_s"] for r in these]),
+                "p50_ms": _median([r["p50_ms"] for r in these]),
+                "p99_ms": _median([r["p99_ms"] for r in these]),
+                "requests_ok": sum(r["ok"] for r in these),
+                "requests_failed": sum(r["failed"] for r in these),
+                "status_codes": codes,
+                "errors": errors,
+            }
+        out[variant.key] = {
+            "label": variant.label,
+            "server": variant.server,
+            "by_concurrency": by_concurrency,
+        }
+    return out
+
+
+def versus_litserve(summary: dict[str, Any], hey_summary: dict[str, Any]) -> dict[str, Any]:
+    """Throughput of ranet serve (default point, full depth) over LitServe's, per client and concurrency.
+
+    Both sides of each ratio come from the same client in the same run; a concurrency one side lacks
+    is left out rather than compared with another run's figure.
+    """
+    out: dict[str, Any] = {}
+    for client, table in (("load_generator", summary), ("hey", hey_summary)):
+        base = table.get("litserve")
+        if not base:
+            continue
+        rows: dict[str, dict[str, float]] = {}
+        for concurrency, theirs in base["by_concurrency"].items():
+            if not theirs["throughput_rps"]:
+                continue
+            row = {}
+            for key in ("ranet_default", "ranet_full"):
+                mine = (table.get(key) or {}).get("by_concurrency", {}).get(concurrency)
+                if mine and mine["throughput_rps"] is not None:
+                    row[key] = mine["throughput_rps"] / theirs["throughput_rps"]
+            if row:
+                rows[concurrency] = row
+        out[client] = rows
+    return out
+
+
+def default_point_flops_ratio(manifest: Manifest) -> tuple[str, float] | None:
+    """The default point's name and full-depth FLOPs / its expected FLOPs (validation calibration)."""
+    calibration = manifest.calibration
+    if calibration is None:
+        return None
+    point = next(p for p in calibration.points if p.name == calibration.default_point)
+    return point.name, manifest.exits[-1].cumulative_flops / point.expected_flops
+
+
+def summarize_batch(runs: list[dict[str, Any]], manifest: Manifest) -> dict[str, Any] | None:
+    """ranet serve with many images per request: images/s per variant (medians), their ratio and the
+    FLOPs ratio it is judged against (the goal itself is run_all's)."""
+    if not runs:
+        return None
+    by_variant: dict[str, Any] = {}
+    for key in sorted({r["variant"] for r in runs}):
+        these = [r for r in runs if r["variant"] == key]
+        labelled = sum(r["labelled_images"] for r in these)
+        by_variant[key] = {
+            "rounds": len(these),
+            "images_per_s": _median([r["images_per_s"] for r in these]),
+            "throughput_rps": _median([r["throughput_rps"] for r in these]),
+            "p99_ms": _median([r["latency_ms"]["p99"] for r in these]),
+            "mean_flops_per_image": _median([r["mean_flops_per_image"] for r in these]),
+            "accuracy": sum(r["correct_images"] for r in these) / labelled if labelled else None,
+            "images_ok": sum(r["images_ok"] for r in these),
+            "requests_failed": sum(r["requests_failed"] for r in these),
+        }
+    default, full = by_variant.get("ranet_default"), by_variant.get("ranet_full")
+    ratio = None
+    if default and full and default["images_per_s"] and full["images_per_s"]:
+        ratio = default["images_per_s"] / full["images_per_s"]
+    flops = default_point_flops_ratio(manifest)
+    first = runs[0]["config"]
+    return {
+        "images_per_request": first["batch"],
+        "concurrency": first["concurrency"],
+        "requests": first["requests"],
+        "by_variant": by_variant,
+        "ratio": ratio,
+        "default_point": None if flops is None else flops[0],
+        "flops_ratio": None if flops is None else flops[1],
+    }
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -225,7 +420,114 @@ def render(result: dict[str, Any]) -> str:
         "cost from the bundle (they report none).",
         "",
     ]
+    lines += render_hey(result) + render_versus_litserve(result) + render_batch(result)
     return "\n".join(lines)
+
+
+def render_hey(result: dict[str, Any]) -> list[str]:
+    """The hey table: every server, one multipart image per request, 2xx answers per second."""
+    hey = result.get("hey") or {}
+    summary = hey.get("summary") or {}
+    if not summary:
+        return []
+    image = hey.get("image") or {}
+    lines = [
+        "### The same servers driven by hey (one multipart image per request)",
+        "",
+        f"`hey -n {hey['requests']} -c C -m POST -D body -T 'multipart/form-data; boundary=...' URL`, "
+        f"hey {hey.get('version') or '?'}; req/s counts 2xx answers only. hey sends one body every time: "
+        f"test image `{image.get('name', '?')}`"
+        + (
+            f", which ranet serve's default point answers at exit {image['ranet_default_exit']} "
+            f"({image['ranet_default_flops'] / 1e6:.2f} MFLOPs; the load generator's test-set mix averages "
+            "the MFLOPs/img above)"
+            if image.get("ranet_default_exit") is not None
+            else ""
+        )
+        + ".",
+        "",
+        "| clients | server | req/s | p50 ms | p99 ms | answered 2xx | failed | status codes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    concurrencies = sorted({int(c) for s in summary.values() for c in s["by_concurrency"]})
+    for concurrency in concurrencies:
+        for entry in summary.values():
+            row = entry["by_concurrency"].get(str(concurrency))
+            if row is None:
+                continue
+            codes = ", ".join(f"{code}: {n}" for code, n in sorted(row["status_codes"].items())) or "-"
+            if row["errors"]:
+                codes += f"; errors: {sum(row['errors'].values())}"
+            lines.append(
+                f"| {concurrency} | {entry['label']} | {_fmt(row['throughput_rps'], 0)} | "
+                f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['requests_ok']} | "
+                f"{row['requests_failed']} | {codes} |"
+            )
+    return [*lines, ""]
+
+
+def render_versus_litserve(result: dict[str, Any]) -> list[str]:
+    """ranet serve over LitServe, per client, side by side (both from this run)."""
+    versus = result.get("versus_litserve") or {}
+    if not any(versus.values()):
+        return []
+    lines = [
+        "### ranet serve over LitServe (full depth, one ONNX graph), requests/s, same run",
+        "",
+        "| clients | default point / LitServe, load generator | default point / LitServe, hey "
+        "| full depth / LitServe, load generator | full depth / LitServe, hey |",
+        "|---|---|---|---|---|",
+    ]
+    load, hey = versus.get("load_generator") or {}, versus.get("hey") or {}
+    for concurrency in sorted(set(load) | set(hey), key=int):
+        mine_load, mine_hey = load.get(concurrency, {}), hey.get(concurrency, {})
+        lines.append(
+            f"| {concurrency} | {_ratio(mine_load.get('ranet_default'))} | "
+            f"{_ratio(mine_hey.get('ranet_default'))} | {_ratio(mine_load.get('ranet_full'))} | "
+            f"{_ratio(mine_hey.get('ranet_full'))} |"
+        )
+    return [*lines, ""]
+
+
+def render_batch(result: dict[str, Any]) -> list[str]:
+    """Many images per request: default point over full depth, next to the FLOPs ratio."""
+    batch = result.get("batch")
+    if not batch:
+        return []
+    lines = [
+        f"### ranet serve, {batch['images_per_request']} images per request, {batch['concurrency']} "
+        "clients (load generator)",
+        "",
+        f"{batch['requests']} requests per run. FLOPs ratio: full depth / the default point's expected "
+        f"FLOPs from the manifest's calibration ({batch['default_point']}): {_fmt(batch['flops_ratio'], 2)}.",
+        "",
+        "| variant | images/s | req/s | p99 ms | MFLOPs/img | accuracy % | failed requests |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {"ranet_default": "ranet serve, default point", "ranet_full": "ranet serve, full depth"}
+    for key, row in batch["by_variant"].items():
+        flops = row["mean_flops_per_image"]
+        accuracy = row["accuracy"]
+        lines.append(
+            f"| {labels.get(key, key)} | {_fmt(row['images_per_s'], 0)} | {_fmt(row['throughput_rps'], 0)} | "
+            f"{_fmt(row['p99_ms'])} | {_fmt(None if flops is None else flops / 1e6, 2)} | "
+            f"{_fmt(None if accuracy is None else 100 * accuracy, 2)} | {row['requests_failed']} |"
+        )
+    lines += [
+        "",
+        f"images/s, default point / full depth: {_ratio(batch['ratio'])} (FLOPs ratio "
+        f"{_fmt(batch['flops_ratio'], 2)}).",
+        "",
+    ]
+    return lines
+
+
+def probe_hey_image(variant: Variant, body: bytes, content_type: str) -> dict[str, Any]:
+    """How ranet serve's default point answers the one image hey repeats (its exit and FLOPs)."""
+    response = httpx.post(variant.hey_url, content=body, headers={"Content-Type": content_type}, timeout=30)
+    response.raise_for_status()
+    answer = response.json()["results"][0]
+    return {"ranet_default_exit": answer["exit"], "ranet_default_flops": answer["flops"]}
 
 
 def main() -> None:
@@ -234,12 +536,20 @@ def main() -> None:
     )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--requests", type=int, default=800, help="requests per run (server x concurrency)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (medians over them)")
     parser.add_argument("--warmup", type=int, default=64, help="requests per server before measuring")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every server")
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--require-torchserve", action="store_true", help="fail instead of skipping it")
+    parser.add_argument("--require-litserve", action="store_true", help="fail instead of skipping it")
+    parser.add_argument("--hey-requests", type=int, default=1000, help="requests per hey run (0: no hey)")
+    parser.add_argument("--hey-concurrency", type=int, nargs="+", default=list(VERSUS_LITSERVE_CONCURRENCY))
+    parser.add_argument(
+        "--batch-requests", type=int, default=100, help="requests per many-images run (0: none)"
+    )
+    parser.add_argument("--batch-images", type=int, default=16, help="images per request in that run")
+    parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -254,6 +564,10 @@ def main() -> None:
     servers: list[ManagedServer] = []
     variants: list[Variant] = []
     setups: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+    hey_runs: list[dict[str, Any]] = []
+    batch_runs: list[dict[str, Any]] = []
+    hey_facts: dict[str, Any] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ranet-peers-") as tmp:
         work = Path(tmp)
@@ -274,6 +588,27 @@ def main() -> None:
                     )
                 )
                 setups["ranet"] = {"url": url, "threads": args.threads, "batching": "server defaults"}
+            if "litserve" in args.servers:
+                try:
+                    server, setup = start_litserve(bundle_dir, work / "litserve", args.threads)
+                except PeerUnavailable as exc:
+                    if args.require_litserve:
+                        raise SystemExit(f"LitServe cannot run: {exc}") from exc
+                    skipped["litserve"] = str(exc)
+                else:
+                    servers.append(server)
+                    setups["litserve"] = setup
+                    variants.append(
+                        Variant(
+                            "litserve",
+                            "LitServe, full depth (one ONNX graph)",
+                            "litserve",
+                            str(setup["url"]),
+                            plain_path=str(setup["path"]),
+                            plain_body="multipart",
+                            model_flops=full_flops,
+                        )
+                    )
             if "torchserve" in args.servers:
                 try:
                     server, setup = start_torchserve(bundle_dir, work / "torchserve", args.threads)
@@ -314,7 +649,8 @@ def main() -> None:
             for variant in variants:  # warm-up, discarded: first calls pay for lazy init everywhere
                 warm = variant.config(args.warmup, max(args.concurrency), args.timeout)
                 run_load_sync(warm, samples)
-            runs: list[dict[str, Any]] = []
+
+            # 1. The project's load generator, every server, every concurrency.
             for round_index in range(args.rounds):
                 for k, concurrency in enumerate(args.concurrency):
                     run_index = round_index * len(args.concurrency) + k
@@ -336,9 +672,65 @@ def main() -> None:
                             f"ok {report['requests_ok']}/{report['requests_sent']}",
                             flush=True,
                         )
+
+            # 2. hey, every server, one multipart image per request, the same body every time.
+            if args.hey_requests > 0 and args.hey_concurrency and variants:
+                if hey_executable() is None:
+                    skipped["hey"] = "hey is not installed (Debian package `hey`; make bench installs it)"
+                else:
+                    body_path = work / "hey-body.multipart"
+                    content_type = multipart_body(samples[0].data, body_path)
+                    hey_facts = {"name": samples[0].name, "label": samples[0].label}
+                    ranet_default = next((v for v in variants if v.key == "ranet_default"), None)
+                    if ranet_default is not None:
+                        hey_facts |= probe_hey_image(ranet_default, body_path.read_bytes(), content_type)
+                    for round_index in range(args.rounds):
+                        for concurrency in args.hey_concurrency:
+                            for variant in variants:
+                                summary = run_hey(
+                                    variant.hey_url,
+                                    body_path,
+                                    content_type,
+                                    requests=args.hey_requests,
+                                    concurrency=concurrency,
+                                    timeout_s=int(args.timeout),
+                                )
+                                hey_runs.append(
+                                    {
+                                        "variant": variant.key,
+                                        "round": round_index,
+                                        "concurrency": concurrency,
+                                        **summary.to_dict(),
+                                    }
+                                )
+                                print(
+                                    f"hey {variant.label:40s} c={concurrency:<3d} {summary.ok_per_s:8.1f} "
+                                    f"req/s  p99 {summary.p99_ms or float('nan'):7.1f} ms  "
+                                    f"2xx {summary.ok}/{summary.ok + summary.failed}",
+                                    flush=True,
+                                )
+
+            # 3. ranet serve with many images per request: default point vs full depth.
+            ranet_variants = [v for v in variants if v.server == "ranet"]
+            if args.batch_requests > 0 and ranet_variants:
+                for round_index in range(args.rounds):
+                    for variant in ranet_variants:
+                        config = variant.config(
+                            args.batch_requests, args.batch_concurrency, args.timeout, batch=args.batch_images
+                        )
+                        report = run_load_sync(config, rotated(samples, round_index)).to_dict()
+                        batch_runs.append({"variant": variant.key, "round": round_index, **report})
+                        print(
+                            f"{variant.label:40s} {args.batch_images} img/request c={args.batch_concurrency}"
+                            f" {report['images_per_s']:8.1f} img/s  ok {report['requests_ok']}/"
+                            f"{report['requests_sent']}",
+                            flush=True,
+                        )
         finally:
             for server in reversed(servers):
                 server.stop()
+    summary = summarize(variants, runs)
+    hey_summary = summarize_hey(variants, hey_runs)
     result = {
         "bundle": f"{manifest.name}/{manifest.version}",
         "config": {
@@ -353,8 +745,19 @@ def main() -> None:
         "servers": setups,
         "skipped": skipped,
         "wall_s": time.monotonic() - started,
-        "summary": summarize(variants, runs),
+        "summary": summary,
+        "hey": {
+            "requests": args.hey_requests,
+            "concurrency": args.hey_concurrency,
+            "version": hey_version(),
+            "image": hey_facts,
+            "summary": hey_summary,
+        },
+        "versus_litserve": versus_litserve(summary, hey_summary),
+        "batch": summarize_batch(batch_runs, manifest),
         "runs": runs,
+        "hey_runs": hey_runs,
+        "batch_runs": batch_runs,
     }
     (args.out / "peers.json").write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)

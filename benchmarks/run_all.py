@@ -3,7 +3,9 @@
 Runs, one after the other on this machine and the same bundle and images:
   1-3. benchmarks/inprocess.py   split cost, early exit vs full depth, backends (in process);
   4.   benchmarks/http_e2e.py    ranet serve over HTTP with the project's load generator;
-  5.   benchmarks/peers_http.py  ranet serve vs TorchServe vs FastAPI + eager, same client and images;
+  5.   benchmarks/peers_http.py  ranet serve vs LitServe vs TorchServe vs FastAPI + eager, same images,
+                                 driven by the project's load generator and by hey; then 16 images
+                                 per request, default point vs full depth;
   6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process
                                  and over HTTP;
   7.   benchmarks/slo.py         a p99 objective under 2x overload: load-adaptive vs fixed point (issue 11);
@@ -14,7 +16,8 @@ report of the other steps is still written. The default sizes fit in 20 minutes 
 knobs below shrink them (the test suite runs a smoke version). Usage:
 
     .venv/bin/python benchmarks/run_all.py [--skip inprocess] [--http-requests 400]
-        [--peer-requests 800] [--concurrency 1 4 16] [--rounds 1] [--out DIR] [--report FILE]
+        [--peer-requests 800] [--concurrency 1 4 16 64] [--rounds 1] [--hey-requests 1000]
+        [--hey-concurrency 16 64] [--batch-requests 100] [--out DIR] [--report FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ SPEEDUP_SHARE_OF_FLOPS_RATIO = 0.8
 THROUGHPUT_VS_TORCHSERVE = 2.0
 ACCURACY_POINTS = 0.5
 P50_TOLERANCE = 1.05
+# Goals from issue 17: requests/s of ranet serve over LitServe (full depth, one ONNX graph), at each
+# number of clients, with both clients (the load generator and hey).
+DEFAULT_VS_LITSERVE = {16: 2.5, 64: 2.0}
+FULL_DEPTH_VS_LITSERVE = {16: 1.2, 64: 1.2}
+BATCH_SHARE_OF_FLOPS_RATIO = 0.8
+CLIENTS = {"load_generator": "load generator", "hey": "hey"}
 
 
 def run_step(name: str, command: list[str], log: Path) -> dict[str, Any]:
@@ -149,6 +158,87 @@ def goals(
             rows.append({"goal": goal_name, "target": "vs TorchServe", "measured": reason, "met": None})
     rows += rebatch_goals(rebatch)
     rows += slo_goals(slo)
+    rows += litserve_goals(peers)
+    return rows
+
+
+def _versus_litserve_row(
+    versus: dict[str, Any], key: str, targets: dict[int, float], goal: str, reason: str
+) -> dict[str, Any]:
+    """One issue-17 goal over every (client, concurrency) pair: NOT met as soon as one measured ratio
+    misses its target, not measured while any pair is missing, met only when every pair meets it."""
+    figures = {
+        (client, c): (versus.get(client) or {}).get(str(c), {}).get(key)
+        for client in CLIENTS
+        for c in targets
+    }
+    shown = [
+        f"{CLIENTS[client]} c={c}: " + ("not measured" if value is None else f"{value:.2f}x")
+        for (client, c), value in figures.items()
+    ]
+    measured = {pair: v for pair, v in figures.items() if v is not None}
+    if not measured:
+        met, text = None, reason
+    else:
+        missed = any(v < targets[c] for (_, c), v in measured.items())
+        met = False if missed else (True if len(measured) == len(figures) else None)
+        text = ", ".join(shown)
+    levels = sorted(set(targets.values()))
+    target = (
+        f">= {levels[0]:.1f}x at {' and '.join(map(str, targets))} clients"
+        if len(levels) == 1
+        else ", ".join(f">= {t:.1f}x at {c} clients" for c, t in targets.items())
+    )
+    return {"goal": goal, "target": f"{target}, with both clients", "measured": text, "met": met}
+
+
+def litserve_goals(peers: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 17: ranet serve against LitServe (both clients), and many images per request vs FLOPs."""
+    versus = (peers or {}).get("versus_litserve") or {}
+    skipped = (peers or {}).get("skipped") or {}
+    reason = skipped.get("litserve", "LitServe was not run")
+    rows = [
+        _versus_litserve_row(
+            versus,
+            "ranet_default",
+            {c: target},
+            f"HTTP throughput at {c} clients, ranet serve (default point) / LitServe (full depth)",
+            reason,
+        )
+        for c, target in DEFAULT_VS_LITSERVE.items()
+    ]
+    rows.append(
+        _versus_litserve_row(
+            versus,
+            "ranet_full",
+            FULL_DEPTH_VS_LITSERVE,
+            "HTTP throughput, ranet serve (full depth) / LitServe (full depth)",
+            reason,
+        )
+    )
+    batch = (peers or {}).get("batch") or {}
+    if batch.get("ratio") and batch.get("flops_ratio"):
+        goal = BATCH_SHARE_OF_FLOPS_RATIO * batch["flops_ratio"]
+        images = {k: v["images_per_s"] for k, v in batch["by_variant"].items()}
+        rows.append(
+            {
+                "goal": f"{batch['images_per_request']} images per request, {batch['concurrency']} clients: "
+                f"default-point img/s / full-depth img/s (FLOPs ratio {batch['flops_ratio']:.2f})",
+                "target": f">= {goal:.2f} (80% of the FLOPs ratio)",
+                "measured": f"{batch['ratio']:.2f} ({images['ranet_default']:.0f} vs "
+                f"{images['ranet_full']:.0f} img/s)",
+                "met": batch["ratio"] >= goal,
+            }
+        )
+    else:
+        rows.append(
+            {
+                "goal": "16 images per request, 4 clients: default-point img/s / full-depth img/s",
+                "target": ">= 80% of the FLOPs ratio",
+                "measured": None,
+                "met": None,
+            }
+        )
     return rows
 
 
@@ -308,6 +398,15 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         if step_name == "peers":
             peers = _load(out / "peers.json") or {}
             lines += peer_ratios(peers)
+            litserve = (peers.get("servers") or {}).get("litserve")
+            if litserve:
+                lines += [
+                    f"LitServe setup: max_batch_size {litserve['max_batch_size']}, batch_timeout "
+                    f"{litserve['batch_timeout_ms']:g} ms, {litserve['workers']} worker on the CPU, "
+                    f"onnxruntime with {litserve['threads']} intra-op threads; {litserve['graph']}; "
+                    "decoding with Pillow and the manifest's mean/std (benchmarks/peers/litserve_onnx.py).",
+                    "",
+                ]
             setup = (peers.get("servers") or {}).get("torchserve")
             if setup:
                 lines += [
@@ -338,10 +437,13 @@ def main() -> None:
     parser.add_argument("--agreement-images", type=int, default=10_000)
     parser.add_argument("--http-requests", type=int, default=400, help="requests per http_e2e run")
     parser.add_argument("--peer-requests", type=int, default=800, help="requests per peer run")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved peer rounds (medians)")
     parser.add_argument("--warmup", type=int, default=64, help="peer warm-up requests per server")
-    parser.add_argument("--servers", nargs="+", default=["ranet", "torchserve", "fastapi"])
+    parser.add_argument("--servers", nargs="+", default=["ranet", "litserve", "torchserve", "fastapi"])
+    parser.add_argument("--hey-requests", type=int, default=1000, help="requests per hey run (0: no hey)")
+    parser.add_argument("--hey-concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--batch-requests", type=int, default=100, help="16-image requests per run")
     parser.add_argument("--require-torchserve", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -371,6 +473,13 @@ def main() -> None:
     commands["http"] += ["--concurrency", *concurrency]
     commands["peers"] += ["--concurrency", *concurrency, "--rounds", str(args.rounds)]
     commands["peers"] += ["--warmup", str(args.warmup), "--servers", *args.servers]
+    commands["peers"] += [
+        "--hey-requests",
+        str(args.hey_requests),
+        "--batch-requests",
+        str(args.batch_requests),
+    ]
+    commands["peers"] += ["--hey-concurrency", *map(str, args.hey_concurrency)]
     if args.require_torchserve:
         commands["peers"].append("--require-torchserve")
     machine = machine_facts()

@@ -67,9 +67,15 @@ class RanetFullDepthHandler:
         planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return planes * self.scale + self.offset
 
+    @staticmethod
+    def _payload(row: dict[str, Any]) -> bytes:
+        """The image of one request. TorchServe puts a raw body under "body" and each multipart form
+        field under its own name: "data" in TorchServe's examples, "file" from the load generator's
+        and hey's multipart requests (the field every multipart peer here reads)."""
+        return bytes(row.get("data") or row.get("body") or row.get("file") or b"")
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        # TorchServe puts a raw body under "body" (or "data" for form uploads), as a bytearray.
-        batch = np.stack([self._tensor(bytes(row.get("data") or row.get("body") or b"")) for row in data])
+        batch = np.stack([self._tensor(self._payload(row)) for row in data])
         with torch.inference_mode():
             probabilities = torch.softmax(self.model(torch.from_numpy(batch)), dim=1)
         confidence, index = probabilities.max(dim=1)
