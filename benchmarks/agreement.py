@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from common import DEFAULT_BUNDLE, ROOT
-from ranet_serve.cascade.agreement import AgreementMonitor
-from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.calibration import exit_indices
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.runtimes import OnnxRuntime
 from ranet_serve.data.sources import load_splits
 from ranet_serve.data.transforms import normalize
+from ranet_serve.engine.agreement import AgreementMonitor
+from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.export.bundle import load_bundle
 from ranet_serve.train.bundle_eval import bundle_probabilities
 

@@ -36,12 +36,12 @@ import torch
 from ranet_client.load import BudgetChoice, LoadConfig, run_load_sync
 
 from http_e2e import free_port, start_server, test_samples
-from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import BatchResult, CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPolicy
 from ranet_serve.cascade.runtimes import OnnxRuntime
 from ranet_serve.data.datasets import load_fashion_mnist
 from ranet_serve.data.transforms import normalize
+from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.export.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]

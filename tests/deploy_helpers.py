@@ -34,7 +34,7 @@ K8S_DIR = REPO / "deploy" / "k8s"
 KSERVE_FILE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
-# The server's metric contract (DESIGN.md "Metrics"; server/ranet_serve/api/metrics.py). The dashboard
+# The server's metric contract (DESIGN.md "Metrics"; server/ranet_serve/metrics.py). The dashboard
 # and the alerts may use these and nothing else, so they cannot drift from what the server exports.
 SERVER_METRICS: dict[str, str] = {
     "ranet_requests_total": "counter",

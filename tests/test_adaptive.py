@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ranet_serve.cascade.adaptive import AdaptiveSettings, LoadAdaptivePoint, efficient_frontier
+from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint, efficient_frontier
 from ranet_serve.export.manifest import OperatingPoint
 
 

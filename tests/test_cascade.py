@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from helpers.bundles import build_tiny_bundle, tiny_model
-from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, StageRuntime, TorchScriptRuntime
 from ranet_serve.cascade.verify import run_all_stages
+from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import BudgetError, DeadlineExceededError, OverloadedError, StageExecutionError
 from ranet_serve.export.bundle import Bundle, load_bundle
 
@@ -609,7 +609,7 @@ def test_tiny_model_helper_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_agreement_monitor_checks_early_exits_against_the_last_exit_in_idle_time(bundle, images) -> None:
-    from ranet_serve.cascade.agreement import AgreementMonitor
+    from ranet_serve.engine.agreement import AgreementMonitor
 
     seen: list[tuple[int, bool]] = []
     monitor = AgreementMonitor(1.0, observer=lambda k, agreed: seen.append((k, agreed)))
@@ -632,7 +632,7 @@ def test_agreement_monitor_checks_early_exits_against_the_last_exit_in_idle_time
 
 
 def test_agreement_monitor_samples_only_early_exits_and_only_its_fraction(executor, images) -> None:
-    from ranet_serve.cascade.agreement import AgreementMonitor
+    from ranet_serve.engine.agreement import AgreementMonitor
 
     last = executor.run(images, full(1.0), caps(EXITS - 1))
     monitor = AgreementMonitor(1.0)

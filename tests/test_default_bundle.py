@@ -96,13 +96,13 @@ def test_live_exit_agreement_on_test_images_matches_the_calibration_data(bundle)
 
     import torch
 
-    from ranet_serve.cascade.agreement import AgreementMonitor
-    from ranet_serve.cascade.batcher import Batcher
     from ranet_serve.cascade.calibration import exit_indices
     from ranet_serve.cascade.executor import CascadeExecutor
     from ranet_serve.cascade.runtimes import OnnxRuntime
     from ranet_serve.data.sources import load_splits
     from ranet_serve.data.transforms import normalize
+    from ranet_serve.engine.agreement import AgreementMonitor
+    from ranet_serve.engine.scheduler import Batcher
 
     manifest = bundle.manifest
     calibration = manifest.calibration

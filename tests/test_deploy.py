@@ -80,7 +80,7 @@ def project_version() -> str:
 
 def server_settings() -> set[str]:
     try:
-        from ranet_serve.api.settings import Settings
+        from ranet_serve.settings import Settings
     except ImportError:
         return KNOWN_SETTINGS
     return set(Settings.model_fields)

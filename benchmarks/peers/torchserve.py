@@ -3,7 +3,7 @@
 - The model: the bundle's checkpoint as one traced TorchScript file (`full_depth.export_torchscript`),
   packed with `torchserve_handler.py` and `preprocess.json` by `torch-model-archiver` into a .mar.
 - Batching configured like ranet serve's defaults (`max_batch_size`, `max_queue_delay_ms` from
-  ranet_serve.api.settings), so each server gets the same chance to fill batches; one worker, since the
+  ranet_serve.settings), so each server gets the same chance to fill batches; one worker, since the
   machine has 2 cores and the worker uses both through torch's intra-op threads.
 - Started on loopback with `--ncs --disable-token-auth` and `--foreground` in its own process group;
   its pid file and logs go to a private directory, so it never meets another TorchServe on the machine.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from ranet_serve.api.settings import Settings
+from ranet_serve.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_depth import export_torchscript

@@ -34,6 +34,12 @@ class InvalidInputError(RanetServeError):
     code = "invalid_input"
 
 
+class InvalidRequestError(InvalidInputError):
+    """A request field has the wrong type, range or shape (the body itself was readable)."""
+
+    code = "invalid_request"
+
+
 class PayloadTooLargeError(InvalidInputError):
     code = "payload_too_large"
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from helpers.bundles import make_store
 from helpers.images import png_bytes
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import default_runtime_factory
 from ranet_serve.cascade.runtimes import SINGLE_THREAD_BELOW, OnnxRuntime
 from ranet_serve.cli import app
+from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.export.bundle import load_bundle
+from ranet_serve.settings import Settings
 
 
 def free_port() -> int:

@@ -176,7 +176,7 @@ def test_stage_exception_fails_exactly_its_batch(
     faults.gate.clear()
     faults.blocking = True
     faults.entered.clear()  # warm-up ran the stages too
-    entry = server.app.state.store.find("tiny")
+    entry = server.app.state.engine.engine.store.entry("tiny")
     with caplog.at_level(logging.ERROR), ThreadPoolExecutor(5) as pool, server.client() as client:
         first = [pool.submit(post_image, client, images[i]) for i in range(3)]
         assert faults.entered.wait(15)  # the batch of three closed and its first stage is running
@@ -216,7 +216,7 @@ def test_client_disconnects_leak_nothing(
     faults.blocking = True
     faults.entered.clear()  # warm-up ran the stages too
     image = images[0]
-    entry = server.app.state.store.find("tiny")
+    entry = server.app.state.engine.engine.store.entry("tiny")
     with caplog.at_level(logging.WARNING), server.client() as client:
         running = connect(server.port)
         running.sendall(raw_head(server.port, len(image)) + image)

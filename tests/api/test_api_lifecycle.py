@@ -165,7 +165,7 @@ def test_full_queue_answers_429_with_retry_after(
             running = pool.submit(post_image, client, images[0])
             assert faults.entered.wait(10)
             queued = pool.submit(post_image, client, images[1])
-            entry = server.app.state.store.find("tiny")
+            entry = server.app.state.engine.engine.store.entry("tiny")
             deadline = time.monotonic() + 10
             while entry.batcher.queued < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)

@@ -85,8 +85,8 @@ def test_unknown_models_share_one_label(client: httpx.Client) -> None:
 
 
 def test_flops_saved_ratio_follows_recent_images_not_the_whole_history() -> None:
-    from ranet_serve.api.metrics import SAVED_RATIO_HALF_LIFE_IMAGES, ServerMetrics
     from ranet_serve.cascade.executor import BatchResult, ImageResult
+    from ranet_serve.metrics import SAVED_RATIO_HALF_LIFE_IMAGES, EngineMetrics
 
     def batch(flops: int, count: int) -> BatchResult:
         image = ImageResult(
@@ -100,7 +100,7 @@ def test_flops_saved_ratio_follows_recent_images_not_the_whole_history() -> None
         )
         return BatchResult(images=(image,) * count, stage_seconds=(0.001,), stage_batch_sizes=(count,))
 
-    metrics = ServerMetrics()
+    metrics = EngineMetrics()
     metrics.observe_batch("m", 100, batch(25, 10))
     ratio = metrics.flops_saved_ratio.labels("m")._value.get()
     assert ratio == pytest.approx(0.75)  # first images: the plain ratio

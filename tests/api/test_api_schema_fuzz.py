@@ -23,7 +23,7 @@ import pytest
 from helpers.bundles import make_store
 from helpers.server import RunningServer, settings_for
 from ranet_serve.api.app import create_app
-from ranet_serve.api.settings import Settings
+from ranet_serve.settings import Settings
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (after schemathesis is known present)

@@ -29,10 +29,10 @@ from helpers.images import png_bytes
 from helpers.metrics import delta, scrape
 from helpers.server import RunningServer, settings_for
 from ranet_serve.api import auth
-from ranet_serve.api.settings import Settings
 from ranet_serve.cli import app as cli_app
 from ranet_serve.export.bundle import load_bundle
 from ranet_serve.model.checkpoint import CheckpointError
+from ranet_serve.settings import Settings
 
 KEY = "inference-key-Zq81"
 ADMIN_KEY = "admin-key-Wm27"

@@ -15,18 +15,18 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from helpers.images import png_bytes
-from ranet_serve.api.app import freeze_heap
 from ranet_serve.api.body import inflate
-from ranet_serve.api.errors import InvalidRequestError, status_for
+from ranet_serve.api.errors import status_for
 from ranet_serve.api.images import declared_pixels
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, EncodedImages, InferenceService
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import version_key
+from ranet_serve.engine.catalog import version_key
+from ranet_serve.engine.local import freeze_heap
 from ranet_serve.errors import (
     BudgetError,
     DeadlineExceededError,
     InvalidInputError,
+    InvalidRequestError,
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
@@ -34,6 +34,7 @@ from ranet_serve.errors import (
     StageExecutionError,
     UnsupportedMediaTypeError,
 )
+from ranet_serve.settings import Settings
 
 
 def test_versions_order_numerically() -> None:
@@ -91,7 +92,7 @@ def test_knobs_parse_types_and_reject_unknown_names() -> None:
 
 def test_openapi_schema_documents_both_protocols() -> None:
     from ranet_serve.api.app import create_app
-    from ranet_serve.api.settings import Settings
+    from ranet_serve.settings import Settings
 
     schema = create_app(Settings(model_store="/nonexistent")).openapi()
     paths = schema["paths"]
@@ -135,10 +136,12 @@ def test_only_small_requests_are_decoded_on_the_event_loop() -> None:
 def test_freezing_the_heap_takes_loaded_objects_out_of_gc_scans() -> None:
     loaded = [{"weights": [i]} for i in range(10_000)]  # stands for what the store loaded
     try:
-        frozen = freeze_heap()
-        assert frozen == gc.get_freeze_count() >= len(loaded)
+        # Other threads may allocate between the freeze and a read of the process-wide count, so the
+        # count is compared with what must be in it, not with a second read.
+        assert freeze_heap() >= len(loaded)
         assert not any(obj is loaded for obj in gc.get_objects())  # no generation holds them now
-        assert freeze_heap() == gc.get_freeze_count()  # a reload freezes again, after unfreezing
+        assert freeze_heap() >= len(loaded)  # a reload freezes again, after unfreezing
+        assert not any(obj is loaded for obj in gc.get_objects())
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0 and any(obj is loaded for obj in gc.get_objects())

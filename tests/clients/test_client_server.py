@@ -276,10 +276,16 @@ def test_a_full_queue_answers_429_and_the_client_retries_after_retry_after(
     faults.blocking = True
     waits: list[float] = []
 
+    scheduler = tight_server.app.state.engine.engine.store.entry("tiny").batcher
+
     def sleep(seconds: float) -> None:  # the first retry wait opens the gate: the queue drains
         waits.append(seconds)
         faults.blocking = False
         faults.gate.set()
+        deadline = time.monotonic() + 10
+        while scheduler.queued > 0:  # what the Retry-After wait stands for: the queue has drained
+            assert time.monotonic() < deadline, "the queue never drained"
+            time.sleep(0.01)
 
     image = samples[0].data
 
@@ -294,9 +300,9 @@ def test_a_full_queue_answers_429_and_the_client_retries_after_retry_after(
             assert faults.entered.wait(10)  # request A runs (blocked inside a stage)
             background[1].start()  # request B waits in the one-slot queue
             deadline = time.monotonic() + 10
-            while _inflight(client) < 2 and time.monotonic() < deadline:
+            while scheduler.queued < 1:  # B has reached the queue (an event the scheduler exposes)
+                assert time.monotonic() < deadline, "request B never reached the queue"
                 time.sleep(0.01)
-            time.sleep(0.2)  # B goes from decoding to the queue
             with RanetClient(tight_server.url, retry=1) as once, pytest.raises(OverloadedError) as caught:
                 once.classify(image)
             assert (

@@ -18,11 +18,11 @@ import uvicorn
 from torch import Tensor
 
 from ranet_serve.api.app import create_app
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import default_runtime_factory
 from ranet_serve.cascade.runtimes import StageRuntime
+from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.errors import StageExecutionError
 from ranet_serve.export.bundle import Bundle
+from ranet_serve.settings import Settings
 
 
 @dataclass

@@ -1,4 +1,10 @@
-"""Admission control in front of the app: inference requests beyond `max_inflight_requests` get 429.
+"""Admission control in front of the app: inference requests beyond the in-flight limit get 429.
+
+The limit adapts (`api.concurrency.AdaptiveLimit`, capped at `max_inflight_requests`): it follows the
+latency of the requests this front-end served, so admitted requests wait about a target latency at
+most, however many clients hammer the server. Requests are also shed when the engine's queues (fed by
+every front-end process) hold `max_queue_size` requests: admission is global, decided before the body
+is read whichever front-end a request reached.
 
 Why here and not only in the batcher: the batcher's bounded queue bounds work that reached it, but on a
 small CPU model reading, parsing and decoding requests are the bottleneck, so under overload requests
@@ -24,12 +30,14 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
 from ranet_serve.api.errors import error_body
-from ranet_serve.api.metrics import ServerMetrics, model_label
-from ranet_serve.api.store import ModelStore
+from ranet_serve.engine.client import EngineClient
 from ranet_serve.errors import OVERLOAD_REASONS
+from ranet_serve.metrics import RequestMetrics, model_label
+from ranet_serve.settings import Settings
 
-REASON = OVERLOAD_REASONS[1]  # "inflight_limit"
+QUEUE_FULL, INFLIGHT_LIMIT, _ = OVERLOAD_REASONS
 RETRY_AFTER_SECONDS = 1
 # The inference routes (v1 default model, v1 named model, v2 with or without a version).
 _INFERENCE = re.compile(
@@ -49,18 +57,32 @@ class AdmissionGate:
     """Pure ASGI middleware; one per app. Runs on the event loop only, so a plain counter suffices."""
 
     def __init__(
-        self, app: ASGIApp, *, limit: int, store: ModelStore, metrics: ServerMetrics, default_model: str
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        engine: EngineClient,
+        metrics: RequestMetrics,
+        adaptive: AdaptiveLimit | None = None,
     ):
         self.app = app
-        self.limit = limit
-        self.store = store
+        self.limit = settings.max_inflight_requests
+        self.adaptive = adaptive or adaptive_limit(settings)
+        self.queue_limit = settings.max_queue_size
+        self.engine = engine
         self.metrics = metrics
-        self.default_model = default_model
+        self.default_model = settings.default_model
         self.active = 0
-        message = f"too many requests in flight (limit {limit}); retry after {RETRY_AFTER_SECONDS} s"
-        details = {"reason": REASON, "limit": limit, "retry_after_seconds": float(RETRY_AFTER_SECONDS)}
         self._bodies = {
-            version: json.dumps(error_body(f"/{version}/", "overloaded", message, details=details)).encode()
+            (reason, version): _shed_body(version, reason, message, limit)
+            for reason, message, limit in (
+                (
+                    INFLIGHT_LIMIT,
+                    f"too many requests in flight (adaptive limit, at most {self.limit})",
+                    self.limit,
+                ),
+                (QUEUE_FULL, f"the engine's queue is full ({self.queue_limit} requests)", self.queue_limit),
+            )
             for version in ("v1", "v2")
         }
 
@@ -71,16 +93,22 @@ class AdmissionGate:
         if not is_inference:
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
-            await self._shed(scope, send, model)
+        if self.active >= self.adaptive.current:
+            await self._shed(scope, send, model, INFLIGHT_LIMIT)
+            return
+        if self.engine.queued_requests() >= self.queue_limit:
+            await self._shed(scope, send, model, QUEUE_FULL)
             return
         self.active += 1
+        started = time.monotonic()
         try:
-            await self._run_until_disconnect(scope, receive, send)
+            status = await self._run_until_disconnect(scope, receive, send)
         finally:
             self.active -= 1
+        if status == 200:  # errors answer early and would read as no load
+            self.adaptive.observe(time.monotonic() - started)
 
-    async def _run_until_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _run_until_disconnect(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Run the app; cancel it if the client disconnects after its body and before its answer.
 
         Once the body has been received, nobody else reads `receive`, so a watcher waits on it: the
@@ -90,6 +118,7 @@ class AdmissionGate:
         body_received = asyncio.Event()
         answered = False
         disconnected = False
+        status = 0
 
         async def tracked_receive() -> Message:
             message = await receive()
@@ -98,8 +127,10 @@ class AdmissionGate:
             return message
 
         async def tracked_send(message: Message) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            nonlocal answered, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 answered = True
             await send(message)
 
@@ -124,10 +155,11 @@ class AdmissionGate:
                 raise  # we were cancelled ourselves, not the app for a vanished client
         finally:
             watcher.cancel()
+        return status
 
-    async def _shed(self, scope: Scope, send: Send, model: str | None) -> None:
+    async def _shed(self, scope: Scope, send: Send, model: str | None, reason: str) -> None:
         started = time.perf_counter()
-        body = self._bodies["v2" if scope["path"].startswith("/v2/") else "v1"]
+        body = self._bodies[reason, "v2" if scope["path"].startswith("/v2/") else "v1"]
         headers: list[tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -135,5 +167,21 @@ class AdmissionGate:
         ]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        label = model_label(model or self.default_model, self.store.has_model)
-        self.metrics.request_finished(label, 429, time.perf_counter() - started, REASON)
+        name = model or self.default_model
+        label = model_label(name, self.engine.catalog.has_model)
+        self.metrics.request_finished(label, 429, time.perf_counter() - started, reason)
+        if label == name:
+            self.engine.shed(name)  # the load-adaptive point hears of it, as of the engine's own sheds
+
+
+def adaptive_limit(settings: Settings) -> AdaptiveLimit:
+    """The in-flight limit of one front-end, capped by `max_inflight_requests`."""
+    objective = settings.slo_p99_ms / 1000.0 if settings.slo_p99_ms is not None else None
+    limit = settings.max_inflight_requests
+    return AdaptiveLimit(LimitSettings(maximum=limit, minimum=min(4, limit), objective_seconds=objective))
+
+
+def _shed_body(version: str, reason: str, message: str, limit: int) -> bytes:
+    details = {"reason": reason, "limit": limit, "retry_after_seconds": float(RETRY_AFTER_SECONDS)}
+    text = f"{message}; retry after {RETRY_AFTER_SECONDS} s"
+    return json.dumps(error_body(f"/{version}/", "overloaded", text, details=details)).encode()

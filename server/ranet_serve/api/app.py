@@ -1,16 +1,17 @@
-"""`create_app(settings)`: one FastAPI app with its store, service and metrics, and its lifespan.
+"""`create_app(settings)`: one FastAPI front-end over an engine, with its service, metrics and lifespan.
 
-Lifespan: the store loads and warms up every bundle on a worker thread while the server already
-answers (liveness 200, readiness 503 until done, inference 503 `not_ready`), so an orchestrator can
-tell "starting" from "dead". SIGHUP reloads the store (main thread only: signal handlers cannot be
-installed elsewhere). On shutdown (SIGTERM under uvicorn) uvicorn first lets in-flight requests finish,
-then the lifespan drains and closes every batcher.
+Without an `engine` argument the engine runs in this process (`LocalEngine`): the store loads and
+warms up every bundle on a worker thread while the server already answers (liveness 200, readiness
+503 until done, inference 503 `not_ready`), so an orchestrator can tell "starting" from "dead". A
+front-end process of a multi-process server passes its `RemoteEngine` instead. SIGHUP reloads the
+store through the same path as `POST /v1/admin/reload` (main thread only: signal handlers cannot be
+installed elsewhere). On shutdown (SIGTERM under uvicorn) uvicorn first lets in-flight requests
+finish, then the lifespan closes the engine client (in process: drains every scheduler).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -18,43 +19,60 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from ranet_serve import __version__
 from ranet_serve.api import routes_admin, routes_health, routes_v1, routes_v2
-from ranet_serve.api.admission import AdmissionGate
+from ranet_serve.api.admission import AdmissionGate, adaptive_limit
 from ranet_serve.api.auth import install_auth_handler
 from ranet_serve.api.errors import install_error_handlers
-from ranet_serve.api.metrics import ServerMetrics
 from ranet_serve.api.service import InferenceService
-from ranet_serve.api.settings import Settings, get_settings
-from ranet_serve.api.store import ModelStore, RuntimeFactory, default_runtime_factory
+from ranet_serve.engine.client import EngineClient
+from ranet_serve.engine.core import Engine
+from ranet_serve.engine.local import LocalEngine
+from ranet_serve.engine.registry import RuntimeFactory, default_runtime_factory
+from ranet_serve.metrics import EngineMetrics, RequestMetrics
+from ranet_serve.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime_factory: RuntimeFactory | None = None,
+    engine: EngineClient | None = None,
+    request_metrics: RequestMetrics | None = None,
+) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts.
 
-    `runtime_factory` replaces how stage runtimes are created (tests inject slow or failing ones).
+    `runtime_factory` replaces how stage runtimes are created (tests inject slow or failing ones);
+    `engine` and `request_metrics` come from a front-end process of a multi-process server.
     """
     settings = settings or get_settings()
-    metrics = ServerMetrics()
-    store = ModelStore(settings, metrics, runtime_factory or default_runtime_factory)
-    service = InferenceService(settings, store, metrics)
+    if engine is None:
+        registry = CollectorRegistry()
+        engine = LocalEngine(
+            Engine(settings, EngineMetrics(registry), runtime_factory or default_runtime_factory), registry
+        )
+        request_metrics = RequestMetrics(registry)
+    metrics = request_metrics or RequestMetrics()
+    limit = adaptive_limit(settings)
+    service = InferenceService(settings, engine, metrics, on_served=limit.observe_service)
+    client = engine
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(_load(store))
+        await client.start()
         reloads: set[asyncio.Task[None]] = set()
-        hangup = _install_sighup(store, reloads)
+        hangup = _install_sighup(client, reloads)
         try:
             yield
         finally:
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            await asyncio.gather(loader, *reloads, return_exceptions=True)
-            await asyncio.to_thread(store.close)
-            logger.info("model store closed")
+            await asyncio.gather(*reloads, return_exceptions=True)
+            await client.close()
 
     app = FastAPI(
         title="RANet Serve",
@@ -64,67 +82,29 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.store = store
+    app.state.engine = engine
     app.state.service = service
     install_error_handlers(app)
     install_auth_handler(app)
     for module in (routes_health, routes_v1, routes_admin, routes_v2):
         app.include_router(module.router)
-    app.add_middleware(
-        AdmissionGate,
-        limit=settings.max_inflight_requests,
-        store=store,
-        metrics=metrics,
-        default_model=settings.default_model,
-    )
+    app.add_middleware(AdmissionGate, settings=settings, engine=engine, metrics=metrics, adaptive=limit)
     return app
 
 
-async def _load(store: ModelStore) -> None:
-    try:
-        await asyncio.to_thread(store.load)
-    except Exception:
-        logger.exception("loading the model store failed")
-    finally:
-        freeze_heap()
-
-
-async def _reload(store: ModelStore) -> None:
-    try:
-        await asyncio.to_thread(store.reload)
-    except Exception:
-        logger.exception("reloading the model store failed")
-    finally:
-        freeze_heap()
-
-
-def freeze_heap() -> int:
-    """Take every object alive once the models are loaded out of the cyclic GC's reach; returns how many.
-
-    A loaded server holds a large heap (torch, onnxruntime, pydantic, FastAPI, the bundles), and a full
-    collection walks all of it while holding the GIL, which stops the event loop and the batcher alike:
-    one such collection took 116 ms under 16 concurrent requests on the dev machine, and every request
-    in flight waited for it. Requests only allocate short-lived objects, which the young generations
-    still collect; the loaded heap never needs scanning again. Called again after every reload, after
-    an unfreeze and a full collection, so the cycles of an unloaded version are still freed.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    logger.info("%d objects alive after loading moved out of the garbage collector's scans", frozen)
-    return frozen
-
-
-def _install_sighup(store: ModelStore, tasks: set[asyncio.Task[None]]) -> bool:
-    """SIGHUP -> reload, when this loop runs in the main thread of a POSIX process."""
+def _install_sighup(engine: EngineClient, tasks: set[asyncio.Task[None]]) -> bool:
+    """SIGHUP -> the admin reload's path, when this loop runs in the main thread of a POSIX process."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         return False
     loop = asyncio.get_running_loop()
 
+    async def reload() -> None:
+        with suppress(Exception):  # logged by the engine client
+            await engine.reload()
+
     def on_hangup() -> None:
         logger.info("SIGHUP: reloading the model store")
-        task = loop.create_task(_reload(store))
+        task = loop.create_task(reload())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -1,20 +1,19 @@
-"""What the store serves, described for `GET /v1/models` (failed versions included, with their error)."""
+"""What the engine serves, described for `GET /v1/models` (failed versions included, with their error)."""
 
 from __future__ import annotations
 
 from ranet_serve.api.schemas_v1 import ExitInfo, InputInfo, ModelInfo, OperatingPointInfo, VersionInfo
-from ranet_serve.api.store import FailedVersion, ModelVersion, ReadyVersion, version_key
-from ranet_serve.cascade.policy import Budget
+from ranet_serve.engine.catalog import CatalogEntry, version_key
 
 
-def describe_model(name: str, versions: list[ModelVersion]) -> ModelInfo:
-    ready = [v for v in versions if isinstance(v, ReadyVersion)]
+def describe_model(name: str, versions: list[CatalogEntry]) -> ModelInfo:
+    ready = [v for v in versions if v.ready]
     latest = max(ready, key=lambda v: version_key(v.version)).version if ready else None
     return ModelInfo(name=name, default_version=latest, versions=[describe_version(v) for v in versions])
 
 
-def describe_version(entry: ModelVersion) -> VersionInfo:
-    if isinstance(entry, FailedVersion):
+def describe_version(entry: CatalogEntry) -> VersionInfo:
+    if entry.manifest is None:
         return VersionInfo(version=entry.version, state="failed", error=entry.error)
     manifest = entry.manifest
     spec = manifest.input
@@ -55,5 +54,5 @@ def describe_version(entry: ModelVersion) -> VersionInfo:
             )
             for p in (calibration.points if calibration else ())
         ],
-        default_operating_point=entry.policy.resolve(Budget()).operating_point,
+        default_operating_point=entry.default_point,
     )

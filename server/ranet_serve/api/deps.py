@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ranet_serve.api.metrics import ServerMetrics
 from ranet_serve.api.service import InferenceService
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import ModelStore
+from ranet_serve.engine.catalog import Catalog
+from ranet_serve.engine.client import EngineClient
+from ranet_serve.metrics import RequestMetrics
+from ranet_serve.settings import Settings
 
 
 def get_service(request: Request) -> InferenceService:
@@ -15,9 +16,14 @@ def get_service(request: Request) -> InferenceService:
     return service
 
 
-def get_store(request: Request) -> ModelStore:
-    store: ModelStore = request.app.state.store
-    return store
+def get_engine(request: Request) -> EngineClient:
+    engine: EngineClient = request.app.state.engine
+    return engine
+
+
+def get_catalog(request: Request) -> Catalog:
+    """What the engine serves at this moment (one snapshot per request)."""
+    return get_engine(request).catalog
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -25,6 +31,6 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
-def get_metrics(request: Request) -> ServerMetrics:
-    metrics: ServerMetrics = request.app.state.metrics
+def get_metrics(request: Request) -> RequestMetrics:
+    metrics: RequestMetrics = request.app.state.metrics
     return metrics

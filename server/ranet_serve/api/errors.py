@@ -23,6 +23,7 @@ from ranet_serve.errors import (
     BudgetError,
     DeadlineExceededError,
     InvalidInputError,
+    InvalidRequestError,
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
@@ -33,12 +34,6 @@ from ranet_serve.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class InvalidRequestError(InvalidInputError):
-    """A request field has the wrong type, range or shape (the body itself was readable)."""
-
-    code = "invalid_request"
 
 
 class BodyTimeoutError(RanetServeError):

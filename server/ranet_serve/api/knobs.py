@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ranet_serve.api.budget import parse_confidence, parse_flops, parse_thresholds
-from ranet_serve.api.errors import InvalidRequestError
 from ranet_serve.cascade.policy import Budget
+from ranet_serve.errors import InvalidRequestError
 
 BUDGET_KNOBS = ("max_flops", "target_flops", "confidence", "thresholds", "operating_point")
 KNOBS = (*BUDGET_KNOBS, "top_k", "version", "deadline_ms")

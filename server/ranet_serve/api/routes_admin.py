@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends
 
 from ranet_serve.api.auth import require_admin_key
 from ranet_serve.api.catalog import describe_model
-from ranet_serve.api.deps import get_store
+from ranet_serve.api.deps import get_engine
 from ranet_serve.api.schemas_errors import v1_errors
 from ranet_serve.api.schemas_v1 import ReloadResponse
-from ranet_serve.api.store import ModelStore
+from ranet_serve.engine.client import EngineClient
 
 # The admin key (or, without one, the inference key) guards every admin route.
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
 @router.post("/reload", response_model=ReloadResponse, responses=v1_errors(401, 500, 503))
-async def reload_models(store: ModelStore = Depends(get_store)) -> ReloadResponse:
+async def reload_models(engine: EngineClient = Depends(get_engine)) -> ReloadResponse:
     """Rescan the store: load new or changed versions, retire removed ones after they drain."""
-    report = await asyncio.to_thread(store.reload)
+    report = await engine.reload()
     return ReloadResponse(
         loaded=list(report.loaded),
         kept=list(report.kept),
         failed=list(report.failed),
         removed=list(report.removed),
-        models=[describe_model(name, versions) for name, versions in store.snapshot().items()],
+        models=[describe_model(name, versions) for name, versions in engine.catalog.snapshot().items()],
     )

@@ -9,15 +9,15 @@ from fastapi import APIRouter, Depends, Request
 
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.catalog import describe_model
-from ranet_serve.api.deps import get_app_settings, get_service, get_store
+from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
 from ranet_serve.api.schemas_v1 import ClassifyResponse, ModelInfo, ModelsResponse
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import ModelStore
 from ranet_serve.api.v1_codec import encode_v1, read_v1_input
+from ranet_serve.engine.catalog import Catalog
 from ranet_serve.errors import ModelNotFoundError
+from ranet_serve.settings import Settings
 
 # Every /v1 route but /v1/admin (its own router, its own key) needs the inference key when one is set.
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
@@ -116,19 +116,19 @@ async def _classify(
 
 @router.get("/models", response_model=ModelsResponse, responses=v1_errors(401))
 async def list_models(
-    store: ModelStore = Depends(get_store), settings: Settings = Depends(get_app_settings)
+    catalog: Catalog = Depends(get_catalog), settings: Settings = Depends(get_app_settings)
 ) -> ModelsResponse:
     """Every model in the store with its versions, failed ones included."""
     return ModelsResponse(
         default_model=settings.default_model,
-        models=[describe_model(name, versions) for name, versions in store.snapshot().items()],
+        models=[describe_model(name, versions) for name, versions in catalog.snapshot().items()],
     )
 
 
 @router.get("/models/{model}", response_model=ModelInfo, responses=v1_errors(*METADATA))
-async def get_model(model: str, store: ModelStore = Depends(get_store)) -> ModelInfo:
+async def get_model(model: str, catalog: Catalog = Depends(get_catalog)) -> ModelInfo:
     """One model: versions, state, input spec, labels, exits, operating points."""
-    snapshot = store.snapshot()
+    snapshot = catalog.snapshot()
     if model not in snapshot:
         raise ModelNotFoundError(f"model {model[:64]!r} not found; serving: {', '.join(snapshot) or 'none'}")
     return describe_model(model, snapshot[model])

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ranet_serve import __version__
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.body import read_body
-from ranet_serve.api.deps import get_app_settings, get_service, get_store
+from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.routes_health import readiness
 from ranet_serve.api.schemas_errors import (
@@ -23,10 +23,10 @@ from ranet_serve.api.schemas_errors import (
     v2_errors,
 )
 from ranet_serve.api.service import ClassifyRequest, InferenceService
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import FailedVersion, ModelStore, ReadyVersion, version_key
 from ranet_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, model_metadata, parse_infer_request
+from ranet_serve.engine.catalog import Catalog, version_key
 from ranet_serve.errors import NotReadyError
+from ranet_serve.settings import Settings
 
 # Health, readiness and server metadata stay open; model metadata and inference need the API key
 # when one is set (`api/auth.py`).
@@ -94,24 +94,21 @@ async def live() -> dict[str, bool]:
     "/health/ready",
     responses={200: {"model": V2Readiness}, 503: {"model": V2Readiness, "description": "not ready"}},
 )
-async def ready(store: ModelStore = Depends(get_store)) -> JSONResponse:
-    answer = readiness(store)
+async def ready(catalog: Catalog = Depends(get_catalog)) -> JSONResponse:
+    answer = readiness(catalog)
     return JSONResponse({"ready": answer.status_code == 200}, status_code=answer.status_code)
 
 
 @router.get("/models/{model}", dependencies=_PROTECTED, responses=v2_errors(*METADATA))
 @router.get("/models/{model}/versions/{version}", dependencies=_PROTECTED, responses=v2_errors(*METADATA))
 async def metadata(
-    model: str, version: str | None = None, store: ModelStore = Depends(get_store)
+    model: str, version: str | None = None, catalog: Catalog = Depends(get_catalog)
 ) -> dict[str, Any]:
     """Inputs (FP32 [N,C,H,W] or BYTES images) and outputs of a model version."""
-    entry = store.find(model, version)
-    if isinstance(entry, FailedVersion):
-        raise NotReadyError(f"model {model!r} version {entry.version!r} failed to load: {entry.error}")
-    ready_versions = sorted(
-        (v.version for v in store.snapshot()[model] if isinstance(v, ReadyVersion)), key=version_key
-    )
-    return model_metadata(model, [entry.version] if version else ready_versions, entry.manifest)
+    entry = catalog.find(model, version)
+    manifest = entry.require_manifest()
+    ready_versions = sorted((v.version for v in catalog.snapshot()[model] if v.ready), key=version_key)
+    return model_metadata(model, [entry.version] if version else ready_versions, manifest)
 
 
 _MODEL_READY: dict[int | str, dict[str, Any]] = {
@@ -124,13 +121,13 @@ _MODEL_READY: dict[int | str, dict[str, Any]] = {
 @router.get("/models/{model}/ready", responses=_MODEL_READY)
 @router.get("/models/{model}/versions/{version}/ready", responses=_MODEL_READY)
 async def model_ready(
-    model: str, version: str | None = None, store: ModelStore = Depends(get_store)
+    model: str, version: str | None = None, catalog: Catalog = Depends(get_catalog)
 ) -> JSONResponse:
     try:
-        entry = store.find(model, version)
+        entry = catalog.find(model, version)
     except NotReadyError:  # still loading: "is it ready?" has an answer, no
         return JSONResponse({"name": model, "ready": False}, status_code=503)
-    ok = isinstance(entry, ReadyVersion)
+    ok = entry.ready
     return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
 

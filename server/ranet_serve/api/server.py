@@ -1,26 +1,50 @@
-"""Run the app under uvicorn with the settings' host, port and log level.
+"""Run the server: one process, or a supervisor with N front-end processes and one engine process.
 
-Uvicorn turns SIGINT/SIGTERM into a graceful shutdown: it stops accepting connections, waits up to
-`graceful_shutdown_seconds` for in-flight requests, then runs the lifespan's shutdown (drain batchers).
+Why several processes: with one process, a single Python event loop parses, decodes and encodes
+every request and the model waits for it (over HTTP the server delivered about 5% of what its engine
+computes in process). Front-end processes share the listening socket and do all per-request work
+that is not the model; the engine process owns the schedulers and stage runtimes and batches across
+all of them (`engine.process`).
+
+The supervisor binds the socket, creates the run directory (Unix socket, shared memory, metrics
+files), starts the engine and the front-ends, replaces a front-end that dies, restarts a dead engine
+(front-ends answer 503 meanwhile), and on SIGTERM/SIGINT stops the front-ends first (uvicorn lets
+their requests finish) and the engine last (it drains its queues). SIGHUP is passed to the engine,
+which reloads the model store.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
 
-import uvicorn
+from ranet_serve.engine.catalog import NAME_PATTERN
+from ranet_serve.logs import configure_logging
+from ranet_serve.settings import Settings
 
-from ranet_serve.api.app import create_app
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import NAME_PATTERN, VERSION_PATTERN
+logger = logging.getLogger(__name__)
 
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+METRICS_DIR = "metrics"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RESTART_PAUSE_SECONDS = 0.5  # between restarts of a process that keeps dying
 
 
 def find_bundles(settings: Settings) -> list[str]:
     """`name/version` of every directory in the store holding a manifest (no loading)."""
+    from ranet_serve.engine.registry import VERSION_PATTERN
+
     root = settings.model_store
     if not root.is_dir():
         return []
@@ -33,9 +57,26 @@ def find_bundles(settings: Settings) -> list[str]:
     )
 
 
+def frontend_count(settings: Settings) -> int:
+    return settings.frontends or os.cpu_count() or 1
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
     configure_logging(settings.log_level)
+    if not settings.engine_process:
+        if frontend_count(settings) > 1 and settings.frontends != 0:
+            logger.warning("engine_process is false: serving from one process (frontends ignored)")
+        _serve_one_process(settings)
+        return
+    Supervisor(settings).run()
+
+
+def _serve_one_process(settings: Settings) -> None:
+    import uvicorn
+
+    from ranet_serve.api.app import create_app
+
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -45,3 +86,190 @@ def serve(settings: Settings) -> None:
         log_config=None,  # keep the logging configured above
     )
     uvicorn.Server(config).run()
+
+
+def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None:
+    """Front-end process entry point: uvicorn on the shared socket, the engine over IPC."""
+    import uvicorn
+
+    from ranet_serve.api.app import create_app
+    from ranet_serve.engine.remote import RemoteEngine
+    from ranet_serve.metrics import RequestMetrics
+
+    configure_logging(settings.log_level)
+    (run_dir / f"frontend-{os.getpid()}.pid").write_text(f"{os.getpid()}\n")  # for operators and tests
+    engine = RemoteEngine(run_dir, settings.shared_memory_mib << 20)
+    app = create_app(settings, engine=engine, request_metrics=RequestMetrics())
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        log_config=None,
+        access_log=False,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+class Supervisor:
+    """Starts, watches and stops the engine and front-end processes of one server."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.count = frontend_count(settings)
+        self.context = multiprocessing.get_context("spawn")
+        self.stopping = False
+        self.engine: BaseProcess | None = None
+        self.frontends: list[BaseProcess] = []
+
+    def run(self) -> None:
+        run_dir = _make_run_dir(self.settings.run_dir)
+        sock = _bind(self.settings.host, self.settings.port)
+        try:
+            self._run(run_dir, sock)
+        finally:
+            sock.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _run(self, run_dir: Path, sock: socket.socket) -> None:
+        from ranet_serve.engine.process import STATUS_NAME
+        from ranet_serve.engine.shm import StatusBlock
+
+        (run_dir / METRICS_DIR).mkdir()
+        StatusBlock(run_dir / STATUS_NAME, create=True)
+        previous = {sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGHUP, self._on_hangup)
+        host, port = sock.getsockname()[:2]
+        logger.info(
+            "supervisor %d: %d front-end processes on http://%s:%d, one engine process (run dir %s)",
+            os.getpid(),
+            self.count,
+            host,
+            port,
+            run_dir,
+        )
+        self.engine = self._start_engine(run_dir)
+        self.frontends = [self._start_frontend(sock, run_dir) for _ in range(self.count)]
+        try:
+            while not self.stopping:
+                processes = [self.engine, *self.frontends]
+                wait([p.sentinel for p in processes], timeout=1.0)
+                if self.stopping:
+                    break
+                if not self.engine.is_alive():
+                    logger.error(
+                        "engine process %s exited (code %s); restarting it",
+                        self.engine.pid,
+                        self.engine.exitcode,
+                    )
+                    time.sleep(RESTART_PAUSE_SECONDS)
+                    self.engine = self._start_engine(run_dir)
+                for index, frontend in enumerate(self.frontends):
+                    if not frontend.is_alive():
+                        logger.error(
+                            "front-end process %s exited (code %s); starting another",
+                            frontend.pid,
+                            frontend.exitcode,
+                        )
+                        _forget_frontend(run_dir, frontend.pid)
+                        self.frontends[index] = self._start_frontend(sock, run_dir)
+        finally:
+            sock.close()  # our copy: once the front-ends close theirs, nothing listens any more
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _start_engine(self, run_dir: Path) -> BaseProcess:
+        from ranet_serve.engine.process import run_engine
+
+        process = self.context.Process(target=run_engine, args=(self.settings, run_dir), name="ranet-engine")
+        with _environment(MULTIPROC_ENV, None):  # the engine keeps its metrics in memory
+            process.start()
+        return process
+
+    def _start_frontend(self, sock: socket.socket, run_dir: Path) -> BaseProcess:
+        process = self.context.Process(
+            target=run_frontend, args=(self.settings, sock, run_dir), name="ranet-frontend"
+        )
+        with _environment(MULTIPROC_ENV, str(run_dir / METRICS_DIR)):
+            process.start()
+        return process
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        if self.engine is not None and self.engine.pid is not None and self.engine.is_alive():
+            logger.info("SIGHUP: reloading the model store")
+            os.kill(self.engine.pid, signal.SIGHUP)
+
+    def _stop_all(self) -> None:
+        """Front-ends first (they finish their requests), then the engine (it drains its queues)."""
+        grace = self.settings.graceful_shutdown_seconds + 5.0
+        for process in self.frontends:
+            _terminate(process)
+        for process in self.frontends:
+            _join(process, grace)
+        if self.engine is not None:
+            _terminate(self.engine)
+            _join(self.engine, grace)
+        logger.info("supervisor %d: every process stopped", os.getpid())
+
+
+def _terminate(process: BaseProcess) -> None:
+    if process.is_alive() and process.pid is not None:
+        os.kill(process.pid, signal.SIGTERM)
+
+
+def _join(process: BaseProcess, timeout: float) -> None:
+    process.join(timeout)
+    if process.is_alive():
+        logger.error("%s %s did not stop within %.0f s; killing it", process.name, process.pid, timeout)
+        process.kill()
+        process.join(5.0)
+
+
+def _forget_frontend(run_dir: Path, pid: int | None) -> None:
+    """A dead front-end's shared pools go, and its in-flight gauge stops counting."""
+    if pid is None:
+        return
+    for path in (*run_dir.glob(f"pool-{pid}-*"), run_dir / f"frontend-{pid}.pid"):
+        path.unlink(missing_ok=True)
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(run_dir / METRICS_DIR))
+
+
+def _make_run_dir(wanted: Path | None) -> Path:
+    if wanted is not None:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="ranet-serve-", dir=wanted))
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="ranet-serve-", dir=parent))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or unset) one variable while a child process is spawned: it inherits the environment."""
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

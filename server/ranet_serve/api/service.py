@@ -1,8 +1,10 @@
-"""The inference service: the one data plane both protocols call.
+"""The inference service: the one data plane every protocol front-end calls.
 
 v1 and KServe v2 routes translate their wire formats into one `ClassifyRequest` and encode the one
-`ClassifyResult`; everything between (model lookup, budget resolution, preprocessing (in a worker
-thread unless the request is small), batching, the deadline, per-request metrics) happens here, once.
+`ClassifyResult`; in between, this front-end half looks the model up in the engine's catalog,
+validates the deadline, decodes and preprocesses the images (in a worker thread unless the request is
+small), hands the engine one `EngineRequest` and waits for it until the deadline. Per-request metrics
+are counted here. The engine (in this process or another) does everything else.
 """
 
 from __future__ import annotations
@@ -10,32 +12,29 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
-import torch
 from starlette.concurrency import run_in_threadpool
 
-from ranet_serve.api.errors import InvalidRequestError, status_for
+from ranet_serve.api.errors import status_for
 from ranet_serve.api.images import ImageLimits, declared_pixels, preprocess_batch
-from ranet_serve.api.metrics import ServerMetrics, model_label
-from ranet_serve.api.settings import Settings
-from ranet_serve.api.store import ModelStore, ReadyVersion
-from ranet_serve.cascade.batcher import Replan, RequestResult
 from ranet_serve.cascade.executor import ImageResult
 from ranet_serve.cascade.policy import Budget
+from ranet_serve.engine.client import EngineClient
+from ranet_serve.engine.core import EngineRequest, EngineResult
 from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,
-    OverloadedError,
+    InvalidRequestError,
     PayloadTooLargeError,
     RanetServeError,
 )
 from ranet_serve.export.manifest import InputSpec
+from ranet_serve.metrics import RequestMetrics, model_label
+from ranet_serve.settings import Settings
 
 # Encoded bytes beyond which a request is always decoded in a worker thread (see `_decodes_inline`).
 INLINE_DECODE_MAX_BYTES = 64 * 1024
@@ -82,12 +81,21 @@ class ClassifyResult:
 
 
 class InferenceService:
-    """Lookup, budget, preprocessing, batching and deadline for every inference request."""
+    """Lookup, deadline, preprocessing and waiting for every inference request; metrics per request."""
 
-    def __init__(self, settings: Settings, store: ModelStore, metrics: ServerMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        metrics: RequestMetrics,
+        on_served: Callable[[float], None] | None = None,
+    ):
+        """`on_served(inference_seconds)` hears the engine's inference time of every served request
+        (the admission limit's measure of the model, free of queueing)."""
         self.settings = settings
-        self.store = store
+        self.engine = engine
         self.metrics = metrics
+        self.on_served = on_served
         self.limits = ImageLimits(
             max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels
         )
@@ -96,10 +104,10 @@ class InferenceService:
     async def track(self, model: str | None) -> AsyncIterator[None]:
         """Count one inference request (status, duration, in-flight, rejections) around its handler.
 
-        Wraps the whole handler, body reading and decoding included, so a request rejected at the
-        edge counts too. The model label is the requested name only if the store serves it.
+        Wraps the whole handler, body reading, decoding and encoding included, so a request rejected
+        at the edge counts too. The model label is the requested name only if the engine serves it.
         """
-        label = self._model_label(model)
+        label = self.model_label(model)
         started = time.perf_counter()
         gauge = self.metrics.inflight.labels(label)
         gauge.inc()
@@ -119,106 +127,62 @@ class InferenceService:
         finally:
             gauge.dec()
 
-    def _model_label(self, model: str | None) -> str:
-        return model_label(model or self.settings.default_model, self.store.has_model)
+    def model_label(self, model: str | None) -> str:
+        return model_label(model or self.settings.default_model, self.engine.catalog.has_model)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """Run one request; raises the domain errors the API maps to statuses."""
         name = request.model or self.settings.default_model
-        with self.store.lease(name, request.version) as entry:
-            manifest = entry.manifest
-            num_classes = manifest.config.num_classes
-            top_k = num_classes if request.all_probabilities else request.top_k
-            if not 1 <= top_k <= num_classes:
-                raise InvalidRequestError(
-                    f"top_k must be between 1 and {num_classes} (the number of classes), got {request.top_k}"
+        entry = self.engine.catalog.find_ready(name, request.version)
+        manifest = entry.require_manifest()
+        deadline = request.received + self.timeout_seconds(request.deadline_ms)
+        # While this request is decoded the scheduler knows it is coming, so an open batch waits for
+        # it; with nothing on its way a batch closes without waiting out the queue delay.
+        with self.engine.arriving(name, request.version):
+            if self._decodes_inline(request.images):
+                images = self._prepare(request.images, manifest.input)
+            else:
+                images = await run_in_threadpool(self._prepare, request.images, manifest.input)
+            if deadline - time.monotonic() <= 0:
+                raise DeadlineExceededError(
+                    "deadline passed before inference started (decoding took too long)"
                 )
-            plan = entry.plan(request.budget)
-            deadline = request.received + self._timeout_seconds(request)
-            try:
-                # While this request is decoded the batcher knows it is coming, so an open batch waits
-                # for it; with nothing on its way a batch closes without waiting out the queue delay.
-                with entry.batcher.arriving():
-                    if self._decodes_inline(request.images):
-                        images = self._prepare(request.images, manifest.input)
-                    else:
-                        images = await run_in_threadpool(self._prepare, request.images, manifest.input)
-                    count = images.shape[0]
-                    replan: Replan | None = None
-                    if entry.adaptive is not None:
-                        entry.adaptive.observe_arrival(entry.batcher.backlog_images)
-                        if request.budget == Budget():
-                            # The default may move while this request waits: it runs at the default of
-                            # the moment its batch forms (requests with knobs keep their plan).
-                            replan = partial(entry.plan, Budget())
-                    future = self._submit(
-                        entry,
-                        images,
-                        np.tile(plan.thresholds, (count, 1)),
-                        np.full(count, plan.max_exit, dtype=np.int64),
-                        top_k,
-                        deadline,
-                        replan=replan,
-                    )
-                result = await self._wait(future, deadline)
-            except (OverloadedError, DeadlineExceededError):
-                if entry.adaptive is not None:
-                    entry.adaptive.observe_shed()  # shed or too late: the objective is under threat
-                raise
-            self.metrics.queued(entry.name, result.timing.queue_seconds)
-            for index, image in enumerate(result.images):
-                if not math.isfinite(image.confidence):
-                    raise InvalidInputError(
-                        f"image {index}: the model produced non-finite scores (input values out of range?)",
-                        image=index,
-                    )
-            total_seconds = time.monotonic() - request.received
-            if entry.adaptive is not None:
-                entry.adaptive.observe(total_seconds)
-            return ClassifyResult(
-                model=entry.name,
-                version=entry.version,
-                operating_point=result.operating_point or plan.operating_point,
-                labels=manifest.labels,
-                images=result.images,
-                queue_seconds=result.timing.queue_seconds,
-                inference_seconds=result.timing.inference_seconds,
-                total_seconds=total_seconds,
+            waiting = self.engine.infer(
+                EngineRequest(
+                    model=name,
+                    version=request.version,
+                    budget=request.budget,
+                    top_k=request.top_k,
+                    all_probabilities=request.all_probabilities,
+                    received=request.received,
+                    deadline=deadline,
+                ),
+                images,
             )
+            result = await _wait(waiting, deadline)
+        if self.on_served is not None:
+            self.on_served(result.inference_seconds)
+        labels = manifest.labels
+        if result.version != entry.version:  # a reload swapped the latest version meanwhile
+            labels = self.engine.catalog.find(result.model, result.version).require_manifest().labels
+        return ClassifyResult(
+            model=result.model,
+            version=result.version,
+            operating_point=result.operating_point,
+            labels=labels,
+            images=result.images,
+            queue_seconds=result.queue_seconds,
+            inference_seconds=result.inference_seconds,
+            total_seconds=time.monotonic() - request.received,
+        )
 
-    def _timeout_seconds(self, request: ClassifyRequest) -> float:
-        if request.deadline_ms is None:
+    def timeout_seconds(self, deadline_ms: float | None) -> float:
+        """A request's time budget: its `deadline_ms` (checked here, once), else the server's timeout."""
+        if deadline_ms is None:
             return self.settings.request_timeout_ms / 1000.0
-        if not math.isfinite(request.deadline_ms) or request.deadline_ms <= 0:
-            raise InvalidRequestError(f"deadline_ms must be a positive number, got {request.deadline_ms}")
-        return request.deadline_ms / 1000.0
-
-    @staticmethod
-    def _submit(
-        entry: ReadyVersion,
-        images: torch.Tensor,
-        thresholds: np.ndarray,
-        max_exit: np.ndarray,
-        top_k: int,
-        deadline: float,
-        replan: Replan | None = None,
-    ) -> Future[RequestResult]:
-        if deadline - time.monotonic() <= 0:
-            raise DeadlineExceededError("deadline passed before inference started (decoding took too long)")
-        return entry.batcher.submit(images, thresholds, max_exit, top_k, deadline, replan=replan)
-
-    @staticmethod
-    async def _wait(future: Future[RequestResult], deadline: float) -> RequestResult:
-        remaining = deadline - time.monotonic()
-        try:
-            # The batcher drops a request still queued at its deadline; wait_for also bounds a request
-            # whose batch is running (cancelling its future if it has not started, also when the
-            # client goes away).
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.0))
-        except TimeoutError as exc:
-            raise DeadlineExceededError(
-                f"no answer before the deadline (waited {1000 * remaining:.0f} ms for inference)"
-            ) from exc
+        if not math.isfinite(deadline_ms) or deadline_ms <= 0:
+            raise InvalidRequestError(f"deadline_ms must be a positive number, got {deadline_ms}")
+        return deadline_ms / 1000.0
 
     def _decodes_inline(self, images: EncodedImages | np.ndarray) -> bool:
         """Whether a request is small enough to decode on the event loop instead of a worker thread.
@@ -247,7 +211,7 @@ class InferenceService:
                 return False
         return True
 
-    def _prepare(self, images: EncodedImages | np.ndarray, spec: InputSpec) -> torch.Tensor:
+    def _prepare(self, images: EncodedImages | np.ndarray, spec: InputSpec) -> np.ndarray:
         """Decode or check the images into a float32 [N, C, H, W] tensor (see `_decodes_inline`)."""
         limit = self.settings.max_images_per_request
         count = (
@@ -264,8 +228,7 @@ class InferenceService:
                 f"{count} images in one request; at most {limit} are allowed", limit=limit
             )
         if isinstance(images, EncodedImages):
-            batch = preprocess_batch(list(images.items), spec, self.limits)
-            return batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+            return np.ascontiguousarray(preprocess_batch(list(images.items), spec, self.limits))
         return _check_tensor(images, spec)
 
 
@@ -277,7 +240,19 @@ def _reason(exc: Exception, status: int) -> str:
     return "internal_error" if status >= 500 else "invalid_request"
 
 
-def _check_tensor(array: np.ndarray, spec: InputSpec) -> torch.Tensor:
+async def _wait(waiting: Awaitable[EngineResult], deadline: float) -> EngineResult:
+    """The engine's answer, or DeadlineExceededError at the deadline (the engine then skips the request
+    if its batch has not started: cancelling the wait cancels it there too)."""
+    remaining = deadline - time.monotonic()
+    try:
+        return await asyncio.wait_for(waiting, timeout=max(remaining, 0.0))
+    except TimeoutError as exc:
+        raise DeadlineExceededError(
+            f"no answer before the deadline (waited {1000 * remaining:.0f} ms for inference)"
+        ) from exc
+
+
+def _check_tensor(array: np.ndarray, spec: InputSpec) -> np.ndarray:
     expected = (spec.channels, spec.size, spec.size)
     if array.ndim != 4 or tuple(array.shape[1:]) != expected:
         raise InvalidInputError(
@@ -289,4 +264,4 @@ def _check_tensor(array: np.ndarray, spec: InputSpec) -> torch.Tensor:
         raise InvalidInputError(f"input tensor has dtype {array.dtype}; this model takes float32")
     if not np.isfinite(array).all():
         raise InvalidInputError("input tensor contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return np.ascontiguousarray(array)

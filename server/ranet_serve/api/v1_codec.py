@@ -19,11 +19,15 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ranet_serve.api.body import read_body, stream_body
-from ranet_serve.api.errors import InvalidRequestError
 from ranet_serve.api.knobs import KNOBS
 from ranet_serve.api.schemas_v1 import ClassifyResponse, ImagePrediction, Timings, TopKEntry
 from ranet_serve.api.service import ClassifyResult
-from ranet_serve.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from ranet_serve.errors import (
+    InvalidInputError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 
 FILE_FIELDS = ("file", "files")
 RAW_TYPES = ("application/octet-stream",)

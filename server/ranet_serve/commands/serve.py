@@ -20,6 +20,16 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     model_store: Annotated[Path | None, typer.Option(help="directory of <name>/<version>/ bundles")] = None,
     default_model: Annotated[str | None, typer.Option(help="model served by POST /v1/classify")] = None,
+    frontends: Annotated[
+        int | None, typer.Option(help="front-end processes sharing the port (default: one per CPU core)")
+    ] = None,
+    engine_process: Annotated[
+        bool | None,
+        typer.Option(
+            "--engine-process/--one-process",
+            help="engine in its own process (default), or everything in one process",
+        ),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript | eager")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     threads: Annotated[
@@ -45,6 +55,8 @@ def serve_command(
         "port": port,
         "model_store": model_store,
         "default_model": default_model,
+        "frontends": frontends,
+        "engine_process": engine_process,
         "backend": backend,
         "device": device,
         "threads": threads,
@@ -57,7 +69,7 @@ def serve_command(
     from pydantic import ValidationError
 
     from ranet_serve.api.server import find_bundles, serve
-    from ranet_serve.api.settings import Settings
+    from ranet_serve.settings import Settings
 
     overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
     # Keys come from files (a mounted secret), never from the command line, where `ps` would show them.

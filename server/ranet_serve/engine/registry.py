@@ -1,11 +1,11 @@
-"""The model store: every bundle under `model_store/<name>/<version>/`, loaded, warmed up and batched.
+"""The model registry: every bundle under `model_store/<name>/<version>/`, loaded, warmed up, scheduled.
 
 Each version gets its own runtime, executor, exit policy and batcher (one worker thread). A bundle
 that fails to load is kept as a failed entry with its error, so `GET /v1/models` shows it, while the
 others serve. `reload()` rescans the directory, loads what is new or changed, swaps the table in one
 step and only then drains and closes the batchers it replaced: a request holds a lease on the version
-it runs on, so nothing in flight is dropped. Lookups never touch the filesystem; a model name from a
-URL is only ever a key into the table.
+it runs on, so nothing in flight is dropped. After every (re)load the registry publishes a `Catalog`
+(what front-ends may ask for); lookups never touch the filesystem.
 """
 
 from __future__ import annotations
@@ -22,24 +22,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranet_serve.api.metrics import ServerMetrics
-from ranet_serve.api.settings import Settings
-from ranet_serve.cascade.adaptive import AdaptiveSettings, LoadAdaptivePoint
-from ranet_serve.cascade.agreement import AgreementMonitor
-from ranet_serve.cascade.batcher import Batcher
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
+from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint
+from ranet_serve.engine.agreement import AgreementMonitor
+from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, version_key
+from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
 from ranet_serve.export.manifest import MANIFEST_FILE, Manifest
-from ranet_serve.export.manifest import NAME_PATTERN as _NAME
 from ranet_serve.export.manifest import VERSION_PATTERN as _VERSION
+from ranet_serve.metrics import EngineMetrics
+from ranet_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # The manifest's own patterns: directories that cannot hold a valid bundle are not scanned.
-NAME_PATTERN = re.compile(_NAME)
 VERSION_PATTERN = re.compile(_VERSION)
 WARMUP_BATCH = 4
 
@@ -54,13 +53,6 @@ def default_runtime_factory(bundle: Bundle, settings: Settings) -> StageRuntime:
         device=settings.device,
         threads=settings.threads,
         single_thread_below=settings.single_thread_below,
-    )
-
-
-def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
-    """Numeric-aware ordering: "10" after "9", "1.10" after "1.9"; text sorts after numbers."""
-    return tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", version) if part
     )
 
 
@@ -90,6 +82,16 @@ class ReadyVersion:
         default = self.adaptive.current.name if self.adaptive is not None else None
         return self.policy.resolve(budget, default_point=default)
 
+    def describe(self) -> CatalogEntry:
+        return CatalogEntry(
+            name=self.name,
+            version=self.version,
+            state="ready",
+            manifest=self.manifest,
+            device=self.device,
+            default_point=self.policy.resolve(Budget()).operating_point,
+        )
+
 
 @dataclass(frozen=True)
 class FailedVersion:
@@ -101,6 +103,9 @@ class FailedVersion:
     fingerprint: tuple[int, int]
     error: str
     state: str = field(default="failed", init=False)
+
+    def describe(self) -> CatalogEntry:
+        return CatalogEntry(name=self.name, version=self.version, state="failed", error=self.error)
 
 
 ModelVersion = ReadyVersion | FailedVersion
@@ -120,7 +125,7 @@ class ModelStore:
     def __init__(
         self,
         settings: Settings,
-        metrics: ServerMetrics,
+        metrics: EngineMetrics,
         runtime_factory: RuntimeFactory = default_runtime_factory,
     ):
         self.settings = settings
@@ -132,6 +137,7 @@ class ModelStore:
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._loaded = threading.Event()
         self._closed = False
+        self.catalog = Catalog()  # replaced whole after every (re)load and on close
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -157,36 +163,58 @@ class ModelStore:
                 for name, versions in sorted(self._models.items())
             }
 
-    # -- lookups (event loop) -----------------------------------------------------------------
+    # -- lookups ----------------------------------------------------------------------------------
 
     def has_model(self, name: str) -> bool:
         """Whether the store holds a model of this name (any state); a dictionary lookup only."""
         with self._lock:
             return name in self._models
 
-    @contextmanager
-    def lease(self, name: str, version: str | None = None) -> Iterator[ReadyVersion]:
-        """The version to run a request on; it is not closed by a reload until the lease ends."""
+    def acquire(self, name: str, version: str | None = None) -> ReadyVersion:
+        """The version to run a request on, leased: a reload does not close it until `release`."""
         with self._lock:
             entry = self._resolve(name, version)
             entry.leases += 1
+            return entry
+
+    def entry(self, name: str, version: str | None = None) -> ReadyVersion:
+        """The version a request would run on now (no lease: for inspection)."""
+        with self._lock:
+            return self._resolve(name, version)
+
+    def release(self, entry: ReadyVersion) -> None:
+        with self._lock:
+            entry.leases -= 1
+
+    @contextmanager
+    def lease(self, name: str, version: str | None = None) -> Iterator[ReadyVersion]:
+        """`acquire` and `release` around a block."""
+        entry = self.acquire(name, version)
         try:
             yield entry
         finally:
-            with self._lock:
-                entry.leases -= 1
+            self.release(entry)
 
-    def find(self, name: str, version: str | None = None) -> ModelVersion:
-        """The entry a name (and optional version) names, failed ones included; raises if unknown."""
+    def adaptive_for(self, name: str) -> LoadAdaptivePoint | None:
+        """The load-adaptive point of a model's latest ready version, if it has one."""
         with self._lock:
-            versions = self._versions(name)
-            if version is None:
-                ready = [v for v in versions.values() if isinstance(v, ReadyVersion)]
-                pool: list[ModelVersion] = [*ready] or list(versions.values())
-                return max(pool, key=lambda v: version_key(v.version))
-            if version not in versions:
-                raise self._no_version(name, version, versions)
-            return versions[version]
+            try:
+                entry = self._resolve(name, None)
+            except (ModelNotFoundError, NotReadyError):
+                return None
+            return entry.adaptive
+
+    def backlog(self) -> tuple[int, float]:
+        """(requests queued in every scheduler, estimated seconds of queued and running work)."""
+        with self._lock:
+            entries = [e for versions in self._models.values() for e in versions.values()]
+        queued = 0
+        seconds = 0.0
+        for entry in entries:
+            if isinstance(entry, ReadyVersion):
+                queued += entry.batcher.queued
+                seconds += entry.batcher.backlog_seconds
+        return queued, seconds
 
     def _versions(self, name: str) -> dict[str, ModelVersion]:
         if not self._loaded.is_set() and not self._models:
@@ -378,6 +406,9 @@ class ModelStore:
         return wanted
 
     def _publish(self) -> None:
+        self.catalog = Catalog.of(
+            (e.describe() for versions in self.snapshot().values() for e in versions), closed=self._closed
+        )
         served = []
         for versions in self.snapshot().values():
             ready = [v for v in versions if isinstance(v, ReadyVersion)]
@@ -401,6 +432,11 @@ class ModelStore:
         """Stop serving: drain every batcher (requests already queued finish)."""
         with self._reload_lock:
             self._closed = True
+            self.catalog = Catalog.of(
+                (e.describe() for versions in self.snapshot().values() for e in versions),
+                loaded=self.loaded,
+                closed=True,
+            )
             with self._lock:
                 entries = [e for versions in self._models.values() for e in versions.values()]
             for entry in entries:

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ranet_serve.cascade.agreement import AgreementMonitor
 from ranet_serve.cascade.executor import (
     BatchResult,
     CascadeExecutor,
@@ -42,6 +41,7 @@ from ranet_serve.cascade.executor import (
     merge_cohorts,
 )
 from ranet_serve.cascade.policy import ExitPlan
+from ranet_serve.engine.agreement import AgreementMonitor
 from ranet_serve.errors import (
     OVERLOAD_REASONS,
     DeadlineExceededError,
@@ -65,7 +65,7 @@ class RequestTiming:
 class RequestResult:
     images: tuple[ImageResult, ...]
     timing: RequestTiming
-    operating_point: str | None = None  # the point applied when the batch formed (`replan`), else None
+    operating_point: str | None = None  # the point that ran: the queued plan's, or the `replan` one
 
 
 # Resolves a request's plan when its batch forms instead of when it was queued (see `Batcher.submit`).
@@ -197,6 +197,14 @@ class Batcher:
         return queued + len(self._slots)
 
     @property
+    def backlog_seconds(self) -> float:
+        """`backlog_images` at the worker's average cost per image so far: the wait a new request faces."""
+        admitted = self._admitted_images
+        if admitted == 0:
+            return 0.0
+        return self.backlog_images * self._busy_seconds / admitted
+
+    @property
     def in_flight_images(self) -> int:
         """Images admitted to the cascade and not answered yet (parked survivors included)."""
         return len(self._slots)
@@ -209,6 +217,7 @@ class Batcher:
         top_k: int = 1,
         deadline: float | None = None,
         replan: Replan | None = None,
+        operating_point: str | None = None,
     ) -> Future[RequestResult]:
         """Queue one request; fail fast when the queue is full or the batcher is closing.
 
@@ -217,6 +226,7 @@ class Batcher:
         gets the point that is the default when it runs. Under a sudden overload the load-adaptive
         default moves down within a fraction of a second, and the requests queued before the move
         would otherwise drain at the old, dearer point, which is what keeps latency high.
+        `operating_point` names the plan it was queued with (the answer reports it unless replanned).
         """
         future: Future[RequestResult] = Future()
         with self._lock:
@@ -228,7 +238,18 @@ class Batcher:
                     retry_after_seconds=max(0.1, self.max_queue_delay * 10),
                     reason=QUEUE_FULL,
                 )
-            self._queue.put(_Pending(images, thresholds, max_exit, top_k, deadline, future, replan=replan))
+            self._queue.put(
+                _Pending(
+                    images,
+                    thresholds,
+                    max_exit,
+                    top_k,
+                    deadline,
+                    future,
+                    replan=replan,
+                    operating_point=operating_point,
+                )
+            )
             self._queued_images += images.shape[0]
         return future
 

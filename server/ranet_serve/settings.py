@@ -28,6 +28,30 @@ class Settings(BaseSettings):
     model_store: Path = Path("model_store")
     default_model: str = Field("ranet-fmnist", description="served by POST /v1/classify")
 
+    frontends: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="front-end processes sharing the port (HTTP parsing, decoding, encoding); 0: one per "
+        "CPU core",
+    )
+    engine_process: bool = Field(
+        True,
+        description="run the engine (schedulers and stage runtimes) in a process of its own, batching "
+        "across every front-end; false serves from one process (needs frontends 0 or 1)",
+    )
+    shared_memory_mib: int = Field(
+        16,
+        ge=0,
+        description="per front-end process: shared memory for images on their way to the engine (a "
+        "request that finds it full sends its pixels in the message instead)",
+    )
+    run_dir: Path | None = Field(
+        None,
+        description="where the processes of one server meet (socket, shared memory, metrics files); a "
+        "fresh directory in /dev/shm (or the temp directory) when unset",
+    )
+
     backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="intra-op threads per runtime; 0 lets the runtime choose")

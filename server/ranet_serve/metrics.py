@@ -1,10 +1,16 @@
-"""Prometheus metrics of one app, in a registry of its own (two apps in one process never collide).
+"""Prometheus metrics, in registries of their own (two servers in one process never collide).
 
-Per batch (the batcher's observer, on the worker thread): exits, per-exit latency and confidence,
-FLOPs spent and saved, stage timings and batch sizes. Per request (the service, on the event loop):
-status, duration, queue wait, in-flight count, rejections. Every label is bounded: model names come
-from the store, `status` is an HTTP code, `exit` and `stage` are small integers, `reason` is an error
-code; nothing request-supplied becomes a label.
+Two sets, because they live in different processes when the engine runs in its own:
+- `EngineMetrics` (the engine: the schedulers' observers on their worker threads, the registry):
+  exits, per-exit latency and confidence, FLOPs spent and saved, stage timings and batch sizes, queue
+  wait, loaded models, the operating point, exit agreement.
+- `RequestMetrics` (each front-end, on its event loop): status, duration, in-flight count, rejections.
+  With several front-end processes these are kept in prometheus_client's multiprocess files, and
+  `/metrics` on any front-end shows every front-end's requests beside the engine's own set (fetched
+  from the engine), so a scrape sees one coherent set whichever process answers it.
+
+Every label is bounded: model names come from the store, `status` is an HTTP code, `exit` and
+`stage` are small integers, `reason` is an error code; nothing request-supplied becomes a label.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FLOPS_BUCKETS = (*(m * 10.0**e for e in range(5, 11) for m in (1, 2, 5)), 1e11)
 
 UNKNOWN_MODEL = "unknown"
+UNSERVED_STATUSES = (401, 429)  # answered without being served: not in the latency histogram
 
 
 def model_label(name: str, is_known: Callable[[str], bool]) -> str:
@@ -53,8 +60,8 @@ def model_label(name: str, is_known: Callable[[str], bool]) -> str:
 SAVED_RATIO_HALF_LIFE_IMAGES = 1024
 
 
-class ServerMetrics:
-    """Every metric of the server; the service and the batchers' observers report here."""
+class RequestMetrics:
+    """Per inference request, counted by the front-end that answered it."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -72,6 +79,44 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # livesum: with several front-end processes, the in-flight count is the sum of the live ones.
+        self.inflight = Gauge(
+            "ranet_inflight_requests",
+            "Inference requests being served.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejected = Counter(
+            "ranet_rejected_total",
+            "Inference requests answered with an error, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+
+    def request_finished(self, model: str, status: int, seconds: float, reason: str | None = None) -> None:
+        """Count an answered request. Shed (429) and refused (401) requests stay out of the latency
+        histogram: a flood of instant 429s would otherwise pull the p99 down exactly when the server is
+        overloaded, and the latency panels, alerts and objective describe requests that were served."""
+        self.requests.labels(model, str(status)).inc()
+        if status not in UNSERVED_STATUSES:
+            self.request_duration.labels(model).observe(seconds)
+        if reason is not None:
+            self.rejected.labels(model, reason).inc()
+
+    def request_refused(self, model: str, status: int, reason: str) -> None:
+        """An inference request answered before it was served (bad credentials): counted by status and
+        reason, but not in the latency histogram, which describes requests that were served."""
+        self.requests.labels(model, str(status)).inc()
+        self.rejected.labels(model, reason).inc()
+
+
+class EngineMetrics:
+    """Per batch and per model, recorded where the batches run."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
         self.queue_duration = Histogram(
             "ranet_queue_duration_seconds",
             "Time a request waited in the batcher's queue.",
@@ -137,15 +182,6 @@ class ServerMetrics:
             "Images each stage ran on.",
             ["model", "stage"],
             buckets=BATCH_SIZE_BUCKETS,
-            registry=r,
-        )
-        self.inflight = Gauge(
-            "ranet_inflight_requests", "Inference requests being served.", ["model"], registry=r
-        )
-        self.rejected = Counter(
-            "ranet_rejected_total",
-            "Inference requests answered with an error, by reason.",
-            ["model", "reason"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -249,19 +285,7 @@ class ServerMetrics:
         if total_full > 0:
             self.flops_saved_ratio.labels(model).set(1.0 - total_spent / total_full)
 
-    # -- per request (event loop) ---------------------------------------------------------------
-
-    def request_finished(self, model: str, status: int, seconds: float, reason: str | None = None) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.request_duration.labels(model).observe(seconds)
-        if reason is not None:
-            self.rejected.labels(model, reason).inc()
-
-    def request_refused(self, model: str, status: int, reason: str) -> None:
-        """An inference request answered before it was served (bad credentials): counted by status and
-        reason, but not in the latency histogram, which describes requests that were served."""
-        self.requests.labels(model, str(status)).inc()
-        self.rejected.labels(model, reason).inc()
+    # -- per request (where the request completes) ----------------------------------------------
 
     def queued(self, model: str, seconds: float) -> None:
         self.queue_duration.labels(model).observe(seconds)

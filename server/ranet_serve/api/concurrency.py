@@ -1,0 +1,94 @@
+"""An adaptive concurrency limit for one front-end: admit only as many requests as keep latency bounded.
+
+Why: a fixed in-flight limit is either too low for a light model or holds seconds of work for a
+heavy one (measured with 400 clients at full depth: a limit of 256 admitted requests that then
+waited 1.7-2.1 s). By Little's law the latency of admitted requests is the in-flight count over the
+throughput, so bounding latency means bounding the in-flight count at throughput x target. Like
+Netflix's concurrency-limits gradient algorithm, the limit follows the ratio of a latency target to
+the recent latency: while requests take longer than the target the limit shrinks in proportion;
+while they do not, it grows by about its square root (additive increase), so at ordinary load it
+rises to the ceiling and nothing is shed. The target needs no setting: half the latency objective
+when one is set (so the p99 of admitted requests stays within it), else the larger of 100 ms and
+four times the engine's recent shortest inference time (a model that takes 130 ms per image is not
+held to 100 ms). Inference time, not latency: under a sustained overload every latency includes the
+queue, so the lowest latency seen says nothing about the model.
+
+Only the front-end's event loop calls this (no locking). Time comes from a clock the tests replace.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_TARGET_SECONDS = 0.1
+SERVICE_MULTIPLE = 4.0
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    maximum: int = 256
+    minimum: int = 4
+    window_seconds: float = 0.05  # the recent latency: the mean over at least this long ...
+    window_samples: int = 8  # ... and at least this many requests
+    service_reset_seconds: float = 10.0  # the shortest inference time is measured anew this often
+    smoothing: float = 0.5  # share of a new limit taken at each update
+    objective_seconds: float | None = None  # a p99 objective (RANET_SLO_P99_MS)
+
+
+class AdaptiveLimit:
+    """`current` moves with `observe(seconds)` of every admitted request that was served."""
+
+    def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        self.limit = float(settings.maximum)
+        self.service_seconds = math.inf
+        self._service_next = math.inf
+        self._service_since = clock()
+        self._window_start = clock()
+        self._window_sum = 0.0
+        self._window_count = 0
+
+    @property
+    def current(self) -> int:
+        return int(self.limit)
+
+    @property
+    def target_seconds(self) -> float:
+        if self.settings.objective_seconds is not None:
+            return 0.5 * self.settings.objective_seconds
+        service = self.service_seconds if math.isfinite(self.service_seconds) else 0.0
+        return max(DEFAULT_TARGET_SECONDS, SERVICE_MULTIPLE * service)
+
+    def observe_service(self, seconds: float) -> None:
+        """Record the engine's inference time of one served request (no queueing in it)."""
+        now = self.clock()
+        if now - self._service_since >= self.settings.service_reset_seconds:
+            self.service_seconds = self._service_next  # the shortest of the last period takes over
+            self._service_next = math.inf
+            self._service_since = now
+        self.service_seconds = min(self.service_seconds, seconds)
+        self._service_next = min(self._service_next, seconds)
+
+    def observe(self, seconds: float) -> None:
+        """Record one served request's latency (arrival to answer, in this front-end)."""
+        now = self.clock()
+        self._window_sum += seconds
+        self._window_count += 1
+        if (
+            self._window_count >= self.settings.window_samples
+            and now - self._window_start >= self.settings.window_seconds
+        ):
+            self._update(self._window_sum / self._window_count)
+            self._window_sum, self._window_count, self._window_start = 0.0, 0, now
+
+    def _update(self, recent_seconds: float) -> None:
+        s = self.settings
+        gradient = self.target_seconds / max(recent_seconds, 1e-9)
+        grow = gradient >= 1.0  # at or under the target: additive increase; over it: at most halve
+        target = self.limit + math.sqrt(self.limit) if grow else self.limit * max(0.5, gradient)
+        self.limit = (1 - s.smoothing) * self.limit + s.smoothing * target
+        self.limit = min(max(self.limit, s.minimum), s.maximum)

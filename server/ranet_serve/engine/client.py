@@ -1,0 +1,47 @@
+"""What a protocol front-end needs from the engine, wherever the engine runs.
+
+`LocalEngine` (engine.local) runs it in the front-end's own process; `RemoteEngine` (engine.remote)
+talks to the engine process over a Unix socket with images in shared memory. Front-ends hold an
+`EngineClient` and never know which.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import numpy as np
+
+from ranet_serve.engine.catalog import Catalog
+from ranet_serve.engine.core import EngineRequest, EngineResult
+from ranet_serve.engine.registry import ReloadReport
+
+
+class EngineClient(Protocol):
+    @property
+    def catalog(self) -> Catalog:
+        """What the engine serves now (a dictionary read; replaced whole after every (re)load)."""
+
+    async def start(self) -> None:
+        """Called once by the front-end's lifespan before it serves; must not wait for models to load."""
+
+    async def close(self) -> None:
+        """Called once at shutdown, after the front-end stopped taking requests."""
+
+    async def reload(self) -> ReloadReport:
+        """Rescan the model store (admin route and SIGHUP)."""
+
+    def arriving(self, model: str, version: str | None) -> AbstractContextManager[None]:
+        """Around a request's decoding: lets an open batch wait for it (a no-op across processes)."""
+
+    async def infer(self, request: EngineRequest, images: np.ndarray) -> EngineResult:
+        """Run `images` [N, C, H, W] float32; cancelling the awaiting task withdraws the request."""
+
+    def shed(self, model: str) -> None:
+        """A request for `model` was shed before its body was read (a load signal for the engine)."""
+
+    def queued_requests(self) -> int:
+        """Requests waiting in the engine's queues (admission reads it before reading a body)."""
+
+    async def metrics_text(self) -> bytes:
+        """The engine's metrics in the Prometheus text format."""

@@ -1,0 +1,228 @@
+"""The engine: below every protocol. Takes preprocessed requests, returns per-image results.
+
+A front-end (in this process, or in another one through `engine.client`) hands the engine one typed
+`EngineRequest` and the request's images in the model's input space; `Engine.submit` resolves the
+model version and the budget, queues the images on that version's scheduler and returns a future
+that completes with an `EngineResult` (or a domain error). Everything a protocol does (parsing,
+decoding, encoding, HTTP status) stays in the front-end; everything about models, batches and load
+stays here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+
+from ranet_serve.cascade.executor import ImageResult
+from ranet_serve.cascade.policy import Budget
+from ranet_serve.engine.catalog import Catalog
+from ranet_serve.engine.registry import ModelStore, ReadyVersion, ReloadReport, RuntimeFactory
+from ranet_serve.engine.scheduler import Replan, RequestResult
+from ranet_serve.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    InvalidRequestError,
+    NotReadyError,
+    OverloadedError,
+)
+from ranet_serve.metrics import EngineMetrics
+from ranet_serve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One inference request as the engine sees it, whatever protocol and process it came from.
+
+    `received` and `deadline` are `time.monotonic()` values (CLOCK_MONOTONIC, the same in every
+    process of the machine). `version` None: the latest version that loaded.
+    """
+
+    model: str
+    version: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    top_k: int = 1
+    all_probabilities: bool = False  # every class's probability (top_k = number of classes)
+    received: float = field(default_factory=time.monotonic)
+    deadline: float = math.inf
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Per-image results in request order, the version and point that ran, and the engine's timings."""
+
+    model: str
+    version: str
+    operating_point: str
+    images: tuple[ImageResult, ...]
+    queue_seconds: float
+    inference_seconds: float
+
+
+class Engine:
+    """The model registry and its schedulers behind one `submit`. Thread-safe."""
+
+    def __init__(self, settings: Settings, metrics: EngineMetrics, runtime_factory: RuntimeFactory):
+        self.settings = settings
+        self.metrics = metrics
+        self.store = ModelStore(settings, metrics, runtime_factory)
+
+    # -- lifecycle (blocking: call from a worker thread) ------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.store.catalog
+
+    def load(self) -> ReloadReport:
+        return self.store.load()
+
+    def reload(self) -> ReloadReport:
+        return self.store.reload()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- load signals --------------------------------------------------------------------------
+
+    def shed(self, model: str, count: int = 1) -> None:
+        """Requests for `model` shed before they reached the engine (admission): a load signal."""
+        adaptive = self.store.adaptive_for(model)
+        if adaptive is not None:
+            for _ in range(min(count, 64)):
+                adaptive.observe_shed()
+
+    def backlog(self) -> tuple[int, float]:
+        """(requests waiting in every scheduler's queue, estimated seconds of work queued and running)."""
+        return self.store.backlog()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def submit(self, request: EngineRequest, images: torch.Tensor) -> Future[EngineResult]:
+        """Queue `images` [N, C, H, W] float32; raises the domain errors that are known at once.
+
+        Cancelling the returned future skips the request if its batch has not started.
+        """
+        entry = self.store.acquire(request.model, request.version)
+        try:
+            inner = self._queue(entry, request, images)
+        except (OverloadedError, DeadlineExceededError):
+            if entry.adaptive is not None:
+                entry.adaptive.observe_shed()  # shed or too late: the objective is under threat
+            self.store.release(entry)
+            raise
+        except BaseException:
+            self.store.release(entry)
+            raise
+        outer: Future[EngineResult] = Future()
+        outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
+        inner.add_done_callback(partial(self._finish, entry, request, outer))
+        return outer
+
+    def _queue(
+        self, entry: ReadyVersion, request: EngineRequest, images: torch.Tensor
+    ) -> Future[RequestResult]:
+        manifest = entry.manifest
+        num_classes = manifest.config.num_classes
+        top_k = num_classes if request.all_probabilities else request.top_k
+        if not 1 <= top_k <= num_classes:
+            raise InvalidRequestError(
+                f"top_k must be between 1 and {num_classes} (the number of classes), got {request.top_k}"
+            )
+        spec = manifest.input
+        expected = (spec.channels, spec.size, spec.size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.shape[0] == 0:
+            # The front-end prepared the images for the version it saw; a reload swapped it since.
+            raise NotReadyError(
+                f"model {entry.name!r} changed while the request was prepared; retry", model=entry.name
+            )
+        plan = entry.plan(request.budget)
+        if request.deadline - time.monotonic() <= 0:
+            raise DeadlineExceededError("deadline passed before inference started (decoding took too long)")
+        count = int(images.shape[0])
+        replan: Replan | None = None
+        if entry.adaptive is not None:
+            entry.adaptive.observe_arrival(entry.batcher.backlog_images)
+            if request.budget == Budget():
+                # The default may move while this request waits: it runs at the default of the moment
+                # its batch forms (requests with knobs keep their plan).
+                replan = partial(entry.plan, Budget())
+        deadline = request.deadline if math.isfinite(request.deadline) else None
+        return entry.batcher.submit(
+            images,
+            np.tile(plan.thresholds, (count, 1)),
+            np.full(count, plan.max_exit, dtype=np.int64),
+            top_k,
+            deadline,
+            replan=replan,
+            operating_point=plan.operating_point,
+        )
+
+    def _finish(
+        self,
+        entry: ReadyVersion,
+        request: EngineRequest,
+        outer: Future[EngineResult],
+        inner: Future[RequestResult],
+    ) -> None:
+        """Runs where the scheduler completes the request (its worker thread): cheap bookkeeping only."""
+        try:
+            if inner.cancelled():
+                outer.cancel()
+                return
+            error = inner.exception()
+            if error is not None:
+                if isinstance(error, (OverloadedError, DeadlineExceededError)) and entry.adaptive is not None:
+                    entry.adaptive.observe_shed()
+                _settle(outer, error=error)
+                return
+            result = inner.result()
+            self.metrics.queued(entry.name, result.timing.queue_seconds)
+            for index, image in enumerate(result.images):
+                if not math.isfinite(image.confidence):
+                    _settle(
+                        outer,
+                        error=InvalidInputError(
+                            f"image {index}: the model produced non-finite scores "
+                            "(input values out of range?)",
+                            image=index,
+                        ),
+                    )
+                    return
+            if entry.adaptive is not None:
+                entry.adaptive.observe(time.monotonic() - request.received)
+            _settle(
+                outer,
+                result=EngineResult(
+                    model=entry.name,
+                    version=entry.version,
+                    operating_point=result.operating_point or "",
+                    images=result.images,
+                    queue_seconds=result.timing.queue_seconds,
+                    inference_seconds=result.timing.inference_seconds,
+                ),
+            )
+        except CancelledError:
+            outer.cancel()
+        finally:
+            self.store.release(entry)
+
+
+def _settle(
+    future: Future[EngineResult], result: EngineResult | None = None, error: BaseException | None = None
+) -> None:
+    """Complete `future` unless its caller cancelled it meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass

@@ -1,0 +1,136 @@
+"""The messages between front-end processes and the engine process: small typed records (msgspec).
+
+Pixels never travel in these messages when they fit the front-end's shared-memory page pool
+(`engine.shm`): an `ImageRef` names the pool and the pages, and the engine copies the rows out. Only
+when the pool is full does a request carry its float32 bytes inline (`ImageRef.data`), which is
+slower but never fails. Nothing here is pickled: msgpack with a fixed schema, so a message cannot
+construct arbitrary objects in the engine.
+
+Front-end -> engine: `Infer`, `Cancel`, `Reload`, `Shed`, `MetricsRequest`.
+Engine -> front-end: `Catalog` (on connect and after every (re)load), `Answer`, `Failure`,
+`Reloaded`, `MetricsText`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class BudgetFields(msgspec.Struct, frozen=True, array_like=True):
+    """`cascade.policy.Budget`, field for field."""
+
+    max_flops: float | None = None
+    target_flops: float | None = None
+    confidence: float | None = None
+    thresholds: tuple[float, ...] | None = None
+    operating_point: str | None = None
+
+
+class ImageRef(msgspec.Struct, frozen=True, array_like=True):
+    """Where a request's float32 [N, C, H, W] images are: pages of a shared pool, or inline bytes."""
+
+    shape: tuple[int, ...]
+    pool: str | None = None
+    pages: tuple[int, ...] = ()
+    data: bytes | None = None
+
+
+class Infer(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    model: str
+    version: str | None
+    budget: BudgetFields
+    top_k: int
+    all_probabilities: bool
+    received: float  # time.monotonic() (CLOCK_MONOTONIC is shared by every process of the machine)
+    deadline: float  # time.monotonic() value
+    images: ImageRef
+
+
+class Cancel(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The front-end stopped waiting (client gone, deadline): skip the request if it has not started."""
+
+    id: int
+
+
+class Reload(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+
+
+class Shed(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Requests for `model` the front-end's admission gate shed since its last notice (load signal)."""
+
+    model: str
+    count: int
+
+
+class MetricsRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+
+
+class CatalogVersion(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    version: str
+    state: str  # "ready" | "failed"
+    manifest_json: bytes | None = None
+    device: str = ""
+    default_point: str | None = None
+    error: str | None = None
+
+
+class Catalog(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    loaded: bool
+    closed: bool
+    versions: tuple[CatalogVersion, ...]
+
+
+class ImageAnswer(msgspec.Struct, frozen=True, array_like=True):
+    exit: int
+    class_index: int
+    confidence: float
+    top_k: tuple[tuple[int, float], ...]
+    flops: int
+    budget_limited: bool
+    seconds: float
+
+
+class Answer(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    model: str
+    version: str
+    operating_point: str
+    images: tuple[ImageAnswer, ...]
+    queue_seconds: float
+    inference_seconds: float
+
+
+class Failure(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A domain error raised in the engine, rebuilt in the front-end by class name."""
+
+    id: int
+    error: str  # the RanetServeError subclass's name
+    message: str
+    details: dict[str, Any] = {}
+
+
+class Reloaded(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    loaded: tuple[str, ...]
+    kept: tuple[str, ...]
+    failed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+class MetricsText(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    text: bytes
+
+
+ToEngine = Infer | Cancel | Reload | Shed | MetricsRequest
+ToFrontend = Catalog | Answer | Failure | Reloaded | MetricsText
+
+encoder = msgspec.msgpack.Encoder()
+to_engine = msgspec.msgpack.Decoder(ToEngine)
+to_frontend = msgspec.msgpack.Decoder(ToFrontend)

@@ -1,0 +1,181 @@
+"""Admission: the adaptive in-flight limit bounds admitted latency, and what the gate sheds is heard.
+
+The limit is driven through a simulated closed-loop server (Little's law: latency = in flight /
+throughput) on a fake clock, so the numbers are exact and nothing depends on this machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import nullcontext
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ranet_serve.api.admission import AdmissionGate
+from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
+from ranet_serve.engine.catalog import Catalog, CatalogEntry
+from ranet_serve.metrics import RequestMetrics
+from ranet_serve.settings import Settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_closed_loop(
+    limit: AdaptiveLimit,
+    clock: FakeClock,
+    clients: int,
+    per_second: float,
+    seconds: float,
+    service: float = 0.002,
+) -> list[float]:
+    """Admitted latencies of `clients` clients against a server answering `per_second` requests/s
+    whose inference takes `service` seconds."""
+    latencies: list[float] = []
+    while clock.now < seconds:
+        admitted = min(clients, limit.current)
+        latency = max(service, admitted / per_second)
+        for _ in range(admitted):
+            clock.now += 1.0 / per_second
+            limit.observe_service(service)
+            limit.observe(latency)
+            latencies.append(latency)
+    return latencies
+
+
+def test_ordinary_load_keeps_the_limit_at_its_ceiling() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=256), clock)
+    latencies = run_closed_loop(limit, clock, clients=64, per_second=1000.0, seconds=5.0)
+    assert limit.current == 256  # 64 ms at 64 clients is under the 100 ms target: nothing is shed
+    assert max(latencies) < limit.target_seconds
+
+
+def test_overload_brings_admitted_latency_down_to_about_the_target() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=256), clock)
+    latencies = run_closed_loop(limit, clock, clients=400, per_second=300.0, seconds=10.0)
+    assert latencies[0] > 0.8  # a fixed limit of 256 would keep every request waiting 0.85 s
+    settled = latencies[len(latencies) // 2 :]
+    assert max(settled) <= 1.5 * limit.target_seconds == 1.5 * 0.1
+    assert 300 * 0.1 * 0.5 <= limit.current <= 256  # still enough in flight to keep the engine busy
+
+
+def test_an_objective_sets_the_target_to_half_of_it() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=256, objective_seconds=0.08), clock)
+    latencies = run_closed_loop(limit, clock, clients=400, per_second=300.0, seconds=10.0)
+    assert limit.target_seconds == 0.04
+    assert max(latencies[len(latencies) // 2 :]) <= 0.08  # within the objective
+
+
+def test_a_slow_model_is_not_held_to_the_default_target() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=64), clock)
+    run_closed_loop(limit, clock, clients=8, per_second=20.0, seconds=20.0, service=0.13)
+    assert limit.service_seconds == 0.13 and limit.target_seconds == 4 * 0.13
+    assert limit.current >= 8  # eight clients of a 130 ms model are not overload
+
+
+def test_the_limit_never_leaves_its_bounds() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=16, minimum=4), clock)
+    limit.observe_service(0.001)
+    for _ in range(2000):
+        clock.now += 0.01
+        limit.observe(10.0)
+    assert limit.current == 4
+    for _ in range(2000):
+        clock.now += 0.01
+        limit.observe(0.001)
+    assert limit.current == 16
+
+
+def test_shed_and_refused_requests_stay_out_of_the_latency_histogram() -> None:
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    for status in (429, 401, 200, 503):
+        metrics.request_finished("tiny", status, 0.01)
+
+    def count(status: str | None = None) -> float:
+        if status is None:
+            value = registry.get_sample_value("ranet_request_duration_seconds_count", {"model": "tiny"})
+        else:
+            value = registry.get_sample_value("ranet_requests_total", {"model": "tiny", "status": status})
+        return value or 0.0
+
+    assert count() == 2  # the 200 and the 503
+    assert (count("429"), count("401"), count("200")) == (1, 1, 1)
+
+
+class FakeEngine:
+    """What the gate reads: the catalog, the engine's queue, and where sheds are reported."""
+
+    def __init__(self, queued: int = 0) -> None:
+        self.catalog = Catalog.of([CatalogEntry(name="tiny", version="1", state="failed", error="-")])
+        self.queued = queued
+        self.sheds: list[str] = []
+
+    def queued_requests(self) -> int:
+        return self.queued
+
+    def shed(self, model: str) -> None:
+        self.sheds.append(model)
+
+    def arriving(self, model: str, version: str | None) -> Any:
+        return nullcontext()
+
+
+async def call(gate: AdmissionGate, path: str) -> tuple[int, dict[str, Any], dict[bytes, bytes]]:
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await gate(scope, receive, send)
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    return sent[0]["status"], body, dict(sent[0]["headers"])
+
+
+def test_gate_sheds_reach_the_engine_and_a_full_engine_queue_sheds_before_the_body() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            entered.set()
+            await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        engine = FakeEngine()
+        settings = Settings(max_inflight_requests=1, max_queue_size=8, default_model="tiny")
+        gate = AdmissionGate(app, settings=settings, engine=engine, metrics=RequestMetrics())  # type: ignore[arg-type]
+        first = asyncio.ensure_future(call(gate, "/v1/classify"))
+        await entered.wait()
+        status, body, headers = await call(gate, "/v2/models/tiny/infer")
+        assert status == 429 and headers[b"retry-after"] == b"1"
+        assert body["code"] == "overloaded" and "in flight" in body["error"]
+        assert engine.sheds == ["tiny"]  # the load-adaptive point hears of the gate's sheds too
+        status, _, _ = await call(gate, "/v1/models/nonexistent/classify")
+        assert status == 429 and engine.sheds == ["tiny"]  # unknown models are no load signal
+        release.set()
+        assert (await first)[0] == 200
+
+        engine.queued = 8  # every front-end's requests in the engine's queue: full
+        status, body, _ = await call(gate, "/v1/classify")
+        assert status == 429 and body["error"]["details"]["reason"] == "queue_full"
+        assert engine.sheds == ["tiny", "tiny"]
+
+    asyncio.run(scenario())

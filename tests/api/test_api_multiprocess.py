@@ -1,0 +1,169 @@
+"""`ranet serve` with front-end processes and an engine process: one server whatever process answers.
+
+Real processes on loopback: requests spread over the front-ends and come back right, `/metrics` is
+one coherent set, a killed front-end is replaced, a killed engine turns readiness to 503 (and
+inference to 503, never a hang) until its replacement is ready, and SIGTERM stops every process and
+removes the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers.bundles import make_store
+from helpers.images import png_bytes
+
+READY_SECONDS = 90
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    runs: Path  # the parent of the server's run directory
+    log: Path
+
+    @property
+    def run_dir(self) -> Path:
+        (found,) = list(self.runs.glob("ranet-serve-*"))
+        return found
+
+    def engine_pid(self) -> int:
+        return int((self.run_dir / "engine.pid").read_text())
+
+    def frontend_pids(self) -> set[int]:
+        return {int(p.read_text()) for p in self.run_dir.glob("frontend-*.pid")}
+
+    def wait_ready(self, frontends: int = 2) -> None:
+        """Until readiness is 200 and every front-end process has started."""
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if self.client.get("/readyz").status_code == 200 and len(self.frontend_pids()) == frontends:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready:\n" + self.log.read_text()
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def served(tiny_bundle_dir: Path, tmp_path: Path) -> Iterator[Served]:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+    runs = tmp_path / "runs"
+    port = free_port()
+    command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--model-store", str(store)]
+    command += ["--port", str(port), "--default-model", "tiny", "--threads", "1", "--frontends", "2"]
+    env = {**os.environ, "RANET_RUN_DIR": str(runs), "RANET_GRACEFUL_SHUTDOWN_SECONDS": "5"}
+    log = tmp_path / "server.log"
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    server = Served(process, client, runs, log)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def classify(client: httpx.Client, index: int) -> httpx.Response:
+    return client.post("/v1/classify", files={"file": ("a.png", png_bytes(index), "image/png")})
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_every_front_end_answers_and_metrics_are_one_set(served: Served) -> None:
+    assert len(served.frontend_pids()) == 2
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: classify(served.client, i), range(48)))
+    assert [a.status_code for a in answers] == [200] * 48
+    single = classify(served.client, 0).json()
+    assert single["model"] == "tiny" and single["results"][0]["exit"] >= 0
+    # Any front-end's /metrics counts every front-end's requests and the engine's images.
+    for _ in range(4):
+        text = served.client.get("/metrics").text
+        assert counter(text, "ranet_requests_total", model="tiny", status="200") == 49
+        assert counter(text, "ranet_images_total", model="tiny") == 49
+        assert counter(text, "ranet_exit_total", model="tiny") == 49
+        assert counter(text, "ranet_inflight_requests", model="tiny") == 0
+
+
+def test_a_killed_front_end_is_replaced(served: Served) -> None:
+    before = served.frontend_pids()
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + READY_SECONDS
+    while len(served.frontend_pids() - {victim}) < 2:
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.05)
+    assert victim not in served.frontend_pids()
+    served.wait_ready()
+    assert all(classify(served.client, i).status_code == 200 for i in range(8))
+
+
+def test_a_killed_engine_means_503_until_it_is_back(served: Served) -> None:
+    engine = served.engine_pid()
+    os.kill(engine, signal.SIGKILL)
+    deadline = time.monotonic() + READY_SECONDS
+    statuses: set[int] = set()
+    while True:  # every answer meanwhile is 503 with a JSON error, or 200 once the new engine serves
+        started = time.monotonic()
+        response = classify(served.client, 1)
+        assert time.monotonic() - started < 10, "a request waited for a dead engine"
+        statuses.add(response.status_code)
+        if response.status_code == 200 and served.engine_pid() != engine:
+            break
+        if response.status_code != 200:
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "not_ready"
+            assert served.client.get("/readyz").status_code in (200, 503)
+        assert time.monotonic() < deadline, served.log.read_text()
+    assert 503 in statuses, "the engine's death went unseen"
+    assert served.client.get("/readyz").status_code == 200
+    assert "engine process" in served.log.read_text() and "restarting it" in served.log.read_text()
+
+
+def test_sigterm_stops_every_process_and_removes_the_run_directory(served: Served) -> None:
+    run_dir = served.run_dir
+    children = served.frontend_pids() | {served.engine_pid()}
+    assert classify(served.client, 2).status_code == 200
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(60) == 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not run_dir.exists()
+    assert "model store closed" in served.log.read_text()

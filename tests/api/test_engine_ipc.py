@@ -1,0 +1,182 @@
+"""The engine across processes, piece by piece: frames, page pools, and a `RemoteEngine` talking to a
+real `EngineServer` over a Unix socket (both in this test's event loop, so nothing is timed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from helpers.bundles import make_store
+from ranet_serve.cascade.policy import Budget
+from ranet_serve.engine import messages as m
+from ranet_serve.engine.core import Engine, EngineRequest
+from ranet_serve.engine.process import STATUS_NAME, EngineServer
+from ranet_serve.engine.registry import default_runtime_factory
+from ranet_serve.engine.remote import RemoteEngine
+from ranet_serve.engine.shm import PagePool, PoolReader, StatusBlock
+from ranet_serve.engine.transport import FrameProtocol, frame
+from ranet_serve.errors import BudgetError, ModelNotFoundError, NotReadyError, OverloadedError
+from ranet_serve.metrics import EngineMetrics
+from ranet_serve.settings import Settings
+
+
+def test_frames_are_reassembled_however_the_bytes_arrive() -> None:
+    got: list[bytes] = []
+    protocol = FrameProtocol(got.append, lambda exc: None)
+    payloads = [b"a", b"", b"x" * 1000, m.encoder.encode(m.Cancel(7))]
+    stream = b"".join(frame(p) for p in payloads)
+    for size in (1, 3, 7, len(stream)):
+        got.clear()
+        for start in range(0, len(stream), size):
+            protocol.data_received(stream[start : start + size])
+        assert got == payloads
+    assert m.to_engine.decode(got[-1]) == m.Cancel(7)
+
+
+def test_page_pool_hands_out_pages_until_full_and_the_engine_reads_them_back(tmp_path: Path) -> None:
+    pool = PagePool(tmp_path / "pool-1-12", page_floats=12, pages=5)
+    first = np.arange(36, dtype=np.float32).reshape(3, 1, 3, 4)
+    pages = pool.put(first)
+    assert pages is not None and len(set(pages)) == 3 and pool.free_pages == 2
+    assert pool.put(np.zeros((3, 1, 3, 4), np.float32)) is None  # only 2 left: the caller goes inline
+    reader = PoolReader(tmp_path)
+    np.testing.assert_array_equal(reader.take("pool-1-12", pages, first.shape), first)
+    pool.release(pages)
+    assert pool.free_pages == 5
+    with pytest.raises(ValueError):
+        reader.take("../etc", (0,), (1, 12))
+    pool.close()
+    assert not (tmp_path / "pool-1-12").exists()
+
+
+@asynccontextmanager
+async def engine_pair(
+    store: Path, run_dir: Path, pool_bytes: int, **overrides: object
+) -> AsyncIterator[tuple[EngineServer, RemoteEngine]]:
+    settings = Settings(model_store=store, default_model="tiny", device="cpu", threads=1, **overrides)
+    StatusBlock(run_dir / STATUS_NAME, create=True)
+    engine = Engine(settings, EngineMetrics(CollectorRegistry()), default_runtime_factory)
+    server = EngineServer(engine, CollectorRegistry(), run_dir)
+    await server.start()
+    remote = RemoteEngine(run_dir, pool_bytes)
+    await remote.start()
+    try:
+        while not remote.catalog.ready:  # the catalog arrives after the engine's load
+            await asyncio.sleep(0.01)
+        yield server, remote
+    finally:
+        await remote.close()
+        await server.stop()
+
+
+def images_for(remote: RemoteEngine, count: int) -> np.ndarray:
+    spec = remote.catalog.find("tiny").require_manifest().input
+    rng = np.random.default_rng(count)
+    return rng.standard_normal((count, spec.channels, spec.size, spec.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("pool_bytes", [1 << 20, 0], ids=["shared-pages", "inline"])
+def test_remote_results_equal_the_engine_run_in_process(
+    tiny_bundle_dir: Path, tmp_path: Path, pool_bytes: int
+) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, pool_bytes) as (server, remote):
+            images = images_for(remote, 5)
+            request = EngineRequest(model="tiny", budget=Budget(confidence=1.0), top_k=2)
+            remote_result, local_result = await asyncio.gather(
+                remote.infer(request, images),
+                asyncio.wrap_future(server.engine.submit(request, torch.from_numpy(images.copy()))),
+            )
+            assert [i.exit for i in remote_result.images] == [i.exit for i in local_result.images]
+            for a, b in zip(remote_result.images, local_result.images, strict=True):
+                assert a.class_index == b.class_index and a.top_k[0][0] == b.top_k[0][0]
+                assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
+            assert remote_result.version == "1" and remote_result.operating_point
+            if pool_bytes:  # every page came back with the answer
+                (pool,) = remote._pools.values()
+                assert pool.free_pages == pool.pages
+
+    asyncio.run(scenario())
+
+
+def test_engine_errors_arrive_as_the_same_domain_errors(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, 1 << 20, max_queue_size=1) as (_, remote):
+            images = images_for(remote, 1)
+            with pytest.raises(BudgetError) as budget:
+                await remote.infer(EngineRequest(model="tiny", budget=Budget(max_flops=1.0)), images)
+            assert budget.value.details["cheapest_exit_flops"] > 1
+            with pytest.raises(ModelNotFoundError):
+                await remote.infer(EngineRequest(model="tiny", version="9"), images)
+            # a full queue sheds: many requests at once against a one-request queue
+            outcomes = await asyncio.gather(
+                *(remote.infer(EngineRequest(model="tiny"), images) for _ in range(16)),
+                return_exceptions=True,
+            )
+            shed = [o for o in outcomes if isinstance(o, OverloadedError)]
+            assert shed and shed[0].details["reason"] == "queue_full" and shed[0].retry_after_seconds > 0
+
+    asyncio.run(scenario())
+
+
+def test_requests_in_flight_fail_with_503_when_the_engine_goes_away(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, 1 << 20) as (server, remote):
+            images = images_for(remote, 2)
+            waiting = asyncio.ensure_future(remote.infer(EngineRequest(model="tiny"), images))
+            await asyncio.sleep(0)  # the request is sent
+            for connection in list(server.connections):  # the engine's end of the socket goes
+                assert connection.protocol.transport is not None
+                connection.protocol.transport.abort()
+            with pytest.raises(NotReadyError):
+                await waiting
+            assert not remote.catalog.loaded  # readiness answers 503 until the engine is back
+            (pool,) = remote._pools.values()
+            assert pool.free_pages == pool.pages
+            with pytest.raises(NotReadyError):
+                await remote.infer(EngineRequest(model="tiny"), images)
+            while not remote.catalog.ready:  # it reconnects by itself
+                await asyncio.sleep(0.01)
+            assert len((await remote.infer(EngineRequest(model="tiny"), images)).images) == 2
+
+    asyncio.run(scenario())
+
+
+def test_shed_notices_reach_the_engine_and_queued_counts_come_back(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, 1 << 20) as (server, remote):
+            heard: list[tuple[str, int]] = []
+            arrived = asyncio.Event()
+
+            def shed(model: str, count: int = 1) -> None:
+                heard.append((model, count))
+                arrived.set()
+
+            server.engine.shed = shed  # type: ignore[method-assign]
+            for _ in range(3):
+                remote.shed("tiny")
+            await asyncio.wait_for(arrived.wait(), 10)
+            assert heard == [("tiny", 3)]  # one message for the burst
+            server.status.publish(5, 0.25)
+            assert remote.queued_requests() == 5
+
+    asyncio.run(scenario())
