@@ -19,19 +19,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 
 from ranet_serve import __version__
-from ranet_serve.api import routes_admin, routes_health, routes_v1, routes_v2
+from ranet_serve.api import routes_admin, routes_health
 from ranet_serve.api.admission import AdmissionGate, adaptive_limit
 from ranet_serve.api.auth import install_auth_handler
 from ranet_serve.api.errors import install_error_handlers
 from ranet_serve.api.service import InferenceService
+from ranet_serve.api.v1 import routes as routes_v1
+from ranet_serve.api.v2 import routes as routes_v2
 from ranet_serve.engine.client import EngineClient
-from ranet_serve.engine.core import Engine
 from ranet_serve.engine.local import LocalEngine
 from ranet_serve.engine.registry import RuntimeFactory, default_runtime_factory
-from ranet_serve.metrics import EngineMetrics, RequestMetrics
+from ranet_serve.metrics import RequestMetrics
 from ranet_serve.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,8 @@ def create_app(
     """
     settings = settings or get_settings()
     if engine is None:
-        registry = CollectorRegistry()
-        engine = LocalEngine(
-            Engine(settings, EngineMetrics(registry), runtime_factory or default_runtime_factory), registry
-        )
-        request_metrics = RequestMetrics(registry)
+        local = LocalEngine.build(settings, runtime_factory or default_runtime_factory)
+        engine, request_metrics = local, RequestMetrics(local.registry)
     metrics = request_metrics or RequestMetrics()
     limit = adaptive_limit(settings)
     service = InferenceService(settings, engine, metrics, on_served=limit.observe_service)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ranet_serve.api.schemas_v1 import ExitInfo, InputInfo, ModelInfo, OperatingPointInfo, VersionInfo
+from ranet_serve.api.v1.schemas import ExitInfo, InputInfo, ModelInfo, OperatingPointInfo, VersionInfo
 from ranet_serve.engine.catalog import CatalogEntry, version_key
 
 

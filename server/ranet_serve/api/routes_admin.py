@@ -8,7 +8,7 @@ from ranet_serve.api.auth import require_admin_key
 from ranet_serve.api.catalog import describe_model
 from ranet_serve.api.deps import get_engine
 from ranet_serve.api.schemas_errors import v1_errors
-from ranet_serve.api.schemas_v1 import ReloadResponse
+from ranet_serve.api.v1.schemas import ReloadResponse
 from ranet_serve.engine.client import EngineClient
 
 # The admin key (or, without one, the inference key) guards every admin route.

@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine, EngineRequest, EngineResult
-from ranet_serve.engine.registry import ReloadReport
+from ranet_serve.engine.registry import ReloadReport, RuntimeFactory
 from ranet_serve.errors import RanetServeError
+from ranet_serve.metrics import EngineMetrics
+from ranet_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,15 @@ class LocalEngine:
 
     def __init__(self, engine: Engine, registry: CollectorRegistry):
         self.engine = engine
-        self.registry = registry
+        self.registry = registry  # the engine's metrics; the front-end adds its own to it
         self._loader: asyncio.Task[ReloadReport] | None = None
         self._reload_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, runtime_factory: RuntimeFactory) -> LocalEngine:
+        """An engine with its metrics in a registry of its own (nothing is loaded until `start`)."""
+        registry = CollectorRegistry()
+        return cls(Engine(settings, EngineMetrics(registry), runtime_factory), registry)
 
     @property
     def catalog(self) -> Catalog:

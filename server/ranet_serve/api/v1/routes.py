@@ -12,9 +12,9 @@ from ranet_serve.api.catalog import describe_model
 from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
-from ranet_serve.api.schemas_v1 import ClassifyResponse, ModelInfo, ModelsResponse
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
-from ranet_serve.api.v1_codec import encode_v1, read_v1_input
+from ranet_serve.api.v1.codec import encode_v1, read_v1_input
+from ranet_serve.api.v1.schemas import ClassifyResponse, ModelInfo, ModelsResponse
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.errors import ModelNotFoundError
 from ranet_serve.settings import Settings

@@ -20,8 +20,8 @@ from starlette.requests import Request
 
 from ranet_serve.api.body import read_body, stream_body
 from ranet_serve.api.knobs import KNOBS
-from ranet_serve.api.schemas_v1 import ClassifyResponse, ImagePrediction, Timings, TopKEntry
 from ranet_serve.api.service import ClassifyResult
+from ranet_serve.api.v1.schemas import ClassifyResponse, ImagePrediction, Timings, TopKEntry
 from ranet_serve.errors import (
     InvalidInputError,
     InvalidRequestError,

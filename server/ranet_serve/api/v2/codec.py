@@ -20,9 +20,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from ranet_serve.api.knobs import BUDGET_KNOBS
-from ranet_serve.api.schemas_v2 import InferenceRequest, RequestInput
 from ranet_serve.api.service import ClassifyResult, EncodedImages
-from ranet_serve.api.v1_codec import decode_base64
+from ranet_serve.api.v1.codec import decode_base64
+from ranet_serve.api.v2.schemas import InferenceRequest, RequestInput
 from ranet_serve.errors import InvalidInputError, InvalidRequestError
 from ranet_serve.export.manifest import Manifest
 

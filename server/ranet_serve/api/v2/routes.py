@@ -23,7 +23,7 @@ from ranet_serve.api.schemas_errors import (
     v2_errors,
 )
 from ranet_serve.api.service import ClassifyRequest, InferenceService
-from ranet_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, model_metadata, parse_infer_request
+from ranet_serve.api.v2.codec import HEADER_LENGTH, encode_infer_response, model_metadata, parse_infer_request
 from ranet_serve.engine.catalog import Catalog, version_key
 from ranet_serve.errors import NotReadyError
 from ranet_serve.settings import Settings
