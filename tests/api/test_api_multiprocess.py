@@ -167,3 +167,19 @@ def test_sigterm_stops_every_process_and_removes_the_run_directory(served: Serve
             os.kill(pid, 0)
     assert not run_dir.exists()
     assert "model store closed" in served.log.read_text()
+
+
+def test_front_ends_default_to_the_cpus_a_container_may_use(tmp_path: Path) -> None:
+    from ranet_serve.api.server import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == affinity  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert available_cpus(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == affinity
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(tmp_path) == 1

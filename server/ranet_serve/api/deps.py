@@ -1,4 +1,8 @@
-"""FastAPI dependencies: what `create_app` built, taken from the app's state (no module globals)."""
+"""FastAPI dependencies: what `create_app` built, taken from the app's state (no module globals).
+
+All `async def`: FastAPI runs a plain `def` dependency in a worker thread, and those hand-offs took
+13% of a front-end's time under load (py-spy, 16 concurrent requests) for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,27 @@ from ranet_serve.metrics import RequestMetrics
 from ranet_serve.settings import Settings
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
     service: InferenceService = request.app.state.service
     return service
 
 
-def get_engine(request: Request) -> EngineClient:
+async def get_engine(request: Request) -> EngineClient:
     engine: EngineClient = request.app.state.engine
     return engine
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     """What the engine serves at this moment (one snapshot per request)."""
-    return get_engine(request).catalog
+    engine: EngineClient = request.app.state.engine
+    return engine.catalog
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> RequestMetrics:
+async def get_metrics(request: Request) -> RequestMetrics:
     metrics: RequestMetrics = request.app.state.metrics
     return metrics
