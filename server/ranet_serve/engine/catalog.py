@@ -9,9 +9,9 @@ Lookups are dictionary reads; a model name from a URL is only ever a key.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from ranet_serve.errors import ModelNotFoundError, NotReadyError
 from ranet_serve.export.manifest import NAME_PATTERN as _NAME
@@ -90,35 +90,56 @@ class Catalog:
 
         Without a version: the latest version that loaded, else the latest that failed.
         """
-        versions = self._versions(name)
-        if version is None:
-            pool = [v for v in versions.values() if v.ready] or list(versions.values())
-            return max(pool, key=lambda v: version_key(v.version))
-        if version not in versions:
-            known = ", ".join(sorted(versions, key=version_key))
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version[:32]!r}; versions: {known}",
-                model=name,
-                version=version[:32],
-            )
-        return versions[version]
+        return select_version(self.models, name, version, loaded=self.loaded, ready_only=False)
 
     def find_ready(self, name: str, version: str | None = None) -> CatalogEntry:
-        """Like `find`, but a failed version is a NotReadyError naming its error."""
-        entry = self.find(name, version)
-        if not entry.ready:
-            if version is None:
-                errors = "; ".join(
-                    f"{v.version}: {v.error}" for v in self.models[name].values() if not v.ready
-                )
-                raise NotReadyError(f"model {name!r} has no version that loaded ({errors})", model=name)
-            entry.require_manifest()
-        return entry
+        """Like `find`, but a version that failed to load is a NotReadyError naming its error."""
+        return select_version(self.models, name, version, loaded=self.loaded, ready_only=True)
 
-    def _versions(self, name: str) -> dict[str, CatalogEntry]:
-        if not self.loaded and not self.models:
-            raise NotReadyError("models are still loading")
-        if not NAME_PATTERN.match(name) or name not in self.models:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotFoundError(f"model {name[:64]!r} not found; serving: {known}", model=name[:64])
-        return self.models[name]
+
+class VersionLike(Protocol):
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+V = TypeVar("V", bound=VersionLike)
+
+
+def select_version(
+    models: Mapping[str, Mapping[str, V]], name: str, version: str | None, *, loaded: bool, ready_only: bool
+) -> V:
+    """The one rule that picks a model version, for the front-ends' catalog and the engine's registry.
+
+    Unknown model or version: ModelNotFoundError (404). No version given: the latest that loaded; if
+    none did, the latest that failed (`ready_only` False) or a NotReadyError listing the errors. A
+    version that failed to load: itself, or a NotReadyError naming its error (`ready_only`).
+    """
+    if not loaded and not models:
+        raise NotReadyError("models are still loading")
+    if not NAME_PATTERN.match(name) or name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ModelNotFoundError(f"model {name[:64]!r} not found; serving: {known}", model=name[:64])
+    versions = models[name]
+    if version is None:
+        ready = [v for v in versions.values() if v.state == "ready"]
+        if not ready and ready_only:
+            errors = "; ".join(f"{v.version}: {v.error}" for v in versions.values())
+            raise NotReadyError(f"model {name!r} has no version that loaded ({errors})", model=name)
+        return max(ready or versions.values(), key=lambda v: version_key(v.version))
+    if version not in versions:
+        known = ", ".join(sorted(versions, key=version_key))
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version[:32]!r}; versions: {known}",
+            model=name,
+            version=version[:32],
+        )
+    entry = versions[version]
+    if ready_only and entry.state != "ready":
+        raise NotReadyError(f"model {name!r} version {version!r} failed to load: {entry.error}", model=name)
+    return entry

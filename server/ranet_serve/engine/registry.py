@@ -27,7 +27,7 @@ from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
 from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint
 from ranet_serve.engine.agreement import AgreementMonitor
-from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, version_key
+from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, select_version, version_key
 from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
@@ -72,6 +72,7 @@ class ReadyVersion:
     adaptive: LoadAdaptivePoint | None = None  # moves the default point with load (slo_p99_ms)
     leases: int = 0
     state: str = field(default="ready", init=False)
+    error: None = field(default=None, init=False)
 
     @property
     def manifest(self) -> Manifest:
@@ -216,40 +217,9 @@ class ModelStore:
                 seconds += entry.batcher.backlog_seconds
         return queued, seconds
 
-    def _versions(self, name: str) -> dict[str, ModelVersion]:
-        if not self._loaded.is_set() and not self._models:
-            raise NotReadyError("models are still loading")
-        if not NAME_PATTERN.match(name) or name not in self._models:
-            known = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFoundError(f"model {name[:64]!r} not found; serving: {known}", model=name[:64])
-        return self._models[name]
-
-    @staticmethod
-    def _no_version(name: str, version: str, versions: dict[str, ModelVersion]) -> ModelNotFoundError:
-        known = ", ".join(sorted(versions, key=version_key))
-        return ModelNotFoundError(
-            f"model {name!r} has no version {version[:32]!r}; versions: {known}",
-            model=name,
-            version=version[:32],
-        )
-
     def _resolve(self, name: str, version: str | None) -> ReadyVersion:
-        versions = self._versions(name)
-        if version is None:
-            ready = [v for v in versions.values() if isinstance(v, ReadyVersion)]
-            if not ready:
-                errors = "; ".join(
-                    f"{v.version}: {v.error}" for v in versions.values() if isinstance(v, FailedVersion)
-                )
-                raise NotReadyError(f"model {name!r} has no version that loaded ({errors})", model=name)
-            return max(ready, key=lambda v: version_key(v.version))
-        if version not in versions:
-            raise self._no_version(name, version, versions)
-        entry = versions[version]
-        if isinstance(entry, FailedVersion):
-            raise NotReadyError(
-                f"model {name!r} version {version!r} failed to load: {entry.error}", model=name
-            )
+        entry = select_version(self._models, name, version, loaded=self._loaded.is_set(), ready_only=True)
+        assert isinstance(entry, ReadyVersion)
         return entry
 
     # -- loading (worker threads) ---------------------------------------------------------------
