@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ranet_serve.cascade.executor import BatchResult
+from ranet_serve.cascade.results import BatchResult
 from ranet_serve.export.manifest import Manifest
 
 # From 0.5 ms: a tiny model's stage takes well under the client library's smallest 5 ms bucket.

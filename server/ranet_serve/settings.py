@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ranet_serve.cascade.runtimes import SINGLE_THREAD_BELOW
+from ranet_serve.cascade.threads import SINGLE_THREAD_BELOW
 
 MIB = 1 << 20
 

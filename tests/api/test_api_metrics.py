@@ -85,7 +85,7 @@ def test_unknown_models_share_one_label(client: httpx.Client) -> None:
 
 
 def test_flops_saved_ratio_follows_recent_images_not_the_whole_history() -> None:
-    from ranet_serve.cascade.executor import BatchResult, ImageResult
+    from ranet_serve.cascade.results import BatchResult, ImageResult
     from ranet_serve.metrics import SAVED_RATIO_HALF_LIFE_IMAGES, EngineMetrics
 
     def batch(flops: int, count: int) -> BatchResult:

@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -29,10 +30,11 @@ from ranet_serve.api.service import InferenceService
 from ranet_serve.api.v1 import routes as routes_v1
 from ranet_serve.api.v2 import routes as routes_v2
 from ranet_serve.engine.client import EngineClient
-from ranet_serve.engine.local import LocalEngine
-from ranet_serve.engine.registry import RuntimeFactory, default_runtime_factory
 from ranet_serve.metrics import RequestMetrics
 from ranet_serve.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from ranet_serve.engine.registry import RuntimeFactory
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ def create_app(
     """
     settings = settings or get_settings()
     if engine is None:
+        # Imported here: a front-end process of a multi-process server never loads torch or onnxruntime.
+        from ranet_serve.engine.local import LocalEngine
+        from ranet_serve.engine.registry import default_runtime_factory
+
         local = LocalEngine.build(settings, runtime_factory or default_runtime_factory)
         engine, request_metrics = local, RequestMetrics(local.registry)
     metrics = request_metrics or RequestMetrics()

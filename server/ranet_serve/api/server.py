@@ -157,8 +157,7 @@ class Supervisor:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def _run(self, run_dir: Path, sock: socket.socket) -> None:
-        from ranet_serve.engine.process import STATUS_NAME
-        from ranet_serve.engine.shm import StatusBlock
+        from ranet_serve.engine.shm import STATUS_NAME, StatusBlock
 
         (run_dir / METRICS_DIR).mkdir()
         StatusBlock(run_dir / STATUS_NAME, create=True)

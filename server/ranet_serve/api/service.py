@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ranet_serve.api.errors import status_for
 from ranet_serve.api.images import ImageLimits, declared_pixels, preprocess_batch
-from ranet_serve.cascade.executor import ImageResult
 from ranet_serve.cascade.policy import Budget
+from ranet_serve.cascade.results import ImageResult
 from ranet_serve.engine.client import EngineClient
-from ranet_serve.engine.core import EngineRequest, EngineResult
+from ranet_serve.engine.records import EngineRequest, EngineResult
 from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,

@@ -18,29 +18,8 @@ import numpy as np
 from torch import Tensor
 
 from ranet_serve.cascade.arrays import StageArray, StageArrays
+from ranet_serve.cascade.results import BatchResult, ImageResult
 from ranet_serve.cascade.runtimes import StageRuntime
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    exit: int
-    class_index: int
-    confidence: float
-    top_k: tuple[tuple[int, float], ...]  # (class index, probability), most probable first
-    flops: int  # cumulative FLOPs of the answering exit
-    budget_limited: bool  # the FLOPs cap forced this exit before the image was confident
-    seconds: float  # from the start of the batch to this image's exit
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    images: tuple[ImageResult, ...]
-    stage_seconds: tuple[float, ...]  # time spent in each stage (0 for stages not run)
-    stage_batch_sizes: tuple[int, ...]  # images each stage ran on (0 for stages not run)
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.stage_seconds)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,8 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.core import EngineRequest, EngineResult
-from ranet_serve.engine.registry import ReloadReport
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
 
 
 class EngineClient(Protocol):

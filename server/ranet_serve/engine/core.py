@@ -14,15 +14,14 @@ import logging
 import math
 import time
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 
-from ranet_serve.cascade.executor import ImageResult
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine.catalog import Catalog
+from ranet_serve.engine.records import EngineRequest, EngineResult
 from ranet_serve.engine.registry import ModelStore, ReadyVersion, ReloadReport, RuntimeFactory
 from ranet_serve.engine.scheduler import Replan, RequestResult
 from ranet_serve.errors import (
@@ -36,35 +35,6 @@ from ranet_serve.metrics import EngineMetrics
 from ranet_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineRequest:
-    """One inference request as the engine sees it, whatever protocol and process it came from.
-
-    `received` and `deadline` are `time.monotonic()` values (CLOCK_MONOTONIC, the same in every
-    process of the machine). `version` None: the latest version that loaded.
-    """
-
-    model: str
-    version: str | None = None
-    budget: Budget = field(default_factory=Budget)
-    top_k: int = 1
-    all_probabilities: bool = False  # every class's probability (top_k = number of classes)
-    received: float = field(default_factory=time.monotonic)
-    deadline: float = math.inf
-
-
-@dataclass(frozen=True)
-class EngineResult:
-    """Per-image results in request order, the version and point that ran, and the engine's timings."""
-
-    model: str
-    version: str
-    operating_point: str
-    images: tuple[ImageResult, ...]
-    queue_seconds: float
-    inference_seconds: float
 
 
 class Engine:

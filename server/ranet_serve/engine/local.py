@@ -17,8 +17,9 @@ import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.core import Engine, EngineRequest, EngineResult
-from ranet_serve.engine.registry import ReloadReport, RuntimeFactory
+from ranet_serve.engine.core import Engine
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.registry import RuntimeFactory
 from ranet_serve.errors import RanetServeError
 from ranet_serve.metrics import EngineMetrics
 from ranet_serve.settings import Settings

@@ -27,10 +27,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.core import Engine, EngineRequest, EngineResult
+from ranet_serve.engine.core import Engine
 from ranet_serve.engine.local import freeze_heap
-from ranet_serve.engine.registry import ReloadReport, default_runtime_factory
-from ranet_serve.engine.shm import PoolReader, StatusBlock
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.registry import default_runtime_factory
+from ranet_serve.engine.shm import PID_NAME, SOCKET_NAME, STATUS_NAME, PoolReader, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
 from ranet_serve.errors import RanetServeError, StageExecutionError
 from ranet_serve.logs import configure_logging
@@ -39,9 +40,6 @@ from ranet_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SOCKET_NAME = "engine.sock"
-STATUS_NAME = "status"
-PID_NAME = "engine.pid"
 STATUS_PERIOD_SECONDS = 0.05  # besides every submit and answer
 PARENT_CHECK_SECONDS = 1.0
 

@@ -28,6 +28,7 @@ from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
 from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint
 from ranet_serve.engine.agreement import AgreementMonitor
 from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, select_version, version_key
+from ranet_serve.engine.records import ReloadReport
 from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
@@ -110,14 +111,6 @@ class FailedVersion:
 
 
 ModelVersion = ReadyVersion | FailedVersion
-
-
-@dataclass(frozen=True)
-class ReloadReport:
-    loaded: tuple[str, ...]  # "name/version" newly loaded
-    kept: tuple[str, ...]  # unchanged and still serving
-    failed: tuple[str, ...]
-    removed: tuple[str, ...]  # no longer served (drained and closed)
 
 
 class ModelStore:

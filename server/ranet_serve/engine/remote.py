@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ranet_serve.cascade.executor import ImageResult
+from ranet_serve.cascade.results import ImageResult
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
-from ranet_serve.engine.core import EngineRequest, EngineResult
-from ranet_serve.engine.process import SOCKET_NAME, STATUS_NAME
-from ranet_serve.engine.registry import ReloadReport
-from ranet_serve.engine.shm import PagePool, StatusBlock
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.shm import SOCKET_NAME, STATUS_NAME, PagePool, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
 from ranet_serve.errors import NotReadyError, RanetServeError, StageExecutionError
 from ranet_serve.export.manifest import Manifest

@@ -21,6 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+# Names in the run directory.
+SOCKET_NAME = "engine.sock"  # the engine's Unix socket
+STATUS_NAME = "status"  # the StatusBlock
+PID_NAME = "engine.pid"
+
 
 def _map(path: Path, size: int, create: bool) -> mmap.mmap:
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)

@@ -1,0 +1,51 @@
+"""The plain records that cross the engine's boundary: a request in, a result out, a reload report.
+
+No torch here, nor anything that imports it: front-end processes import this module, and a front-end
+that never loads torch or onnxruntime starts faster and holds a fraction of the memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from ranet_serve.cascade.policy import Budget
+from ranet_serve.cascade.results import ImageResult
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One inference request as the engine sees it, whatever protocol and process it came from.
+
+    `received` and `deadline` are `time.monotonic()` values (CLOCK_MONOTONIC, the same in every
+    process of the machine). `version` None: the latest version that loaded.
+    """
+
+    model: str
+    version: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    top_k: int = 1
+    all_probabilities: bool = False  # every class's probability (top_k = number of classes)
+    received: float = field(default_factory=time.monotonic)
+    deadline: float = math.inf
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Per-image results in request order, the version and point that ran, and the engine's timings."""
+
+    model: str
+    version: str
+    operating_point: str
+    images: tuple[ImageResult, ...]
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    loaded: tuple[str, ...]  # "name/version" newly loaded
+    kept: tuple[str, ...]  # unchanged and still serving
+    failed: tuple[str, ...]
+    removed: tuple[str, ...]  # no longer served (drained and closed)
