@@ -645,3 +645,64 @@ def test_agreement_monitor_samples_only_early_exits_and_only_its_fraction(execut
     assert 0 < sampled.pending < N
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         AgreementMonitor(1.5)
+
+
+class StageLog(StageRuntime):
+    """Wraps a runtime; records every stage call as (stage, batch size) and holds the call at
+    position `hold_call` (0-based) until `release` is set."""
+
+    backend = "stage-log"
+
+    def __init__(self, inner: StageRuntime, hold_call: int):
+        super().__init__(inner.bundle)
+        self.inner, self.device, self.arrays = inner, inner.device, inner.arrays
+        self.calls: list[tuple[int, int]] = []
+        self.hold_call = hold_call
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, stage: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.calls.append((stage, next(iter(inputs.values())).shape[0]))
+        if len(self.calls) - 1 == self.hold_call:
+            self.held.set()
+            self.release.wait(10)
+        return self.inner.run(stage, inputs)
+
+
+def test_a_request_arriving_during_the_audit_waits_for_one_slice_only(bundle, images) -> None:
+    from ranet_serve.engine.agreement import AgreementMonitor
+
+    all_checked = threading.Event()
+    seen: list[tuple[int, bool]] = []
+
+    def observe(exit_index: int, agreed: bool) -> None:
+        seen.append((exit_index, agreed))
+        if len(seen) == 9:
+            all_checked.set()
+
+    monitor = AgreementMonitor(1.0, slice_images=4, observer=observe)
+    log = StageLog(OnnxRuntime(bundle, threads=1), hold_call=1)  # call 1: the audit's first slice
+    batcher = Batcher(CascadeExecutor(log), max_batch_size=8, max_queue_delay=0.0, agreement=monitor)
+    try:
+        # 8 images leave at exit 0 and are all sampled: the idle worker starts auditing them.
+        submit(batcher, images[:8]).result(10)
+        assert log.held.wait(10)  # the worker is inside the first audit slice
+        arriving = submit(batcher, images[8:9])
+        log.release.set()
+        assert arriving.result(10).images[0].exit == 0
+        assert all_checked.wait(10)  # 8 + the arriving request's own sample
+    finally:
+        log.release.set()
+        batcher.close()
+    audit_4 = [(k, 4) for k in range(EXITS)]
+    expected = [
+        (0, 8),  # the first request
+        audit_4[0],  # one slice: one stage on at most 4 samples...
+        (0, 1),  # ...then the request that arrived during it, before any more audit work
+        *audit_4[1:],  # the first audit cohort carries on where it stopped
+        *audit_4,  # the other 4 samples of the first request
+        *((k, 1) for k in range(EXITS)),  # the arriving request's sample
+    ]
+    assert log.calls == expected
+    assert monitor.pending == 0 and monitor.checked.tolist() == [9, 0, 0, 0, 0, 0]
+    assert monitor.slices == 3 * EXITS and 0 < monitor.longest_slice_seconds < 10

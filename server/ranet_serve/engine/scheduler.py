@@ -1,9 +1,9 @@
 """Dynamic batching: requests from many handlers become batches on one worker thread per bundle.
 
 The worker thread owns the runtime sessions (nothing else calls them). Each turn of its loop reads
-as intent: run parked survivors that are ready; otherwise, when nobody is waiting, run idle-time
-audit work; otherwise collect a batch, admit it and run its first stage. Every stage run ends the
-same way: its survivors are parked for their next stage and its finished images are filed,
+as intent: run parked survivors that are ready; otherwise, when nobody is waiting, run one slice of
+idle-time audit work; otherwise collect a batch, admit it and run its first stage. Every stage run
+ends the same way: its survivors are parked for their next stage and its finished images are filed,
 which answers the requests that are complete.
 
 The parts, one job each:
@@ -15,7 +15,7 @@ The parts, one job each:
 - `SlotTable` (slots.py): which request each image is; answers complete requests; an exception in a
   stage fails only the requests with images in that stage's batch.
 - `WorkerMeter` (meter.py): utilisation (`busy_seconds`, `admitted_images`) and the metrics observer.
-- `AgreementMonitor` (agreement.py): the exit-agreement audit, run in idle time.
+- `AgreementMonitor` (agreement.py): the exit-agreement audit, in slices of one stage each.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Batcher:
                     return
                 self._admit(carried)
             elif idle and not self._parking and self._audit_has_work():
-                self._check_agreement()  # spare capacity: nobody is waiting
+                self._audit_slice()  # spare capacity: one slice, then look at the queue again
             else:
                 collected = self._batches.collect(wait=not self._parking)
                 stopping = collected.stopping
@@ -264,11 +264,11 @@ class Batcher:
         request.answer(finished)
 
     def _audit_has_work(self) -> bool:
-        return self.agreement is not None and self.agreement.pending > 0
+        return self.agreement is not None and self.agreement.has_work
 
-    def _check_agreement(self) -> None:
+    def _audit_slice(self) -> None:
         assert self.agreement is not None
         try:
-            self.agreement.run_pending(self.executor)
+            self.agreement.run_slice(self.executor)
         except Exception:  # monitoring must never take the worker down
             logger.exception("exit-agreement check failed")
