@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import base64
+import json
+import math
+import struct
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import fastapi.routing
 import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from starlette.formparsers import FormParser, MultiPartParser
 
 from helpers.bundles import BALANCED_THRESHOLDS
 from helpers.images import jpeg_bytes, png_bytes
+from helpers.metrics import delta, scrape, value
+from helpers.server import RunningServer
 from ranet_serve.api.images import ImageLimits, preprocess_batch
-from ranet_serve.cascade.executor import BatchResult, CascadeExecutor
+from ranet_serve.api.service import ClassifyResult
+from ranet_serve.api.v1 import routes as v1_routes
+from ranet_serve.api.v1.codec import encode_v1
+from ranet_serve.api.v1.schemas import ClassifyResponse, ImagePrediction, Timings, TopKEntry
+from ranet_serve.cascade.executor import BatchResult, CascadeExecutor, ImageResult
 from ranet_serve.cascade.runtimes import create_runtime
 from ranet_serve.data.datasets import FASHION_MNIST_LABELS
 from ranet_serve.export.bundle import load_bundle
@@ -270,3 +285,197 @@ def test_deadline_ms_generous_enough_succeeds(client: httpx.Client, images: list
 def test_more_images_share_one_request_up_to_the_limit(client: httpx.Client) -> None:
     eight = [png_bytes(100 + i) for i in range(8)]
     assert len(classify(client, eight)["results"]) == 8
+
+
+# -- response encoding -------------------------------------------------------------------------------------
+
+
+def _result(labels: tuple[str, ...]) -> ClassifyResult:
+    """A result with awkward values: floats without short decimal forms, non-ASCII labels, k > 1."""
+    images = (
+        ImageResult(
+            exit=2,
+            class_index=1,
+            confidence=1 / 3,
+            top_k=((1, 1 / 3), (0, 0.1), (2, 1e-7)),
+            flops=7604693,
+            budget_limited=False,
+            seconds=0.002,
+        ),
+        ImageResult(
+            exit=0,
+            class_index=2,
+            confidence=0.9999999403953552,
+            top_k=((2, 0.9999999403953552),),
+            flops=2030858,
+            budget_limited=True,
+            seconds=0.001,
+        ),
+    )
+    return ClassifyResult(
+        model="tiny",
+        version="2",
+        operating_point="balanced",
+        labels=labels,
+        images=images,
+        queue_seconds=0.000123,
+        inference_seconds=0.0045678,
+        total_seconds=0.01,
+    )
+
+
+def _pydantic_body(result: ClassifyResult) -> bytes:
+    """What the route answered when it returned the pydantic model and FastAPI serialised it."""
+    labels = result.labels
+    model = ClassifyResponse(
+        model=result.model,
+        version=result.version,
+        operating_point=result.operating_point,
+        results=[
+            ImagePrediction(
+                label=labels[image.class_index],
+                class_index=image.class_index,
+                confidence=image.confidence,
+                top_k=[TopKEntry(label=labels[c], class_index=c, probability=p) for c, p in image.top_k],
+                exit=image.exit,
+                flops=image.flops,
+                budget_limited=image.budget_limited,
+            )
+            for image in result.images
+        ],
+        timings=Timings(
+            queue_ms=1000 * result.queue_seconds,
+            inference_ms=1000 * result.inference_seconds,
+            total_ms=1000 * result.total_seconds,
+        ),
+    )
+    return bytes(JSONResponse(jsonable_encoder(model)).body)
+
+
+def test_encode_v1_writes_the_bytes_fastapi_wrote() -> None:
+    result = _result(("T-shirt/top", "Trouser – ünïcode", 'Pull"over'))
+    assert encode_v1(result) == _pydantic_body(result)
+
+
+def test_encode_v1_refuses_non_finite_numbers() -> None:
+    result = _result(("a", "b", "c"))
+    broken = replace(result, images=(replace(result.images[0], confidence=math.nan),))
+    with pytest.raises(ValueError):
+        encode_v1(broken)
+
+
+def test_the_response_body_is_the_documented_model(client: httpx.Client, images: list[bytes]) -> None:
+    response = client.post("/v1/models/tiny/classify", files=multipart(images[:3]), params={"top_k": 2})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert ClassifyResponse.model_validate_json(response.content).model_dump(mode="json") == body
+    assert list(body) == ["model", "version", "operating_point", "results", "timings"]
+    assert list(body["results"][0]) == [
+        "label",
+        "class_index",
+        "confidence",
+        "top_k",
+        "exit",
+        "flops",
+        "budget_limited",
+    ]
+
+
+def test_fastapi_does_not_validate_the_response_again(
+    client: httpx.Client, images: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route returns serialised bytes; FastAPI's response-model pass would cost every request."""
+    calls: list[object] = []
+    original = fastapi.routing.serialize_response
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("field"))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "serialize_response", counting)
+    assert client.post("/v1/models/tiny/classify", files=multipart(images[:1])).status_code == 200
+    assert calls == []
+    assert client.get("/v1/models").status_code == 200  # the spy works: other routes still go through it
+    assert len(calls) == 1
+
+
+def test_an_encoding_failure_is_counted_as_a_500(
+    server: RunningServer, client: httpx.Client, images: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding runs inside the service's request tracking, so its failure is the 500 the metrics count.
+
+    The failing request has a connection of its own: after an unexpected error Starlette re-raises to
+    uvicorn, which closes the connection once the 500 is sent.
+    """
+
+    def failing(result: ClassifyResult) -> bytes:
+        raise RuntimeError("injected encoding failure")
+
+    monkeypatch.setattr(v1_routes, "encode_v1", failing)
+    before = scrape(client)
+    with server.client() as own:
+        response = own.post("/v1/models/tiny/classify", files=multipart(images[:1]))
+    after = scrape(client)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert delta(before, after, "ranet_requests_total", model="tiny", status="500") == 1
+    assert delta(before, after, "ranet_requests_total", model="tiny", status="200") == 0
+    assert delta(before, after, "ranet_request_duration_seconds_count", model="tiny") == 1
+    assert value(after, "ranet_inflight_requests", model="tiny") == 0
+
+
+def test_only_multipart_requests_construct_a_form_parser(
+    client: httpx.Client, images: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw bodies, JSON and v2 tensors (JSON or binary) never pay for form parsing."""
+    built: list[str] = []
+    for parser in (MultiPartParser, FormParser):
+        original = parser.__init__
+
+        def spy(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
+            built.append(type(self).__name__)
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(parser, "__init__", spy)
+
+    encoded = base64.b64encode(images[0]).decode()
+    v2_json = {"inputs": [{"name": "b", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "b",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + len(images[0])},
+                }
+            ]
+        }
+    ).encode()
+    binary = header + struct.pack("<I", len(images[0])) + images[0]
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/models/tiny/classify", {"content": images[0], "headers": {"Content-Type": "image/png"}}),
+        (
+            "/v1/models/tiny/classify",
+            {"content": images[0], "headers": {"Content-Type": "application/octet-stream"}},
+        ),
+        ("/v1/models/tiny/classify", {"json": {"images": [encoded]}}),
+        ("/v2/models/tiny/infer", {"json": v2_json}),
+        (
+            "/v2/models/tiny/infer",
+            {
+                "content": binary,
+                "headers": {
+                    "Content-Type": "application/octet-stream",
+                    "Inference-Header-Content-Length": str(len(header)),
+                },
+            },
+        ),
+    ]
+    for path, send in requests:
+        response = client.post(path, **send)
+        assert response.status_code == 200, (path, response.text)
+    assert built == []
+    assert client.post("/v1/models/tiny/classify", files=multipart(images[:1])).status_code == 200
+    assert built == ["MultiPartParser"]  # the spy sees the one form that needs it

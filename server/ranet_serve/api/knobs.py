@@ -1,5 +1,11 @@
 """Request knobs, whatever their source (query, form field, JSON body, v2 `parameters`), as typed values.
 
+`KNOB_TABLE` is the one list of knobs: v1 and v2 accept exactly these names, parse each with the same
+function, reject any other name with the same message (`unknown_parameter`), and document them in
+OpenAPI from the same schema fragments. A protocol may add parameters of its own that are not knobs
+(v2's Triton parameters, `v2/codec.py`), but it passes them as `also_known` so one message lists every
+name the client may send.
+
 Budget values go through `api.budget` (one parser for "20M", "1.5G", comma lists...); the rest are
 checked here. A wrong type or range is a 422 naming the knob.
 """
@@ -8,18 +14,24 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from ranet_serve.api.budget import parse_confidence, parse_flops, parse_thresholds
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.errors import InvalidRequestError
 
-BUDGET_KNOBS = ("max_flops", "target_flops", "confidence", "thresholds", "operating_point")
-KNOBS = (*BUDGET_KNOBS, "top_k", "version", "deadline_ms")
-T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its name, how a raw value (string or JSON value) becomes a typed one, its OpenAPI doc."""
+
+    name: str
+    parse: Callable[[object], Any]
+    schema: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -30,40 +42,43 @@ class Knobs:
     deadline_ms: float | None = None
 
 
-def parse_knobs(raw: Mapping[str, object]) -> Knobs:
-    """Typed knobs from raw values (strings from query/form, JSON values from bodies)."""
-    unknown = sorted(set(raw) - set(KNOBS))
-    if unknown:
-        raise InvalidRequestError(f"unknown parameter {unknown[0]!r}; known: {', '.join(KNOBS)}")
-    budget = Budget(
-        max_flops=_optional(raw, "max_flops", lambda v: parse_flops(v, "max_flops")),
-        target_flops=_optional(raw, "target_flops", lambda v: parse_flops(v, "target_flops")),
-        confidence=_optional(raw, "confidence", parse_confidence),
-        thresholds=_optional(raw, "thresholds", parse_thresholds),
-        operating_point=_name(raw, "operating_point"),
+def parse_count(value: object, key: str) -> int:
+    """A positive integer, as a JSON number or a string of digits (query and form values are strings).
+
+    The upper bound (the number of classes) depends on the model, so the engine checks it.
+    """
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{key} must be an integer, got {value!r}")
+    integral = (
+        isinstance(value, int)
+        or (isinstance(value, float) and value.is_integer())
+        or (isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value) is not None)
     )
-    top_k = _integer(raw["top_k"], "top_k") if raw.get("top_k") is not None else 1
-    return Knobs(
-        budget=budget,
-        top_k=top_k,
-        version=_name(raw, "version"),
-        deadline_ms=_number(raw["deadline_ms"], "deadline_ms")
-        if raw.get("deadline_ms") is not None
-        else None,
-    )
+    if not integral:
+        raise InvalidRequestError(f"{key} must be an integer, got {str(value)[:40]!r}")
+    number = int(value)  # type: ignore[call-overload]
+    if number < 1:
+        raise InvalidRequestError(f"{key} must be at least 1, got {number}")
+    return number
 
 
-def _optional(raw: Mapping[str, object], key: str, parse: Callable[[Any], T]) -> T | None:
-    value = raw.get(key)
-    return None if value is None else parse(value)
+def parse_positive(value: object, key: str) -> float:
+    """A positive finite number, as a JSON number or a numeric string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequestError(f"{key} must be a number, got {str(value)[:40]!r}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequestError(f"{key} must be a number, got {str(value)[:40]!r}") from exc
+    if not math.isfinite(number) or number <= 0:
+        raise InvalidRequestError(f"{key} must be a positive finite number, got {str(value)[:40]!r}")
+    return number
 
 
-def _name(raw: Mapping[str, object], key: str) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        return None
+def parse_name(value: object, key: str) -> str:
+    """A version or operating-point name; `"version": 2` in JSON means version "2"."""
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # `"version": 2` in JSON means version "2"
+        value = str(value)
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidRequestError(
             f"{key} must be a name of letters, digits, '.', '_', '-' (got {str(value)[:40]!r})"
@@ -71,25 +86,87 @@ def _name(raw: Mapping[str, object], key: str) -> str | None:
     return value
 
 
-def _integer(value: object, key: str) -> int:
-    if isinstance(value, bool):
-        raise InvalidRequestError(f"{key} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
-        return int(value)
-    raise InvalidRequestError(f"{key} must be an integer, got {str(value)[:40]!r}")
+KNOB_TABLE: tuple[Knob, ...] = (
+    Knob(
+        "max_flops",
+        lambda v: parse_flops(v, "max_flops"),
+        {"type": "string", "description": "hard cap per image: a number or '20M', '1.5G'"},
+    ),
+    Knob(
+        "target_flops",
+        lambda v: parse_flops(v, "target_flops"),
+        {"type": "string", "description": "average budget: picks a calibrated operating point"},
+    ),
+    Knob(
+        "confidence",
+        parse_confidence,
+        {"type": "number", "description": "one threshold for every exit, in [0, 1]"},
+    ),
+    Knob(
+        "thresholds",
+        parse_thresholds,
+        {"type": "string", "description": "one threshold per exit, comma-separated"},
+    ),
+    Knob(
+        "operating_point",
+        lambda v: parse_name(v, "operating_point"),
+        {"type": "string", "description": "a calibrated operating point of the model, by name"},
+    ),
+    Knob(
+        "top_k",
+        lambda v: parse_count(v, "top_k"),
+        {"type": "integer", "description": "how many classes to list per image, most probable first"},
+    ),
+    Knob(
+        "version",
+        lambda v: parse_name(v, "version"),
+        {"type": "string", "description": "model version; the latest that loaded if absent"},
+    ),
+    Knob(
+        "deadline_ms",
+        lambda v: parse_positive(v, "deadline_ms"),
+        {"type": "number", "description": "answer within this many ms of arrival, else 504"},
+    ),
+)
+KNOBS = tuple(knob.name for knob in KNOB_TABLE)
 
 
-def _number(value: object, key: str) -> float:
-    if isinstance(value, bool):
-        raise InvalidRequestError(f"{key} must be a number, got {value!r}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"{key} must be a number, got {str(value)[:40]!r}") from exc
-    if not math.isfinite(number) or number <= 0:
-        raise InvalidRequestError(f"{key} must be a positive finite number, got {str(value)[:40]!r}")
-    return number
+def knob_schemas() -> dict[str, dict[str, Any]]:
+    """OpenAPI property schemas of every knob, for the request bodies of both protocols."""
+    return {knob.name: dict(knob.schema) for knob in KNOB_TABLE}
+
+
+def unknown_parameter(name: str, known: Sequence[str], where: str = "") -> InvalidRequestError:
+    """The one rejection of a name that is not a knob (nor, in v2, a protocol parameter).
+
+    Both protocols answer it, so a client learns the same thing whichever it speaks: which name was
+    wrong and every name it could have meant. `where` places it (" of output 'label'") when needed.
+    """
+    shown = name[:64]
+    return InvalidRequestError(
+        f"unknown parameter {shown!r}{where}; known: {', '.join(known)}", parameter=shown
+    )
+
+
+def parse_knobs(raw: Mapping[str, object], also_known: Collection[str] = ()) -> Knobs:
+    """Typed knobs from raw values (strings from query/form, JSON values from bodies).
+
+    `also_known`: names the caller handles itself (v2 protocol parameters); they are skipped here and
+    listed in the message for an unknown name. A None value means "not given", as JSON null does.
+    """
+    for name in sorted(raw):  # sorted: the same name is reported whatever the client's order
+        if name not in KNOBS and name not in also_known:
+            raise unknown_parameter(name, (*KNOBS, *also_known))
+    values = {knob.name: knob.parse(raw[knob.name]) for knob in KNOB_TABLE if raw.get(knob.name) is not None}
+    return Knobs(
+        budget=Budget(
+            max_flops=values.get("max_flops"),
+            target_flops=values.get("target_flops"),
+            confidence=values.get("confidence"),
+            thresholds=values.get("thresholds"),
+            operating_point=values.get("operating_point"),
+        ),
+        top_k=values.get("top_k", 1),
+        version=values.get("version"),
+        deadline_ms=values.get("deadline_ms"),
+    )

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from ranet_serve.api.body import read_body, stream_body
 from ranet_serve.api.knobs import KNOBS
 from ranet_serve.api.service import ClassifyResult
-from ranet_serve.api.v1.schemas import ClassifyResponse, ImagePrediction, Timings, TopKEntry
 from ranet_serve.errors import (
     InvalidInputError,
     InvalidRequestError,
@@ -177,27 +176,39 @@ def decode_base64(value: object, where: str) -> bytes:
     return data
 
 
-def encode_v1(result: ClassifyResult) -> ClassifyResponse:
+def encode_v1(result: ClassifyResult) -> bytes:
+    """The response body, serialised here rather than by FastAPI.
+
+    Built as plain dicts in `ClassifyResponse`'s field order and written with the separators and
+    options Starlette's `JSONResponse` uses, so the bytes are what returning the pydantic model gave,
+    without building (and FastAPI validating) a model per image, per top-k entry, per request.
+    `tests/api/test_api_v1.py` checks the body against `ClassifyResponse`. Non-finite numbers raise
+    (`allow_nan=False`), as they did: JSON has no NaN, so a NaN confidence is a server error.
+    """
     labels = result.labels
-    return ClassifyResponse(
-        model=result.model,
-        version=result.version,
-        operating_point=result.operating_point,
-        results=[
-            ImagePrediction(
-                label=labels[image.class_index],
-                class_index=image.class_index,
-                confidence=image.confidence,
-                top_k=[TopKEntry(label=labels[c], class_index=c, probability=p) for c, p in image.top_k],
-                exit=image.exit,
-                flops=image.flops,
-                budget_limited=image.budget_limited,
-            )
+    document = {
+        "model": result.model,
+        "version": result.version,
+        "operating_point": result.operating_point,
+        "results": [
+            {
+                "label": labels[image.class_index],
+                "class_index": int(image.class_index),
+                "confidence": float(image.confidence),
+                "top_k": [
+                    {"label": labels[c], "class_index": int(c), "probability": float(p)}
+                    for c, p in image.top_k
+                ],
+                "exit": int(image.exit),
+                "flops": int(image.flops),
+                "budget_limited": bool(image.budget_limited),
+            }
             for image in result.images
         ],
-        timings=Timings(
-            queue_ms=1000 * result.queue_seconds,
-            inference_ms=1000 * result.inference_seconds,
-            total_ms=1000 * result.total_seconds,
-        ),
-    )
+        "timings": {
+            "queue_ms": 1000 * float(result.queue_seconds),
+            "inference_ms": 1000 * float(result.inference_seconds),
+            "total_ms": 1000 * float(result.total_seconds),
+        },
+    }
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.catalog import describe_model
 from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
-from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.knobs import knob_schemas, parse_knobs
 from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
 from ranet_serve.api.v1.codec import encode_v1, read_v1_input
@@ -22,16 +22,7 @@ from ranet_serve.settings import Settings
 # Every /v1 route but /v1/admin (its own router, its own key) needs the inference key when one is set.
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
-_KNOB_DOC = {
-    "max_flops": {"type": "string", "description": "hard cap per image: a number or '20M', '1.5G'"},
-    "target_flops": {"type": "string", "description": "average budget: picks a calibrated operating point"},
-    "confidence": {"type": "number", "description": "one threshold for every exit, in [0, 1]"},
-    "thresholds": {"type": "string", "description": "one threshold per exit, comma-separated"},
-    "operating_point": {"type": "string"},
-    "top_k": {"type": "integer"},
-    "version": {"type": "string"},
-    "deadline_ms": {"type": "number"},
-}
+_KNOB_DOC = knob_schemas()
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -72,7 +63,7 @@ async def classify_default(
     request: Request,
     service: InferenceService = Depends(get_service),
     settings: Settings = Depends(get_app_settings),
-) -> ClassifyResponse:
+) -> Response:
     """Classify images with the server's default model."""
     return await _classify(request, service, settings, None)
 
@@ -88,14 +79,17 @@ async def classify_model(
     request: Request,
     service: InferenceService = Depends(get_service),
     settings: Settings = Depends(get_app_settings),
-) -> ClassifyResponse:
+) -> Response:
     """Classify images with a named model (its latest version unless `version` is given)."""
     return await _classify(request, service, settings, model)
 
 
 async def _classify(
     request: Request, service: InferenceService, settings: Settings, model: str | None
-) -> ClassifyResponse:
+) -> Response:
+    """Decode, classify and encode inside `service.track`, so an encoding failure counts as the 500
+    it answers and the duration covers the whole handler. The body leaves already serialised: FastAPI
+    skips `response_model` validation for a returned `Response` (the model stays for OpenAPI only)."""
     received = time.monotonic()
     async with service.track(model):
         data = await read_v1_input(request, settings.max_body_bytes, settings.max_images_per_request)
@@ -111,7 +105,8 @@ async def _classify(
                 received=received,
             )
         )
-    return encode_v1(result)
+        body = encode_v1(result)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/models", response_model=ModelsResponse, responses=v1_errors(401))

@@ -6,6 +6,29 @@ body is a JSON header of `Inference-Header-Content-Length` bytes followed by eac
 in order (`parameters.binary_data_size`): FP32 as little-endian floats, BYTES as elements each
 prefixed by its length (uint32, little-endian). Outputs are returned in binary when the request asks
 (`binary_data_output`, or `binary_data` per output), which is tritonclient's default.
+
+Request `parameters` hold the knobs of `api/knobs.py` (the same names, parsers and errors as v1, top_k
+included) and the standard Triton parameters below; any other name is the 422 v1 gives an unknown knob:
+
+* `binary_data_output` (bool): every output in binary unless it says otherwise. Honoured.
+* `timeout` (microseconds): the deadline, as `deadline_ms` (giving both is an error; 0 means none, as
+  in Triton). Honoured.
+* `priority`: accepted and ignored. One queue serves every request; ignoring a scheduling hint never
+  changes an answer.
+* `sequence_id`, `sequence_start`, `sequence_end`: accepted when they name no sequence (id 0 or "",
+  what a client sends by default). The models are stateless, so a real sequence id is refused, as
+  Triton refuses one for a model without a sequence batcher, rather than silently dropping its state.
+
+Output `parameters`: `binary_data` (bool) and Triton's classification extension (`classification: k`,
+on the `probabilities` output only: BYTES [N, k] of "probability:class_index:label", most probable
+first). Input `parameters`: `binary_data_size`. Shared memory (`shared_memory_region`...) is refused
+on inputs and outputs: this server has no shared-memory registry. Other input parameters are ignored
+(codecs such as KServe's `content_type` describe what the datatype already says).
+
+`top_k` (default 1) is returned as outputs `top_k_label`, `top_k_class_index`, `top_k_probability`
+[N, k], most probable first, and the response's `parameters.top_k` says k. They are among the default
+outputs when the request sets `top_k`; otherwise a client asks for them by name. `probabilities`
+(every class, dense [N, classes]) needs no top_k: asking for it makes the engine return every class.
 """
 
 from __future__ import annotations
@@ -19,7 +42,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from ranet_serve.api.knobs import BUDGET_KNOBS
+from ranet_serve.api.knobs import Knobs, parse_count, parse_knobs, parse_positive, unknown_parameter
 from ranet_serve.api.service import ClassifyResult, EncodedImages
 from ranet_serve.api.v1.codec import decode_base64
 from ranet_serve.api.v2.schemas import InferenceRequest, RequestInput
@@ -36,10 +59,33 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "flops": ("INT64", "<i8"),
     "budget_limited": ("BOOL", "?"),
     "probabilities": ("FP32", "<f4"),
+    "top_k_label": ("BYTES", "object"),
+    "top_k_class_index": ("INT64", "<i8"),
+    "top_k_probability": ("FP32", "<f4"),
 }
 DEFAULT_OUTPUTS = ("label", "class_index", "confidence", "exit", "flops", "budget_limited")
+TOP_K_OUTPUTS = ("top_k_label", "top_k_class_index", "top_k_probability")
 IMAGE_INPUT = "image"
 BYTES_INPUT = "image_bytes"
+# Standard (Triton) request parameters that are not knobs, with their OpenAPI documentation; the module
+# docstring says why each is honoured, ignored or limited.
+PROTOCOL_PARAMETERS: dict[str, dict[str, Any]] = {
+    "binary_data_output": {"type": "boolean", "description": "every output in binary unless it says"},
+    "timeout": {"type": "integer", "description": "deadline in microseconds (Triton); or deadline_ms"},
+    "priority": {"type": "integer", "description": "accepted and ignored: one queue serves all"},
+    "sequence_id": {"description": "0 or empty only: the models are stateless"},
+    "sequence_start": {"type": "boolean", "description": "accepted and ignored without a sequence_id"},
+    "sequence_end": {"type": "boolean", "description": "accepted and ignored without a sequence_id"},
+}
+OUTPUT_PARAMETERS = ("binary_data", "classification")
+_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int | None = None  # Triton's classification extension: the k most probable classes
 
 
 @dataclass(frozen=True)
@@ -48,13 +94,28 @@ class V2Input:
 
     request_id: str | None
     images: EncodedImages | np.ndarray
-    knobs: dict[str, object]
-    deadline_ms: float | None
-    outputs: tuple[tuple[str, bool], ...]  # (output name, binary?)
+    knobs: Knobs
+    deadline_ms: float | None  # `deadline_ms` or Triton's `timeout`
+    outputs: tuple[RequestedOutput, ...]
 
     @property
     def wants_probabilities(self) -> bool:
-        return any(name == "probabilities" for name, _ in self.outputs)
+        """A dense `probabilities` output needs every class's probability from the engine."""
+        return any(o.name == "probabilities" and o.classification is None for o in self.outputs)
+
+    @property
+    def top_k(self) -> int:
+        """Classes per image the engine must return: the top_k knob, or more for a classification."""
+        return max([self.knobs.top_k, *(o.classification or 0 for o in self.outputs)])
+
+    def version(self, path_version: str | None) -> str | None:
+        """The version from the path or from `parameters.version`; both must agree when both are given."""
+        given = self.knobs.version
+        if path_version is not None and given is not None and given != path_version:
+            raise InvalidRequestError(
+                f"version is given both in the path ({path_version[:64]!r}) and in parameters ({given!r})"
+            )
+        return path_version if path_version is not None else given
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> V2Input:
@@ -93,12 +154,15 @@ def parse_infer_request(body: bytes, header_length: str | None) -> V2Input:
         raise InvalidInputError(f"{len(binary) - offset} bytes after the JSON header belong to no input")
     assert images is not None
     parameters = request.parameters or {}
+    knobs = parse_knobs(parameters, also_known=PROTOCOL_PARAMETERS)
+    _check_no_sequence(parameters)
+    binary_default = _flag(parameters.get("binary_data_output"), "binary_data_output")
     return V2Input(
         request_id=request.id,
         images=images,
-        knobs={k: parameters[k] for k in BUDGET_KNOBS if parameters.get(k) is not None},
-        deadline_ms=_deadline_ms(parameters),
-        outputs=_requested_outputs(request, bool(parameters.get("binary_data_output", False))),
+        knobs=knobs,
+        deadline_ms=_deadline_ms(knobs, parameters),
+        outputs=_requested_outputs(request, binary_default, top_k_given=parameters.get("top_k") is not None),
     )
 
 
@@ -117,12 +181,21 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _binary_size(tensor: RequestInput) -> int | None:
-    value = (tensor.parameters or {}).get("binary_data_size")
+    parameters = tensor.parameters or {}
+    _refuse_shared_memory(parameters, f"input {tensor.name!r}")
+    value = parameters.get("binary_data_size")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidRequestError(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
     return value
+
+
+def _refuse_shared_memory(parameters: dict[str, Any], where: str) -> None:
+    if any(parameters.get(key) is not None for key in _SHARED_MEMORY):
+        raise InvalidRequestError(
+            f"{where}: shared memory is not supported by this server; send the data in the request body"
+        )
 
 
 def _element_count(tensor: RequestInput) -> int:
@@ -210,52 +283,100 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
     return items
 
 
-def _deadline_ms(parameters: dict[str, Any]) -> float | None:
-    """`deadline_ms`, or Triton's `timeout` parameter (microseconds)."""
-    if parameters.get("deadline_ms") is not None:
-        return _positive(parameters["deadline_ms"], "deadline_ms")
-    if parameters.get("timeout") is not None:
-        return _positive(parameters["timeout"], "timeout") / 1000.0
-    return None
+def _deadline_ms(knobs: Knobs, parameters: dict[str, Any]) -> float | None:
+    """`deadline_ms`, or Triton's `timeout` parameter (microseconds); not both, which would be a guess.
+
+    A `timeout` of 0 is Triton's "none": the server's request timeout applies, as without one.
+    """
+    timeout = parameters.get("timeout")
+    if timeout is None or (timeout == 0 and not isinstance(timeout, bool)):
+        return knobs.deadline_ms
+    if knobs.deadline_ms is not None:
+        raise InvalidRequestError("give deadline_ms (milliseconds) or timeout (microseconds), not both")
+    return parse_positive(timeout, "timeout") / 1000.0
 
 
-def _positive(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidRequestError(f"parameter {key} must be a number")
-    try:
-        number = float(value)
-    except ValueError as exc:
-        raise InvalidRequestError(f"parameter {key} must be a number, got {value[:40]!r}") from exc  # type: ignore[index]
-    if not math.isfinite(number) or number <= 0:
-        raise InvalidRequestError(f"parameter {key} must be a positive number, got {value!r}")
-    return number
+def _check_no_sequence(parameters: dict[str, Any]) -> None:
+    sequence_id = parameters.get("sequence_id")
+    if sequence_id is not None and sequence_id not in (0, ""):
+        raise InvalidRequestError(
+            f"sequence_id {str(sequence_id)[:40]!r}: the models are stateless and take no sequences; "
+            "send each request on its own"
+        )
 
 
-def _requested_outputs(request: InferenceRequest, binary_default: bool) -> tuple[tuple[str, bool], ...]:
+def _flag(value: object, key: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"parameter {key} must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+def _requested_outputs(
+    request: InferenceRequest, binary_default: bool, top_k_given: bool
+) -> tuple[RequestedOutput, ...]:
+    """The outputs to return; without a list, the defaults (and the top-k ones when top_k is set)."""
     if not request.outputs:
-        return tuple((name, binary_default) for name in DEFAULT_OUTPUTS)
+        names = (*DEFAULT_OUTPUTS, *TOP_K_OUTPUTS) if top_k_given else DEFAULT_OUTPUTS
+        return tuple(RequestedOutput(name, binary_default) for name in names)
     chosen = []
     for output in request.outputs:
         if output.name not in OUTPUTS:
             raise InvalidRequestError(f"unknown output {output.name!r}; outputs: {', '.join(OUTPUTS)}")
-        binary = (output.parameters or {}).get("binary_data", binary_default)
-        chosen.append((output.name, bool(binary)))
+        parameters = output.parameters or {}
+        where = f"output {output.name!r}"
+        _refuse_shared_memory(parameters, where)
+        for key in sorted(parameters):
+            if key not in OUTPUT_PARAMETERS:
+                raise unknown_parameter(key, OUTPUT_PARAMETERS, where=f" of {where}")
+        binary = parameters.get("binary_data")
+        classification = None
+        if parameters.get("classification") is not None:
+            if output.name != "probabilities":
+                raise InvalidRequestError(
+                    f"{where}: classification applies to the 'probabilities' output only"
+                )
+            classification = parse_count(parameters["classification"], "classification")
+        chosen.append(
+            RequestedOutput(
+                output.name,
+                binary_default if binary is None else _flag(binary, "binary_data"),
+                classification,
+            )
+        )
     return tuple(chosen)
 
 
 # -- responses --------------------------------------------------------------------------------------
 
 
-def _output_array(name: str, result: ClassifyResult) -> np.ndarray:
+def _output_array(output: RequestedOutput, result: ClassifyResult, top_k: int) -> np.ndarray:
     images = result.images
+    labels = result.labels
+    name = output.name
     if name == "label":
-        return np.array([result.labels[i.class_index] for i in images], dtype=object)
+        return np.array([labels[i.class_index] for i in images], dtype=object)
     if name == "probabilities":
-        dense = np.zeros((len(images), len(result.labels)), dtype=np.float32)
+        if output.classification is not None:
+            k = output.classification
+            return np.array(
+                [[f"{p}:{c}:{labels[c]}" for c, p in i.top_k[:k]] for i in images], dtype=object
+            ).reshape(len(images), -1)
+        dense = np.zeros((len(images), len(labels)), dtype=np.float32)
         for row, image in enumerate(images):
             for index, probability in image.top_k:
                 dense[row, index] = probability
         return dense
+    if name in TOP_K_OUTPUTS:
+        rows = [i.top_k[:top_k] for i in images]
+        if name == "top_k_label":
+            return np.array([[labels[c] for c, _ in row] for row in rows], dtype=object).reshape(
+                len(rows), -1
+            )
+        column = 0 if name == "top_k_class_index" else 1
+        values = [[entry[column] for entry in row] for row in rows]
+        return np.asarray(values, dtype=OUTPUTS[name][1]).reshape(len(rows), -1)
     values = [getattr(i, name) for i in images]
     return np.asarray(values, dtype=OUTPUTS[name][1])
 
@@ -264,10 +385,12 @@ def encode_infer_response(request: V2Input, result: ClassifyResult) -> tuple[byt
     """(body, headers, media type); binary outputs follow the JSON header in the order listed."""
     outputs: list[dict[str, Any]] = []
     buffers: list[bytes] = []
-    for name, binary in request.outputs:
-        array = _output_array(name, result)
-        entry: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name][0], "shape": list(array.shape)}
-        if binary:
+    top_k = request.knobs.top_k
+    for output in request.outputs:
+        array = _output_array(output, result, top_k)
+        datatype = "BYTES" if output.classification is not None else OUTPUTS[output.name][0]
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(array.shape)}
+        if output.binary:
             raw = _to_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             buffers.append(raw)
@@ -276,15 +399,18 @@ def encode_infer_response(request: V2Input, result: ClassifyResult) -> tuple[byt
                 [str(v) for v in array.ravel()] if array.dtype == object else array.ravel().tolist()
             )
         outputs.append(entry)
+    parameters: dict[str, Any] = {
+        "operating_point": result.operating_point,
+        "queue_ms": 1000 * result.queue_seconds,
+        "inference_ms": 1000 * result.inference_seconds,
+        "total_ms": 1000 * result.total_seconds,
+    }
+    if any(o.name in TOP_K_OUTPUTS for o in request.outputs):
+        parameters["top_k"] = top_k  # what the top_k_* outputs hold per image
     document: dict[str, Any] = {
         "model_name": result.model,
         "model_version": result.version,
-        "parameters": {
-            "operating_point": result.operating_point,
-            "queue_ms": 1000 * result.queue_seconds,
-            "inference_ms": 1000 * result.inference_seconds,
-            "total_ms": 1000 * result.total_seconds,
-        },
+        "parameters": parameters,
         "outputs": outputs,
     }
     if request.request_id is not None:
@@ -319,7 +445,11 @@ def model_metadata(name: str, versions: list[str], manifest: Manifest) -> dict[s
             {
                 "name": output,
                 "datatype": datatype,
-                "shape": [-1, manifest.config.num_classes] if output == "probabilities" else [-1],
+                "shape": [-1, manifest.config.num_classes]
+                if output == "probabilities"
+                else [-1, -1]
+                if output in TOP_K_OUTPUTS
+                else [-1],
             }
             for output, (datatype, _) in OUTPUTS.items()
         ],

@@ -13,7 +13,7 @@ from ranet_serve import __version__
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.body import read_body
 from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
-from ranet_serve.api.knobs import parse_knobs
+from ranet_serve.api.knobs import knob_schemas
 from ranet_serve.api.routes_health import readiness
 from ranet_serve.api.schemas_errors import (
     INFERENCE,
@@ -23,7 +23,13 @@ from ranet_serve.api.schemas_errors import (
     v2_errors,
 )
 from ranet_serve.api.service import ClassifyRequest, InferenceService
-from ranet_serve.api.v2.codec import HEADER_LENGTH, encode_infer_response, model_metadata, parse_infer_request
+from ranet_serve.api.v2.codec import (
+    HEADER_LENGTH,
+    PROTOCOL_PARAMETERS,
+    encode_infer_response,
+    model_metadata,
+    parse_infer_request,
+)
 from ranet_serve.engine.catalog import Catalog, version_key
 from ranet_serve.errors import NotReadyError
 from ranet_serve.settings import Settings
@@ -57,7 +63,12 @@ _INFER_BODY: dict[str, Any] = {
                     "required": ["inputs"],
                     "properties": {
                         "id": {"type": "string", "maxLength": 256},
-                        "parameters": {"type": "object", "description": "budget knobs, deadline_ms"},
+                        "parameters": {
+                            "type": "object",
+                            "description": "the knobs v1 takes, and standard Triton parameters (v2/codec.py)",
+                            "properties": {**knob_schemas(), **PROTOCOL_PARAMETERS},
+                            "additionalProperties": False,
+                        },
                         "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 16},
                         "outputs": {
                             "type": "array",
@@ -150,18 +161,18 @@ async def infer(
     service: InferenceService = Depends(get_service),
     settings: Settings = Depends(get_app_settings),
 ) -> Response:
-    """Classify an FP32 tensor or BYTES images; budget knobs in the request's `parameters`."""
+    """Classify an FP32 tensor or BYTES images; v1's knobs (`top_k` too) in the request's `parameters`."""
     received = time.monotonic()
     async with service.track(model):
         body = await read_body(request, settings.max_body_bytes)
         decoded = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
-        knobs = parse_knobs(decoded.knobs)
         result = await service.classify(
             ClassifyRequest(
                 images=decoded.images,
                 model=model,
-                version=version,
-                budget=knobs.budget,
+                version=decoded.version(version),
+                budget=decoded.knobs.budget,
+                top_k=decoded.top_k,
                 all_probabilities=decoded.wants_probabilities,
                 deadline_ms=decoded.deadline_ms,
                 received=received,
