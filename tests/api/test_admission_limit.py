@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ranet_serve.api.admission import AdmissionGate
+from ranet_serve.api.admission import AdmissionGate, EarlyRetries
 from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
 from ranet_serve.metrics import RequestMetrics
@@ -133,9 +133,11 @@ class FakeEngine:
         return nullcontext()
 
 
-async def call(gate: AdmissionGate, path: str) -> tuple[int, dict[str, Any], dict[bytes, bytes]]:
+async def call(
+    gate: AdmissionGate, path: str, client: tuple[str, int] | None = None
+) -> tuple[int, dict[str, Any], dict[bytes, bytes]]:
     sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "client": client}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -177,5 +179,53 @@ def test_gate_sheds_reach_the_engine_and_a_full_engine_queue_sheds_before_the_bo
         status, body, _ = await call(gate, "/v1/classify")
         assert status == 429 and body["error"]["details"]["reason"] == "queue_full"
         assert engine.sheds == ["tiny", "tiny"]
+
+    asyncio.run(scenario())
+
+
+def test_early_retries_wait_out_their_retry_after_and_honest_clients_never_wait() -> None:
+    clock = FakeClock()
+    early = EarlyRetries(1.0, clock)
+    assert early.hold_seconds(("10.0.0.1", 5000)) == 0  # never told: no wait
+    early.told(("10.0.0.1", 5000))
+    clock.now += 0.25
+    assert early.hold_seconds(("10.0.0.1", 5000)) == 0.75  # back early: waits out the rest
+    assert early.hold_seconds(("10.0.0.1", 5001)) == 0  # another connection is not held
+    clock.now += 0.75
+    assert early.hold_seconds(("10.0.0.1", 5000)) == 0  # came back after Retry-After: no wait
+    for port in range(EarlyRetries.SWEEP_AT + 10):  # old entries are swept, memory stays bounded
+        clock.now += 0.01
+        early.told(("10.0.0.2", port))
+    assert len(early._told) <= EarlyRetries.SWEEP_AT
+
+
+def test_the_gate_holds_an_early_retry_then_sheds_it(monkeypatch: Any) -> None:
+    held: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        held.append(seconds)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            entered.set()
+            await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        settings = Settings(max_inflight_requests=1, default_model="tiny")
+        gate = AdmissionGate(app, settings=settings, engine=FakeEngine(), metrics=RequestMetrics())  # type: ignore[arg-type]
+        first = asyncio.ensure_future(call(gate, "/v1/classify", client=("127.0.0.1", 1)))
+        await entered.wait()
+        assert (await call(gate, "/v1/classify", client=("127.0.0.1", 2)))[0] == 429  # full: shed at once
+        assert held == []
+        monkeypatch.setattr("ranet_serve.api.admission.asyncio.sleep", no_wait)
+        status, _, headers = await call(gate, "/v1/classify", client=("127.0.0.1", 2))  # back at once
+        assert status == 429 and headers[b"retry-after"] == b"1"
+        assert len(held) == 1 and 0.9 < held[0] <= 1.0  # it waited out (the rest of) its Retry-After
+        release.set()
+        assert (await first)[0] == 200
 
     asyncio.run(scenario())

@@ -138,6 +138,9 @@ def settings_for(store: Path, **overrides: object) -> Settings:
         "max_body_bytes": 1 << 20,
         "max_images_per_request": 8,
         "log_level": "warning",
+        # Test clients resend at once after a 429 (their Retry-After waits are skipped or faked); the
+        # hold itself is tested in test_admission_limit.py.
+        "hold_early_retries": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -110,6 +110,7 @@ def _serve_one_process(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
         log_config=None,  # keep the logging configured above
+        proxy_headers=False,  # see run_frontend
     )
     uvicorn.Server(config).run()
 
@@ -132,6 +133,9 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
         log_config=None,
         access_log=False,
+        # X-Forwarded-* rewriting cost 8% of a front-end's time per request (py-spy) and nothing here
+        # reads the client address it would rewrite.
+        proxy_headers=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
