@@ -31,6 +31,9 @@ SERVICE_MULTIPLE = 4.0
 class LimitSettings:
     maximum: int = 256
     minimum: int = 4
+    # Where the limit starts (capped by `maximum`): a burst at start-up is admitted only this far until
+    # latencies are known, as TCP's slow start; additive increase reaches the ceiling within seconds.
+    initial: int = 32
     window_seconds: float = 0.05  # the recent latency: the mean over at least this long ...
     window_samples: int = 8  # ... and at least this many requests
     service_reset_seconds: float = 10.0  # the shortest inference time is measured anew this often
@@ -44,7 +47,7 @@ class AdaptiveLimit:
     def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.clock = clock
-        self.limit = float(settings.maximum)
+        self.limit = float(min(settings.initial, settings.maximum))
         self.service_seconds = math.inf
         self._service_next = math.inf
         self._service_since = clock()
