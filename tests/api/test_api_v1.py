@@ -17,7 +17,8 @@ import pytest
 import torch
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from starlette.formparsers import FormParser, MultiPartParser
+from python_multipart.multipart import MultipartParser
+from starlette.formparsers import FormParser
 
 from helpers.bundles import BALANCED_THRESHOLDS
 from helpers.images import jpeg_bytes, png_bytes
@@ -430,7 +431,7 @@ def test_only_multipart_requests_construct_a_form_parser(
 ) -> None:
     """Raw bodies, JSON and v2 tensors (JSON or binary) never pay for form parsing."""
     built: list[str] = []
-    for parser in (MultiPartParser, FormParser):
+    for parser in (MultipartParser, FormParser):
         original = parser.__init__
 
         def spy(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
@@ -478,4 +479,4 @@ def test_only_multipart_requests_construct_a_form_parser(
         assert response.status_code == 200, (path, response.text)
     assert built == []
     assert client.post("/v1/models/tiny/classify", files=multipart(images[:1])).status_code == 200
-    assert built == ["MultiPartParser"]  # the spy sees the one form that needs it
+    assert built == ["MultipartParser"]  # the spy sees the one form that needs it

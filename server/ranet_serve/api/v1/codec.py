@@ -10,21 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ranet_serve.api.body import read_body, stream_body
 from ranet_serve.api.knobs import KNOBS
+from ranet_serve.api.multipart import read_form
 from ranet_serve.api.service import ClassifyResult
 from ranet_serve.errors import (
     InvalidInputError,
     InvalidRequestError,
-    PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 
@@ -94,45 +91,24 @@ def _query_knobs(request: Request) -> dict[str, object]:
 async def _read_multipart(
     request: Request, max_body_bytes: int, max_images: int
 ) -> tuple[tuple[bytes, ...], dict[str, object]]:
-    async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in stream_body(request, max_body_bytes):
-            yield chunk
-
-    parser = MultiPartParser(
-        request.headers,
-        chunks(),  # type: ignore[arg-type]
+    parts = await read_form(
+        request.headers.get("content-type", ""),
+        stream_body(request, max_body_bytes),
         max_files=max_images + 1,  # one more than allowed, so the count check names the limit
         max_fields=_MAX_FORM_FIELDS,
-        max_part_size=64 * 1024,
     )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if "Too many files" in exc.message:
-            raise PayloadTooLargeError(
-                f"too many files in one request; at most {max_images} images are allowed", limit=max_images
-            ) from exc
-        raise InvalidInputError(f"malformed multipart body: {exc.message}") from exc
-    try:
-        images: list[bytes] = []
-        knobs: dict[str, object] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key not in FILE_FIELDS:
-                    raise InvalidRequestError(
-                        f"unexpected file field {key!r}; send images as 'file' or 'files'"
-                    )
-                images.append(await value.read())
-            elif key in FILE_FIELDS:
-                raise InvalidRequestError(
-                    f"field {key!r} must be a file upload (multipart part with a filename)"
-                )
-            elif key in knobs:
-                raise InvalidRequestError(f"form field {key!r} is given more than once")
-            else:
-                knobs[key] = value
-    finally:
-        await form.close()
+    images: list[bytes] = []
+    knobs: dict[str, object] = {}
+    for key, data in parts.files:
+        if key not in FILE_FIELDS:
+            raise InvalidRequestError(f"unexpected file field {key!r}; send images as 'file' or 'files'")
+        images.append(data)
+    for key, value in parts.fields:
+        if key in FILE_FIELDS:
+            raise InvalidRequestError(f"field {key!r} must be a file upload (multipart part with a filename)")
+        if key in knobs:
+            raise InvalidRequestError(f"form field {key!r} is given more than once")
+        knobs[key] = value
     if not images:
         raise InvalidInputError("no image files in the multipart body (use the field 'file' or 'files')")
     return tuple(images), knobs

@@ -1,0 +1,131 @@
+"""Multipart form bodies read into memory: python-multipart's streaming parser, without files on disk.
+
+Why not Starlette's form parser: it wraps every file part in an `UploadFile` over a
+`SpooledTemporaryFile` (Python objects and an async read per image, and a spill to `/tmp` past 1 MB),
+while an image here is at most `max_image_bytes` and a whole body at most `max_body_bytes`, both held
+in memory anyway to be decoded. The body limit bounds what this keeps, and nothing touches the disk
+(a read-only root filesystem with a small `/tmp` stays safe under concurrent large uploads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from ranet_serve.errors import InvalidInputError, PayloadTooLargeError
+
+MAX_FIELD_BYTES = 64 * 1024  # a knob's value; an image part is bounded by the body limit only
+
+
+@dataclass
+class FormParts:
+    """The parts of one body, in order: files as (field, bytes), fields as (name, text)."""
+
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    fields: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: bool = False
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+async def read_form(
+    content_type: str, body: AsyncIterator[bytes], *, max_files: int, max_fields: int
+) -> FormParts:
+    """Parse a `multipart/form-data` body as it streams in.
+
+    Raises InvalidInputError (malformed body, too many fields, a field over 64 KiB) or
+    PayloadTooLargeError (more than `max_files` files); the body's own size limit is the stream's.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidInputError("malformed multipart body: the Content-Type names no boundary")
+    parts = FormParts()
+    current = _Part()
+    header_field = bytearray()
+    header_value = bytearray()
+    headers: dict[bytes, bytes] = {}
+    finished = False
+
+    def on_part_begin() -> None:
+        nonlocal current
+        current = _Part()
+        headers.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        disposition, params = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in params:
+            raise InvalidInputError("malformed multipart body: a part has no form-data name")
+        current.name = params[b"name"].decode("utf-8", "replace")
+        current.filename = b"filename" in params
+        if current.filename and len(parts.files) >= max_files:
+            raise PayloadTooLargeError(
+                f"too many files in one request; at most {max_files - 1} images are allowed",
+                limit=max_files - 1,
+            )
+        if not current.filename and len(parts.fields) >= max_fields:
+            raise InvalidInputError(f"malformed multipart body: more than {max_fields} form fields")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current.size += end - start
+        if not current.filename and current.size > MAX_FIELD_BYTES:
+            raise InvalidInputError(
+                f"malformed multipart body: form field {current.name[:40]!r} is over 64 KiB"
+            )
+        current.chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        value = b"".join(current.chunks)
+        if current.filename:
+            parts.files.append((current.name, value))
+        else:
+            try:
+                parts.fields.append((current.name, value.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"form field {current.name[:40]!r} is not UTF-8 text") from exc
+
+    def on_end() -> None:
+        nonlocal finished
+        finished = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_end": on_end,
+        },
+    )
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InvalidInputError(f"malformed multipart body: {exc}") from exc
+    if not finished:
+        raise InvalidInputError("malformed multipart body: it ends before its closing boundary")
+    return parts
