@@ -13,15 +13,24 @@ servers alike, the ranking is the servers'.
   every finished request, errors and non-2xx answers included, so the figures compared here are
   `ok_per_s`: 2xx answers per second of wall time.
 
+- `run_hey_csv` runs hey for a duration (`-z`) with `-o csv` and `parse_csv` reads one row per
+  answered request (latency, status code, offset from the start). Why: under overload hey's summary
+  mixes 200s and 429s in one latency distribution, so the latency of admitted requests, and that of
+  the rejections, can only be computed from the rows (`CsvRun`). hey leaves transport errors
+  (refused, reset, timeouts) out of its CSV, so a CSV run cannot count them.
+
 hey sends the same body every time, so it cannot judge accuracy; the load generator does that.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import shutil
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,22 +104,35 @@ def parse_summary(text: str) -> HeySummary:
 
 
 def multipart_body(
-    image: bytes, path: Path, *, filename: str = "image.png", content_type: str = "image/png"
+    image: bytes | Sequence[bytes],
+    path: Path,
+    *,
+    filename: str = "image.png",
+    content_type: str = "image/png",
 ) -> str:
     """Write a multipart/form-data body holding `image` in the field `file` to `path`.
 
-    Returns the Content-Type header value (with the boundary) to send it with. The boundary is
-    random and checked against the image bytes, so it cannot end the part early.
+    Several images (a sequence) become several `file` parts, one image each: ranet serve reads
+    them as one request of that many images. Returns the Content-Type header value (with the
+    boundary) to send it with. The boundary is random and checked against every image's bytes, so
+    it cannot end a part early.
     """
+    images = [image] if isinstance(image, bytes | bytearray) else list(image)
+    if not images:
+        raise ValueError("a multipart body needs at least one image")
     boundary = "ranet-bench-" + secrets.token_hex(12)
-    while boundary.encode() in image:  # astronomically unlikely; cheap to rule out
+    while any(boundary.encode() in one for one in images):  # astronomically unlikely; cheap to rule out
         boundary = "ranet-bench-" + secrets.token_hex(12)
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="{FILE_FIELD}"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode()
-    path.write_bytes(head + image + f"\r\n--{boundary}--\r\n".encode())
+    parts = []
+    for index, one in enumerate(images):
+        name = filename if len(images) == 1 else f"{index:02d}-{filename}"
+        head = (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="{FILE_FIELD}"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        parts.append(head + bytes(one) + b"\r\n")
+    path.write_bytes(b"".join(parts) + f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}"
 
 
@@ -157,3 +179,141 @@ def run_hey(
     if done.returncode != 0:
         raise RuntimeError(f"hey exited {done.returncode}: {(done.stderr or done.stdout)[-1000:]}")
     return parse_summary(done.stdout)
+
+
+# -- CSV mode: one row per answered request ------------------------------------------------------------
+
+CSV_HEADER = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset"
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One answered request as hey's CSV lists it: latency and start offset in seconds, the status."""
+
+    latency_s: float
+    status: int
+    offset_s: float
+
+
+def parse_csv(text: str) -> list[CsvRow]:
+    """Parse `hey -o csv` output. Raises ValueError when the header is missing or a row is malformed.
+
+    The columns are looked up by name in the header, so a hey that reorders or adds columns still
+    parses; blank lines (hey ends without a newline, or with several) are skipped.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or "status-code" not in lines[0].split(","):
+        raise ValueError(f"not hey CSV output (no header with status-code): {text[:200]!r}")
+    columns = lines[0].split(",")
+    latency, status, offset = (columns.index(name) for name in ("response-time", "status-code", "offset"))
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) != len(columns):
+            expected = len(columns)
+            raise ValueError(f"hey CSV line {number} has {len(cells)} cells, expected {expected}: {line!r}")
+        try:
+            rows.append(CsvRow(float(cells[latency]), int(cells[status]), float(cells[offset])))
+        except ValueError as exc:
+            raise ValueError(f"hey CSV line {number} is not numeric: {line!r}") from exc
+    return rows
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile by nearest rank (the smallest value with at least q% at or below it).
+
+    Nearest rank, not interpolation: the figure is a latency some request really had. None when
+    there are no values.
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True)
+class CsvRun:
+    """One duration-bound hey run read from its CSV: answered requests by status, their latencies.
+
+    `elapsed_s` is the span from hey's start to the last answer (the largest offset + latency); it
+    is the denominator of every rate, so requests still running when hey stops count in time too.
+    """
+
+    rows: tuple[CsvRow, ...]
+    elapsed_s: float
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[CsvRow], fallback_elapsed_s: float = 0.0) -> CsvRun:
+        """`fallback_elapsed_s` (the wall time measured around hey) is used only when no row came back."""
+        span = max((r.offset_s + r.latency_s for r in rows), default=0.0)
+        return cls(tuple(rows), span if span > 0 else fallback_elapsed_s)
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[str(row.status)] = counts.get(str(row.status), 0) + 1
+        return dict(sorted(counts.items()))
+
+    def count(self, status: int | str) -> int:
+        """Rows with this status; a class like "5xx" counts every status starting with its digit."""
+        text = str(status)
+        if text.endswith("xx"):
+            return sum(1 for r in self.rows if str(r.status).startswith(text[0]))
+        return sum(1 for r in self.rows if r.status == int(text))
+
+    def latencies_ms(self, status: int) -> list[float]:
+        return [1000.0 * r.latency_s for r in self.rows if r.status == status]
+
+    def percentile_ms(self, status: int, q: float) -> float | None:
+        """The q-th percentile latency of the answers with this status only (nearest rank)."""
+        return nearest_rank(self.latencies_ms(status), q)
+
+    def per_s(self, status: int) -> float:
+        """Answers with this status per second of the run (for 200: the goodput)."""
+        return self.count(status) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The figures the benchmarks report: goodput, 200 and 429 latency, status counts."""
+        return {
+            "elapsed_s": self.elapsed_s,
+            "answered": len(self.rows),
+            "status_codes": self.statuses(),
+            "ok": self.count(200),
+            "ok_per_s": self.per_s(200),
+            "ok_p50_ms": self.percentile_ms(200, 50),
+            "ok_p99_ms": self.percentile_ms(200, 99),
+            "rejected_429": self.count(429),
+            "rejected_p50_ms": self.percentile_ms(429, 50),
+            "rejected_p99_ms": self.percentile_ms(429, 99),
+            "server_errors_5xx": self.count("5xx"),
+        }
+
+
+def run_hey_csv(
+    url: str,
+    body: Path,
+    content_type: str,
+    *,
+    seconds: float,
+    concurrency: int,
+    timeout_s: int = 60,
+) -> CsvRun:
+    """One closed-loop hey run for `seconds` (`-z`) from `concurrency` workers, read from its CSV.
+
+    Each worker sends its next request when its previous answer arrives, whatever the status: a
+    rejection costs the client nothing but a round trip, so under overload the offered rate stays
+    at what 400 eager clients produce.
+    """
+    executable = hey_executable()
+    if executable is None:
+        raise FileNotFoundError("hey is not installed (Debian package `hey`; setup_bench.sh installs it)")
+    command = [executable, "-z", f"{max(seconds, 0.1):g}s", "-c", str(concurrency), "-o", "csv"]
+    command += ["-t", str(timeout_s), "-m", "POST", "-D", str(body), "-T", content_type, url]
+    started = time.monotonic()
+    # -z stops the workers after `seconds`; each finishes its request in flight (at most timeout_s).
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + timeout_s + 120)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"hey exited {done.returncode}: {(done.stderr or done.stdout)[-1000:]}")
+    return CsvRun.from_rows(parse_csv(done.stdout), fallback_elapsed_s=wall)

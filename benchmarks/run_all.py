@@ -9,15 +9,21 @@ Runs, one after the other on this machine and the same bundle and images:
   6.   benchmarks/rebatch.py     survivor re-batching vs per-batch cascades (issue 11), in process
                                  and over HTTP;
   7.   benchmarks/slo.py         a p99 objective under 2x overload: load-adaptive vs fixed point (issue 11);
-  8.   benchmarks/agreement.py   live exit agreement vs the calibration data (issue 11).
+  8.   benchmarks/agreement.py   live exit agreement vs the calibration data (issue 11);
+  9.   benchmarks/serving.py     HTTP over in-process images/s (server efficiency), 1/2/4 front-end
+                                 processes and the one-process server, 400 clients of overload at
+                                 full depth and with RANET_SLO_P99_MS (issue 17); its parts
+                                 `efficiency`, `frontends`, `overload` can be skipped one by one.
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
-report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores; the
-knobs below shrink them (the test suite runs a smoke version). Usage:
+report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores (step 9
+adds about 3); the knobs below shrink them (the test suite runs a smoke version). Usage:
 
     .venv/bin/python benchmarks/run_all.py [--skip inprocess] [--http-requests 400]
         [--peer-requests 800] [--concurrency 1 4 16 64] [--rounds 1] [--hey-requests 1000]
-        [--hey-concurrency 16 64] [--batch-requests 100] [--out DIR] [--report FILE]
+        [--hey-concurrency 16 64] [--batch-requests 100] [--serving-seconds 5]
+        [--frontends one 1 2 4] [--overload-clients 400] [--overload-seconds 15]
+        [--overload-rounds 2] [--slo-objective-ms 80] [--out DIR] [--report FILE]
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from typing import Any
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement")
+STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving")
+# serving.py's parts: each can be skipped (`--skip overload`) without skipping the others.
+SERVING_PARTS = ("efficiency", "frontends", "overload")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
 SPLIT_COST_GOALS = {1: 1.25, 64: 1.10}  # issue 3: batch size -> most the split may cost
 SPEEDUP_SHARE_OF_FLOPS_RATIO = 0.8
@@ -50,6 +58,14 @@ DEFAULT_VS_LITSERVE = {16: 2.5, 64: 2.0}
 FULL_DEPTH_VS_LITSERVE = {16: 1.2, 64: 1.2}
 BATCH_SHARE_OF_FLOPS_RATIO = 0.8
 CLIENTS = {"load_generator": "load generator", "hey": "hey"}
+# Issue 17, overload (400 closed-loop clients, full depth, default settings), against the same server at
+# 16 clients: goodput share, admitted p99 multiple, 429 p99, 5xx, memory growth after the first round;
+# and with RANET_SLO_P99_MS the admitted p99 within this multiple of the objective.
+OVERLOAD_GOODPUT_SHARE = 0.8
+OVERLOAD_P99_MULTIPLE = 4.0
+OVERLOAD_REJECT_P99_MS = 5.0
+OVERLOAD_MEMORY_GROWTH = 0.10
+OVERLOAD_SLO_MULTIPLE = 2.0
 
 
 def run_step(name: str, command: list[str], log: Path) -> dict[str, Any]:
@@ -87,6 +103,7 @@ def goals(
     peers: dict[str, Any] | None,
     rebatch: dict[str, Any] | None = None,
     slo: dict[str, Any] | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Each goal of the issues with the measured figure and whether it is met (None: not measured)."""
     rows: list[dict[str, Any]] = []
@@ -159,6 +176,103 @@ def goals(
     rows += rebatch_goals(rebatch)
     rows += slo_goals(slo)
     rows += litserve_goals(peers)
+    rows += overload_goals(serving)
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def overload_goals(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 17's overload bar: 400 clients at full depth against the same server's 16-client figures.
+
+    Every figure is the worst over the overload rounds (serving.py `overload_figures`); memory is
+    judged from the end of the first round to the end of the last, so it needs two rounds.
+    """
+    overload = (serving or {}).get("overload")
+    names = (
+        ("goodput (200/s) under overload / 16 clients", f">= {OVERLOAD_GOODPUT_SHARE:.1f}"),
+        ("admitted p99 (200s only) under overload / p99 at 16 clients", f"<= {OVERLOAD_P99_MULTIPLE:.0f}x"),
+        ("429 latency under overload, p99", f"a few ms (<= {OVERLOAD_REJECT_P99_MS:g} ms)"),
+        ("5xx answers under overload", "0"),
+        ("server memory (RSS of the process tree), end of last round / end of first", "flat (< +10%)"),
+    )
+    slo_name = "admitted p99 under the same overload with RANET_SLO_P99_MS (default point)"
+    if not overload:
+        rows = [{"goal": n, "target": t, "measured": None, "met": None} for n, t in names]
+        return [*rows, {"goal": slo_name, "target": "<= 2x the objective", "measured": None, "met": None}]
+    figures, base, runs = overload["figures"], overload["baseline"], overload["rounds"]
+    clients = overload["clients"]
+    prefix = f"{clients} clients, full depth: "
+    goodput, p99 = figures["goodput_ratio_worst"], figures["admitted_p99_ratio_worst"]
+    rejected, growth = figures["rejected_p99_ms_worst"], figures["memory_growth_after_first"]
+    # Held 429s: a retry back before its Retry-After waits it out (RANET_HOLD_EARLY_RETRIES).
+    shed, immediate = (sum(run.get(key, 0) for run in runs) for key in ("rejected_429", "rejected_immediate"))
+
+    def each(key: str, digits: int = 0) -> str:
+        return ", ".join(f"{run[key]:.{digits}f}" if run[key] is not None else "-" for run in runs)
+
+    rows = [
+        {
+            "goal": prefix + names[0][0],
+            "target": names[0][1],
+            "measured": None
+            if goodput is None
+            else f"{goodput:.2f} ({each('ok_per_s')} vs {base['ok_per_s']:.0f} req/s)",
+            "met": None if goodput is None else goodput >= OVERLOAD_GOODPUT_SHARE,
+        },
+        {
+            "goal": prefix + names[1][0],
+            "target": names[1][1],
+            "measured": None
+            if p99 is None
+            else f"{p99:.2f}x ({each('ok_p99_ms', 1)} vs {base['ok_p99_ms']:.1f} ms)",
+            "met": None if p99 is None else p99 <= OVERLOAD_P99_MULTIPLE,
+        },
+        {
+            "goal": prefix + names[2][0],
+            "target": names[2][1],
+            # No 429 at all: nothing was shed, so there is no rejection latency to judge.
+            "measured": "no 429s"
+            if rejected is None
+            else f"{rejected:.1f} ms (p50 {each('rejected_p50_ms', 1)} ms; "
+            f"{shed} 429s, {immediate} answered at once: p99 "
+            f"{_ms(figures.get('rejected_immediate_p99_ms_worst'))}"
+            + ("; the rest held to their Retry-After)" if immediate < shed else ")"),
+            "met": None if rejected is None else rejected <= OVERLOAD_REJECT_P99_MS,
+        },
+        {
+            "goal": prefix + names[3][0],
+            "target": names[3][1],
+            "measured": str(figures["server_errors_5xx"]),
+            "met": figures["server_errors_5xx"] == 0,
+        },
+        {
+            "goal": prefix + names[4][0],
+            "target": names[4][1],
+            "measured": None
+            if growth is None
+            else f"{100 * growth:+.1f}% ({overload['rss_before_mib']:.0f} MiB before, "
+            f"{each('rss_after_mib')} MiB after each round)",
+            "met": None if growth is None else growth < OVERLOAD_MEMORY_GROWTH,
+        },
+    ]
+    slo = overload.get("slo")
+    if not slo or slo["run"]["ok_p99_ms"] is None:
+        rows.append({"goal": slo_name, "target": "<= 2x the objective", "measured": None, "met": None})
+    else:
+        limit = OVERLOAD_SLO_MULTIPLE * slo["objective_ms"]
+        run = slo["run"]
+        rows.append(
+            {
+                "goal": f"{clients} clients, RANET_SLO_P99_MS={slo['objective_ms']:g}: {slo_name}",
+                "target": f"<= {limit:g} ms (2x the objective)",
+                "measured": f"{run['ok_p99_ms']:.1f} ms ({run['ok_per_s']:.0f} req/s, "
+                f"{run['rejected_429']} 429s, {run['server_errors_5xx']} 5xx)",
+                "met": run["ok_p99_ms"] <= limit,
+            }
+        )
     return rows
 
 
@@ -383,6 +497,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("rebatch", "rebatch.md", "Survivor re-batching (issue 11)"),
         ("slo", "slo.md", "Operating points that follow load (issue 11)"),
         ("agreement", "agreement.md", "Live exit-quality monitoring (issue 11)"),
+        ("serving", "serving.md", "Serving: efficiency, front-end processes, overload (issue 17)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -427,7 +542,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--skip", nargs="*", choices=STEPS, default=[], help="steps not to run")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        choices=(*STEPS, *SERVING_PARTS),
+        default=[],
+        help="steps not to run (and parts of the serving step: efficiency, frontends, overload)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads everywhere")
     parser.add_argument("--inprocess-repeats", type=int, default=5)
     parser.add_argument("--rebatch-requests", type=int, default=4000, help="images per re-batching run")
@@ -444,6 +565,17 @@ def main() -> None:
     parser.add_argument("--hey-requests", type=int, default=1000, help="requests per hey run (0: no hey)")
     parser.add_argument("--hey-concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--batch-requests", type=int, default=100, help="16-image requests per run")
+    parser.add_argument("--serving-seconds", type=float, default=5.0, help="serving.py: each 16-client run")
+    parser.add_argument("--serving-warmup-seconds", type=float, default=1.0)
+    parser.add_argument("--serving-inprocess-seconds", type=float, default=1.0, help="per in-process case")
+    parser.add_argument(
+        "--frontends", nargs="*", default=["one", "1", "2", "4"], help="front-end counts; one: --one-process"
+    )
+    parser.add_argument("--project-cores", type=int, default=16, help="the front-end projection's cores")
+    parser.add_argument("--overload-clients", type=int, default=400)
+    parser.add_argument("--overload-seconds", type=float, default=15.0)
+    parser.add_argument("--overload-rounds", type=int, default=2, help="memory is judged over two or more")
+    parser.add_argument("--slo-objective-ms", type=float, default=80.0, help="0: no RANET_SLO_P99_MS run")
     parser.add_argument("--require-torchserve", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -482,6 +614,18 @@ def main() -> None:
     commands["peers"] += ["--hey-concurrency", *map(str, args.hey_concurrency)]
     if args.require_torchserve:
         commands["peers"].append("--require-torchserve")
+    parts = [part for part in SERVING_PARTS if part not in args.skip]
+    commands["serving"] = [str(HERE / "serving.py"), *common_args, "--parts", *parts]
+    commands["serving"] += ["--seconds", str(args.serving_seconds)]
+    commands["serving"] += ["--warmup-seconds", str(args.serving_warmup_seconds)]
+    commands["serving"] += ["--inprocess-seconds", str(args.serving_inprocess_seconds)]
+    commands["serving"] += ["--frontends", *args.frontends, "--project-cores", str(args.project_cores)]
+    commands["serving"] += ["--overload-clients", str(args.overload_clients)]
+    commands["serving"] += ["--overload-seconds", str(args.overload_seconds)]
+    commands["serving"] += ["--overload-rounds", str(args.overload_rounds)]
+    commands["serving"] += ["--slo-objective-ms", str(args.slo_objective_ms)]
+    if not parts:
+        args.skip.append("serving")
     machine = machine_facts()
     steps: dict[str, Any] = {}
     for name in STEPS:
@@ -496,6 +640,7 @@ def main() -> None:
     peers = _load(out / "peers.json") if "peers" in ran else None
     rebatch = _load(out / "rebatch.json") if "rebatch" in ran else None
     slo = _load(out / "slo.json") if "slo" in ran else None
+    serving = _load(out / "serving.json") if "serving" in ran else None
     plots = [str(p) for p in plot_peers(peers, out)] if peers and peers.get("summary") else []
     context: dict[str, Any] = {
         "command": shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]),
@@ -505,7 +650,7 @@ def main() -> None:
         "machine": machine,
         "versions": versions(),
         "steps": steps,
-        "goals": goals(inprocess, peers, rebatch, slo),
+        "goals": goals(inprocess, peers, rebatch, slo, serving),
         "plots": plots,
     }
     (out / "summary.json").write_text(json.dumps(context, indent=2) + "\n")

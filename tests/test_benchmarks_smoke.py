@@ -13,6 +13,9 @@ numbers, and the peers serve exactly the model and preprocessing ranet serve doe
 - The LitServe leg (`slow`) needs litserve and python-multipart (the `bench` extra) and hey; it skips
   cleanly without them. Its preprocessing is checked against ranet serve's in the default run when
   litserve is installed.
+- The serving step (issue 17: efficiency, overload) runs in the fast test with a few seconds of hey
+  when hey is installed; its front-end scaling and objective runs (more servers to start) are `slow`.
+  hey's CSV parser and the overload goals are checked on fixed inputs.
 
 Nothing here asserts a timing threshold: the machines are shared and timings are noise-bound.
 """
@@ -44,6 +47,8 @@ CONCURRENCY = (1, 2)
 HEY_REQUESTS = 100
 HEY_CONCURRENCY = 4
 BATCH_REQUESTS = 4
+OVERLOAD_CLIENTS = 24  # enough to queue on 2 cores, few enough to stay cheap
+HAS_HEY = shutil.which("hey") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.skipif(
@@ -86,14 +91,27 @@ def _check_server_summary(entry: dict[str, Any], runs: int) -> None:
 
 def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     out, report = tmp_path / "results", tmp_path / "REPORT.md"
-    args = [str(BENCH / "run_all.py"), "--skip", "inprocess", "--servers", "ranet", "fastapi"]
+    args = [str(BENCH / "run_all.py"), "--servers", "ranet", "fastapi"]
     args += ["--http-requests", str(REQUESTS), "--peer-requests", str(REQUESTS), "--warmup", "4"]
     args += ["--concurrency", *map(str, CONCURRENCY), "--out", str(out), "--report", str(report)]
     args += ["--rebatch-requests", str(REQUESTS), "--rebatch-repeats", "1"]
     args += ["--rebatch-http-requests", str(REQUESTS), "--slo-phase-seconds", "2"]
     args += ["--agreement-images", "256", "--hey-requests", str(HEY_REQUESTS)]
     args += ["--hey-concurrency", str(HEY_CONCURRENCY), "--batch-requests", str(BATCH_REQUESTS)]
-    done = _run(args, timeout=300)
+    # The in-process step has no size knob small enough. Issue 17's serving step: efficiency and
+    # overload on one server; no objective run, no front-end scaling (more servers to start).
+    args += ["--skip", "inprocess", "frontends"] if HAS_HEY else ["--skip", "inprocess", "serving"]
+    args += [
+        "--serving-seconds",
+        "1",
+        "--serving-warmup-seconds",
+        "0.5",
+        "--serving-inprocess-seconds",
+        "0.2",
+    ]
+    args += ["--overload-clients", str(OVERLOAD_CLIENTS), "--overload-seconds", "1", "--overload-rounds", "2"]
+    args += ["--slo-objective-ms", "0"]
+    done = _run(args, timeout=360)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     manifest = load_bundle(BUNDLE).manifest
@@ -215,6 +233,40 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({out.relative_to(tmp_path)}/{name})" in text
 
+    # Issue 17: server efficiency and overload, one server, hey's CSV (when hey is installed).
+    overload_goals = context["goals"][13:19]
+    assert len(context["goals"]) == 19
+    if not HAS_HEY:
+        assert "serving" not in context["steps"] and [g["met"] for g in overload_goals] == [None] * 6
+        return
+    assert context["steps"]["serving"]["returncode"] == 0
+    serving = json.loads((out / "serving.json").read_text())
+    assert serving["parts"] == ["efficiency", "overload"] and "frontends" not in serving
+    rows = serving["efficiency"]["rows"]
+    assert [(r["point"], r["images_per_request"]) for r in rows] == [
+        ("default point", 1),
+        ("default point", 16),
+        ("full depth", 1),
+        ("full depth", 16),
+    ]
+    for row in rows:
+        assert row["http_images_per_s"] > 0 and row["inprocess_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["http_images_per_s"] / row["inprocess_images_per_s"])
+        assert row["inprocess_flight_batch"] == min(16 * row["images_per_request"], 32)
+    overload = serving["overload"]
+    assert overload["clients"] == OVERLOAD_CLIENTS and len(overload["rounds"]) == 2
+    assert overload["processes"] >= 3  # supervisor, engine, at least one front-end
+    for run in (overload["baseline"], *overload["rounds"]):
+        assert run["ok"] > 0 and set(run["status_codes"]) <= {"200", "429"}
+        assert run["server_errors_5xx"] == 0 and 0 < run["ok_p50_ms"] <= run["ok_p99_ms"]
+    assert all(r["rss_after_mib"] > 100 for r in overload["rounds"]) and overload["rss_before_mib"] > 100
+    assert "slo" not in overload
+    assert [g["met"] in (True, False) for g in overload_goals[:2]] == [True, True]
+    assert overload_goals[3]["met"] is True and overload_goals[4]["met"] in (True, False)
+    assert overload_goals[5]["met"] is None  # no objective run asked for
+    assert "# Serving: efficiency, front-end processes, overload (issue 17)" in text
+    assert "### Server efficiency: HTTP images/s / in-process images/s" in text
+
 
 def test_torchserve_handler_equals_ranet_serve_preprocessing_and_full_depth_model(tmp_path: Path) -> None:
     _importable_benchmarks()
@@ -280,6 +332,71 @@ def _peer(throughput: dict[str, float], p99: dict[str, float], correct: int) -> 
     }
 
 
+def _overload_run(ok_per_s: float, p99: float, rejected_p99: float | None, rss: float) -> dict[str, Any]:
+    return {
+        "ok_per_s": ok_per_s,
+        "ok_p50_ms": p99 / 2,
+        "ok_p99_ms": p99,
+        "rejected_429": 0 if rejected_p99 is None else 500,
+        "rejected_p50_ms": None if rejected_p99 is None else rejected_p99 / 2,
+        "rejected_p99_ms": rejected_p99,
+        # Every 429 answered at once (none held to its Retry-After): 400 of 500.
+        "rejected_immediate": 0 if rejected_p99 is None else 400,
+        "rejected_immediate_p99_ms": rejected_p99,
+        "server_errors_5xx": 0,
+        "rss_after_mib": rss,
+    }
+
+
+def _serving_fixture() -> dict[str, Any]:
+    """Overload figures: goodput 0.85 (met), admitted p99 up to 4.5x (missed in round 2), 429 p99
+    4 ms, no 5xx, memory +5% from round 1 to 2, the objective run's p99 150 ms within 160 ms."""
+    _importable_benchmarks()
+    from serving import overload_figures
+
+    baseline = _overload_run(1000.0, 20.0, None, 1000.0)
+    rounds = [_overload_run(900.0, 60.0, 3.0, 1100.0), _overload_run(850.0, 90.0, 4.0, 1155.0)]
+    slo_run = _overload_run(800.0, 150.0, 2.0, 1000.0)
+    return {
+        "overload": {
+            "clients": 400,
+            "baseline": baseline,
+            "rss_before_mib": 1000.0,
+            "rounds": rounds,
+            "figures": overload_figures(baseline, rounds),
+            "slo": {"objective_ms": 80.0, "run": slo_run},
+        }
+    }
+
+
+def test_overload_goals_are_the_worst_round_against_16_clients() -> None:
+    _importable_benchmarks()
+    from run_all import overload_goals
+
+    rows = overload_goals(_serving_fixture())
+    assert [row["met"] for row in rows] == [True, False, True, True, True, True]
+    assert rows[0]["measured"] == "0.85 (900, 850 vs 1000 req/s)"
+    assert rows[1]["measured"] == "4.50x (60.0, 90.0 vs 20.0 ms)" and rows[1]["target"] == "<= 4x"
+    assert rows[2]["measured"] == (
+        "4.0 ms (p50 1.5, 2.0 ms; 1000 429s, 800 answered at once: p99 4.0 ms; the rest held to their "
+        "Retry-After)"
+    )
+    assert rows[4]["measured"].startswith("+5.0% (1000 MiB before, 1100, 1155 MiB after each round)")
+    assert rows[5]["target"] == "<= 160 ms (2x the objective)" and rows[5]["measured"].startswith("150.0 ms")
+    # One round: no memory verdict; no 429 at all: no rejection latency to judge; a 5xx: missed.
+    serving = _serving_fixture()
+    overload = serving["overload"]
+    overload["rounds"] = [_overload_run(900.0, 60.0, None, 1100.0)]
+    overload["rounds"][0]["server_errors_5xx"] = 2
+    del overload["slo"]
+    from serving import overload_figures
+
+    overload["figures"] = overload_figures(overload["baseline"], overload["rounds"])
+    rows = overload_goals(serving)
+    assert [row["met"] for row in rows] == [True, True, None, False, None, None]
+    assert rows[2]["measured"] == "no 429s" and rows[3]["measured"] == "2"
+
+
 def test_goal_verdicts_follow_the_figures() -> None:
     _importable_benchmarks()
     from run_all import goals
@@ -340,10 +457,11 @@ def test_goal_verdicts_follow_the_figures() -> None:
             },
         ],
     }
-    rows = goals(inprocess, peers, rebatch, slo)
+    rows = goals(inprocess, peers, rebatch, slo, _serving_fixture())
     assert [row["met"] for row in rows] == [
         *(False, True, False, False, True, True, False, False, True),
         *(True, False, None, False),
+        *(True, False, True, True, True, True),
     ]
     assert rows[9]["goal"].startswith("HTTP throughput at 16 clients, ranet serve (default point) / LitServe")
     assert rows[9]["measured"] == "load generator c=16: 2.60x, hey c=16: 2.50x"
@@ -358,7 +476,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "-0.30 points" in rows[4]["measured"]
     skipped = {"torchserve": "missing java", "litserve": "missing litserve"}
     missing = goals(None, {"summary": {}, "skipped": skipped})
-    assert [row["met"] for row in missing] == [None] * 12
+    assert [row["met"] for row in missing] == [None] * 18
     assert missing[5]["measured"] == "missing java"
     assert missing[8]["measured"] == "missing litserve" and missing[11]["measured"] is None
 
@@ -487,6 +605,107 @@ def test_hey_body_is_one_multipart_image_in_the_field_file(tmp_path: Path) -> No
     [part] = list(message.iter_parts())
     assert part.get_param("name", header="content-disposition") == "file"
     assert part.get_content_type() == "image/png" and part.get_payload(decode=True) == image
+
+
+def test_hey_body_holds_several_images_as_several_file_parts(tmp_path: Path) -> None:
+    import email.parser
+    import email.policy
+
+    hey = _hey_module()
+    _importable_benchmarks()
+    from common import fmnist_samples
+
+    images = [s.data for s in fmnist_samples(16)]
+    content_type = hey.multipart_body(images, tmp_path / "body")
+    raw = f"Content-Type: {content_type}\r\n\r\n".encode() + (tmp_path / "body").read_bytes()
+    parts = list(email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw).iter_parts())
+    assert [part.get_param("name", header="content-disposition") for part in parts] == ["file"] * 16
+    assert [part.get_payload(decode=True) for part in parts] == images
+    with pytest.raises(ValueError, match="at least one image"):
+        hey.multipart_body([], tmp_path / "empty")
+
+
+# `hey -z 2s -c 4 -o csv` against a server that sheds (shape captured from hey 0.1.4): every answered
+# request, no trailing newline; transport errors never appear in this format.
+HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+0.0210,0.0013,0.0000,0.0001,0.0195,0.0001,200,0.0003
+0.0012,0.0003,0.0000,0.0000,0.0008,0.0000,429,0.0004
+0.0250,0.0002,0.0000,0.0000,0.0247,0.0001,200,0.0011
+0.0021,0.0000,0.0000,0.0000,0.0020,0.0000,429,0.0216
+0.0300,0.0000,0.0000,0.0000,0.0299,0.0001,200,0.0240
+0.0035,0.0000,0.0000,0.0000,0.0034,0.0000,429,0.0251
+0.0400,0.0000,0.0000,0.0000,0.0399,0.0001,503,1.9700
+0.1000,0.0000,0.0000,0.0000,0.0999,0.0001,200,1.9000"""
+
+
+def test_hey_csv_parser_splits_admitted_from_rejected_latency() -> None:
+    hey = _hey_module()
+    rows = hey.parse_csv(HEY_CSV + "\n\n")
+    assert len(rows) == 8 and rows[0] == hey.CsvRow(latency_s=0.021, status=200, offset_s=0.0003)
+    run = hey.CsvRun.from_rows(rows, fallback_elapsed_s=99.0)
+    # The run lasts from hey's start to its last answer: 1.97 + 0.04 s.
+    assert run.elapsed_s == pytest.approx(2.01)
+    assert run.statuses() == {"200": 4, "429": 3, "503": 1}
+    assert (run.count(200), run.count(429), run.count("5xx"), run.count("4xx")) == (4, 3, 1, 3)
+    assert run.per_s(200) == pytest.approx(4 / 2.01)
+    # Nearest rank over the 200s only (21, 25, 30, 100 ms): the 429s' 1-3.5 ms do not pull it down.
+    assert run.percentile_ms(200, 50) == pytest.approx(25.0) and run.percentile_ms(200, 99) == pytest.approx(
+        100.0
+    )
+    assert run.percentile_ms(429, 50) == pytest.approx(2.1) and run.percentile_ms(429, 99) == pytest.approx(
+        3.5
+    )
+    assert run.percentile_ms(404, 99) is None
+    summary = run.summary()
+    assert (summary["ok"], summary["rejected_429"], summary["server_errors_5xx"]) == (4, 3, 1)
+    assert summary["ok_p99_ms"] == pytest.approx(100.0) and summary["rejected_p50_ms"] == pytest.approx(2.1)
+    # Nothing answered: the wall time measured around hey is the denominator; no latency is made up.
+    empty = hey.CsvRun.from_rows(hey.parse_csv(HEY_CSV.splitlines()[0]), fallback_elapsed_s=2.5)
+    assert empty.elapsed_s == 2.5 and empty.per_s(200) == 0.0 and empty.summary()["ok_p99_ms"] is None
+    # Columns are found by name, not position.
+    swapped = "status-code,offset,response-time\n200,0.5,0.010\n"
+    assert hey.parse_csv(swapped) == [hey.CsvRow(latency_s=0.010, status=200, offset_s=0.5)]
+    assert [hey.nearest_rank(list(range(1, 101)), q) for q in (50, 99, 100)] == [50, 99, 100]
+    assert hey.nearest_rank([7.0], 99) == 7.0 and hey.nearest_rank([], 50) is None
+    for bad in ("Summary:\n  Total: 1 secs", HEY_CSV + "\n0.1,200", HEY_CSV + "\n0.1,0,0,0,0,0,abc,0"):
+        with pytest.raises(ValueError):
+            hey.parse_csv(bad)
+
+
+def test_process_tree_rss_covers_children(tmp_path: Path) -> None:
+    _importable_benchmarks()
+    from serving import process_tree, tree_rss_mib
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in process_tree(os.getpid())
+        assert tree_rss_mib(os.getpid()) > tree_rss_mib(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_HEY, reason="the serving step needs hey (Debian package; make bench installs it)")
+def test_serving_front_end_scaling_and_objective_run(tmp_path: Path) -> None:
+    args = [str(BENCH / "serving.py"), "--parts", "frontends", "overload", "--frontends", "one", "1", "2"]
+    args += ["--seconds", "1", "--warmup-seconds", "0.5", "--inprocess-seconds", "0.2"]
+    args += ["--overload-clients", str(OVERLOAD_CLIENTS), "--overload-seconds", "1", "--overload-rounds", "1"]
+    done = _run([*args, "--out", str(tmp_path)], timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    serving = json.loads((tmp_path / "serving.json").read_text())
+    runs = serving["frontends"]["runs"]
+    assert set(runs) == {"one", "1", "2"}
+    assert runs["one"]["frontend_pids"] == [] and [len(runs[k]["frontend_pids"]) for k in "12"] == [1, 2]
+    for run in runs.values():
+        assert run["ok"] > 0 and run["status_codes"] == {"200": run["ok"]}
+    projection = serving["frontends"]["projection"]
+    assert projection["per_frontend_rps"] == runs["1"]["ok_per_s"]
+    assert projection["projected_rps"] <= projection["frontend_bound_rps"]
+    assert projection["projected_rps"] <= serving["inprocess_images_per_s"]["default/1/32"]
+    slo = serving["overload"]["slo"]
+    assert slo["objective_ms"] == 80.0 and slo["run"]["ok"] > 0 and slo["run"]["server_errors_5xx"] == 0
+    assert "Projection for 16 cores" in (tmp_path / "serving.md").read_text()
 
 
 def test_litserve_peer_preprocessing_equals_ranet_serve() -> None:

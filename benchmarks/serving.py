@@ -1,0 +1,699 @@
+"""How much of the engine the HTTP server delivers, how it scales with front-end processes, and overload.
+
+Three parts (issue 17 follow-up), each measured side by side in this one run, driven by `hey`:
+
+1. efficiency: HTTP images/s over in-process images/s at the same operating point (default point
+   and full depth), with one image per request and with 16 images per request, 16 clients. The
+   in-process figures are measured here, just before, on the same images hey sends (image 0
+   repeated; the first 16 test images) through the same runtime (`CascadeExecutor` on
+   `OnnxRuntime` with the server's threads), at two batch sizes: the images of one request (1 or
+   16), and every client's images in one batch, capped at the server's max_batch_size (16 or 32),
+   the most the server's batcher could form. Report only.
+2. frontends: requests/s of `ranet serve` with RANET_FRONTENDS=1, 2, 4 and of the one-process server
+   (`RANET_ENGINE_PROCESS=false`) at the default point, 16 clients, one image per request, each
+   server alone on the machine; and what that projects for --project-cores cores.
+3. overload: 400 closed-loop clients (`hey -c 400 -z 15s`) at full depth (`confidence=1`), default
+   settings, --overload-rounds times in a row: goodput (200s per second) vs the throughput at 16
+   clients, p99 of the 200s only vs the p99 at 16 clients, 429 latency, 5xx count, and the RSS of the
+   server's whole process tree (supervisor, engine, front-ends) before and after each round. Then
+   the same overload against a server with RANET_SLO_P99_MS (default 80) at the default point.
+
+Why hey's CSV: its summary mixes 200s and 429s in one latency distribution; `hey -o csv` lists
+every answered request with its status, so admitted and rejected latency are computed apart
+(hey.CsvRun). hey leaves transport errors out of its CSV.
+
+Every server runs in its own process group on 127.0.0.1 with `RANET_RUN_DIR` in a temporary
+directory, so the front-end processes are known (their pid files): `py-spy record -p PID` needs
+one. Writes serving.json and serving.md. Usage:
+
+    .venv/bin/python benchmarks/serving.py [--parts efficiency frontends overload] [--seconds 5]
+        [--frontends one 1 2 4] [--overload-clients 400] [--overload-seconds 15]
+        [--overload-rounds 2] [--slo-objective-ms 80] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+from servers import ManagedServer, free_port, http_ok
+
+from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
+from hey import hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
+from ranet_serve.export.bundle import load_bundle
+from ranet_serve.settings import Settings
+
+PARTS = ("efficiency", "frontends", "overload")
+CLIENTS = 16  # the ordinary load every part compares against
+BATCH_IMAGES = 16  # images per request in the many-images case
+ONE_PROCESS = "one"  # in --frontends: the one-process server, for reference
+MAX_BATCH_SIZE = int(Settings.model_fields["max_batch_size"].default)
+# The issue's bar for the objective run: admitted p99 within this multiple of RANET_SLO_P99_MS (the
+# overload goals themselves are judged in run_all.py).
+SLO_P99_MULTIPLE = 2.0
+# A 429 slower than this was held: the server answers a request that comes back on a connection before
+# its previous 429's Retry-After (1 s) is over only when that second is over (RANET_HOLD_EARLY_RETRIES,
+# on by default); hey ignores Retry-After, so most of its 429s are such held retries. Half the
+# Retry-After separates the two kinds: an immediate 429 takes milliseconds.
+HELD_429_MS = 500.0
+
+
+# -- the server's processes -----------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process visible in /proc (one pass)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it exited while we looked
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+        fields = text[text.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the supervisor, the engine, the front-ends, their helpers)."""
+    children = _children()
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mib(pid: int) -> float:
+    """The sum of RSS over the server's process tree, MiB. Shared pages count once per process, so
+    this overstates the memory in use, but it moves with it: what matters here is growth."""
+    return sum(rss_kib(p) for p in process_tree(pid)) / 1024
+
+
+class RssSampler:
+    """Samples a process tree's RSS every `interval` seconds in a thread, for the peak of a phase."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.pid, self.interval = pid, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(tree_rss_mib(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float | None:
+        return max(self.samples) if self.samples else None
+
+
+@dataclass
+class Running:
+    """A started `ranet serve` with what the benchmark needs to know about its processes."""
+
+    server: ManagedServer
+    run_root: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def frontend_pids(self) -> list[int]:
+        """The front-end processes' pids from their pid files (none for the one-process server)."""
+        return sorted(int(p.read_text()) for p in self.run_root.glob("*/frontend-*.pid"))
+
+
+def start_ranet(
+    bundle: Path, threads: int, work: Path, name: str, env: dict[str, str], frontends: int | None
+) -> Running:
+    """`ranet serve` on the bundle's store with `env` on top of the defaults, ready, and (engine
+    process) with all `frontends` front-ends up: /readyz answers from the first one that is."""
+    run_root = work / f"run-{name}"
+    port = free_port()
+    command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
+    command += ["--threads", str(threads), "--model-store", str(bundle.parents[1])]
+    command += ["--default-model", bundle.parent.name, "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    server = ManagedServer(
+        f"ranet serve ({name})",
+        command,
+        http_ok(f"{url}/readyz"),
+        cwd=ROOT,
+        env={**env, "RANET_RUN_DIR": str(run_root)},
+        log=work / f"{name}.log",
+        url=url,
+    )
+    running = Running(server.start(), run_root)
+    if frontends:
+        deadline = time.monotonic() + 120
+        while len(running.frontend_pids()) < frontends:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{name}: {len(running.frontend_pids())} of {frontends} front-ends up")
+            time.sleep(0.2)
+    return running
+
+
+@contextmanager
+def serving(
+    bundle: Path, threads: int, work: Path, name: str, env: dict[str, str], frontends: int | None = None
+) -> Iterator[Running]:
+    running = start_ranet(bundle, threads, work, name, env, frontends)
+    try:
+        yield running
+    finally:
+        running.server.stop()
+
+
+# -- requests -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Body:
+    """A multipart body on disk and its Content-Type: what hey posts."""
+
+    path: Path
+    content_type: str
+    images: int
+
+
+def classify_url(url: str, version: str, full_depth: bool) -> str:
+    knobs = {"version": version, **({"confidence": "1"} if full_depth else {})}
+    return f"{url}/v1/classify?{urlencode(knobs)}"
+
+
+def hey_run(url: str, body: Body, seconds: float, clients: int, timeout_s: int, label: str) -> dict[str, Any]:
+    """One hey CSV run, summarised, with images/s (200s x images per request), printed as it ends."""
+    run = run_hey_csv(
+        url, body.path, body.content_type, seconds=seconds, concurrency=clients, timeout_s=timeout_s
+    )
+    summary = run.summary()
+    immediate = [ms for ms in run.latencies_ms(429) if ms < HELD_429_MS]
+    summary["rejected_immediate"] = len(immediate)
+    summary["rejected_immediate_p99_ms"] = nearest_rank(immediate, 99)
+    summary["images_per_request"] = body.images
+    summary["images_per_s"] = summary["ok_per_s"] * body.images
+    summary["clients"] = clients
+    print(
+        f"hey {label:48s} c={clients:<4d} {summary['ok_per_s']:8.1f} 200/s  "
+        f"p99(200) {_fmt(summary['ok_p99_ms'])} ms  statuses {summary['status_codes']}",
+        flush=True,
+    )
+    return summary
+
+
+def warm_up(url: str, body: Body, seconds: float, timeout_s: int) -> None:
+    """Discarded traffic: the first requests pay for lazy initialisation in every process."""
+    if seconds > 0:
+        run_hey_csv(
+            url, body.path, body.content_type, seconds=seconds, concurrency=CLIENTS, timeout_s=timeout_s
+        )
+
+
+# -- in process -----------------------------------------------------------------------------------------
+
+
+def inprocess_rates(
+    bundle_dir: Path, threads: int, cases: dict[str, tuple[list[bytes], int, bool]], seconds: float
+) -> dict[str, float]:
+    """Images/s of the cascade in this process for each case (images, batch size, full depth).
+
+    The batch is the case's images tiled to the batch size, decoded and normalised by the server's
+    own preprocessing, with the thresholds the server resolves for the same knobs (the default
+    budget, or confidence 1). Rounds interleave the cases and the figure is the median over
+    rounds, so drift on a shared machine hits every case alike.
+    """
+    import numpy as np
+    import torch
+
+    from ranet_serve.api.images import ImageLimits, preprocess_batch
+    from ranet_serve.cascade.executor import CascadeExecutor
+    from ranet_serve.cascade.policy import Budget, ExitPolicy
+    from ranet_serve.cascade.runtimes import OnnxRuntime
+
+    torch.set_num_threads(threads)
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
+    executor = CascadeExecutor(OnnxRuntime(bundle, threads=threads))
+    policy = ExitPolicy(manifest)
+    calls: dict[str, Callable[[], object]] = {}
+    sizes: dict[str, int] = {}
+    for name, (images, batch, full_depth) in cases.items():
+        tiled = [images[i % len(images)] for i in range(batch)]
+        tensor = torch.from_numpy(preprocess_batch(tiled, manifest.input, ImageLimits()))
+        plan = policy.resolve(Budget(confidence=1.0) if full_depth else Budget())
+        thresholds = np.broadcast_to(plan.thresholds, (batch, len(manifest.exits))).copy()
+        max_exit = np.full(batch, plan.max_exit)
+
+        def call(
+            tensor: torch.Tensor = tensor,
+            thresholds: np.ndarray = thresholds,
+            max_exit: np.ndarray = max_exit,
+        ) -> object:
+            return executor.run(tensor, thresholds, max_exit)
+
+        calls[name], sizes[name] = call, batch
+    rounds = 3
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warm-up: session creation and first-call allocations
+    for _ in range(rounds):
+        for name, call in calls.items():
+            count, started = 0, time.perf_counter()
+            while count < 2 or time.perf_counter() - started < seconds / rounds:
+                call()
+                count += 1
+            rates[name].append(count * sizes[name] / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+# -- the three parts ------------------------------------------------------------------------------------
+
+
+def efficiency_cases(one: list[bytes], many: list[bytes]) -> dict[str, tuple[list[bytes], int, bool]]:
+    """In-process cases: per point, batch = images per request and = every client's images (capped)."""
+    cases = {}
+    for point, full in (("default", False), ("full", True)):
+        for images, per_request in ((one, 1), (many, BATCH_IMAGES)):
+            for batch in sorted({per_request, min(CLIENTS * per_request, MAX_BATCH_SIZE)}):
+                cases[f"{point}/{per_request}/{batch}"] = (images, batch, full)
+    # The engine's own ceiling at the default point (front-end projection): a full batch of image 0.
+    cases[f"default/1/{MAX_BATCH_SIZE}"] = (one, MAX_BATCH_SIZE, False)
+    return cases
+
+
+def efficiency_rows(http: dict[str, Any], inprocess: dict[str, float]) -> list[dict[str, Any]]:
+    """Per (point, images per request): HTTP images/s over in-process at both batch sizes."""
+    rows = []
+    for key, run in http.items():
+        point, per_request = key.split("/")
+        request_batch = int(per_request)
+        flight_batch = min(CLIENTS * request_batch, MAX_BATCH_SIZE)
+        at_request = inprocess.get(f"{point}/{per_request}/{request_batch}")
+        at_flight = inprocess.get(f"{point}/{per_request}/{flight_batch}")
+        images = run["images_per_s"]
+        rows.append(
+            {
+                "point": "default point" if point == "default" else "full depth",
+                "images_per_request": request_batch,
+                "http_images_per_s": images,
+                "http_p99_ms": run["ok_p99_ms"],
+                "inprocess_batch": request_batch,
+                "inprocess_images_per_s": at_request,
+                "ratio": images / at_request if at_request else None,
+                "inprocess_flight_batch": flight_batch,
+                "inprocess_flight_images_per_s": at_flight,
+                "ratio_flight": images / at_flight if at_flight else None,
+            }
+        )
+    return rows
+
+
+def parse_frontends(values: list[str]) -> list[int | str]:
+    """`--frontends` tokens: front-end counts, or `one` for the one-process server."""
+    out: list[int | str] = []
+    for value in values:
+        if value == ONE_PROCESS:
+            out.append(ONE_PROCESS)
+        elif value.isdigit() and int(value) >= 1:
+            out.append(int(value))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"--frontends: {value!r} is neither a count >= 1 nor {ONE_PROCESS!r}"
+            )
+    return out
+
+
+def projection(
+    frontends: dict[str, Any], engine_images_per_s: float | None, cores: int, threads: int
+) -> dict[str, Any] | None:
+    """What the measured scaling projects for `cores` cores, under the stated assumption.
+
+    Assumption: the server is front-end bound, one front-end process per core does what the one
+    front-end measured here does, and the engine process keeps `threads` cores for its runtimes,
+    until the engine saturates; its in-process images/s at batch max_batch_size bounds it.
+    """
+    one = (frontends.get("1") or {}).get("ok_per_s")
+    if not one:
+        return None
+    frontend_cores = max(cores - threads, 1)
+    bound = frontend_cores * one
+    projected = min(bound, engine_images_per_s) if engine_images_per_s else bound
+    return {
+        "cores": cores,
+        "engine_threads": threads,
+        "frontend_cores": frontend_cores,
+        "per_frontend_rps": one,
+        "frontend_bound_rps": bound,
+        "engine_bound_images_per_s": engine_images_per_s,
+        "projected_rps": projected,
+        "limited_by": "engine" if engine_images_per_s and engine_images_per_s < bound else "front-ends",
+    }
+
+
+def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overload goals' figures: ratios to the 16-client run, worst over rounds; memory growth."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    goodput = [ratio(r["ok_per_s"], baseline["ok_per_s"]) for r in rounds]
+    p99 = [ratio(r["ok_p99_ms"], baseline["ok_p99_ms"]) for r in rounds]
+    rejected = [r["rejected_p99_ms"] for r in rounds if r["rejected_p99_ms"] is not None]
+    immediate = [r.get("rejected_immediate_p99_ms") for r in rounds]
+    after = [r["rss_after_mib"] for r in rounds]
+    return {
+        "goodput_ratio": goodput,
+        "goodput_ratio_worst": min((g for g in goodput if g is not None), default=None),
+        "admitted_p99_ratio": p99,
+        "admitted_p99_ratio_worst": max((p for p in p99 if p is not None), default=None),
+        "rejected_p99_ms_worst": max(rejected) if rejected else None,
+        "rejected_immediate_p99_ms_worst": max((v for v in immediate if v is not None), default=None),
+        "server_errors_5xx": sum(r["server_errors_5xx"] for r in rounds),
+        # Flat memory: from the end of the first round to the end of the last (None with one round).
+        "memory_growth_after_first": (after[-1] / after[0] - 1) if len(after) > 1 and after[0] else None,
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _immediate(run: dict[str, Any]) -> str:
+    """The 429s answered at once (not held): their count and p99."""
+    return f"{run.get('rejected_immediate', 0)}, {_fmt(run.get('rejected_immediate_p99_ms'))}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "## Serving: efficiency, front-end processes, overload",
+        "",
+        f"`hey` {result['hey_version'] or '(version unknown)'}, {CLIENTS} clients unless stated, "
+        f"{result['seconds']:g} s per run; server threads {result['threads']}, every other setting at "
+        "its default. Latencies of 200 answers only, from hey's CSV (nearest rank).",
+        "",
+    ]
+    efficiency = result.get("efficiency")
+    if efficiency:
+        lines += [
+            "### Server efficiency: HTTP images/s / in-process images/s",
+            "",
+            "In process: the same images hey sends (image 0 repeated; the first 16 test images), the "
+            "server's preprocessing and thresholds, `CascadeExecutor` on onnxruntime with the server's "
+            "threads, at the batch of one request and at the batch every client's images would make "
+            f"(capped at max_batch_size {MAX_BATCH_SIZE}). Report only.",
+            "",
+            "| point | images/request | HTTP img/s | HTTP p99 ms | in-process img/s (batch) | efficiency "
+            "| in-process img/s (batch) | efficiency |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in efficiency["rows"]:
+            lines.append(
+                f"| {row['point']} | {row['images_per_request']} | {_fmt(row['http_images_per_s'], 0)} | "
+                f"{_fmt(row['http_p99_ms'])} | {_fmt(row['inprocess_images_per_s'], 0)} "
+                f"({row['inprocess_batch']}) | {_ratio(row['ratio'])} | "
+                f"{_fmt(row['inprocess_flight_images_per_s'], 0)} ({row['inprocess_flight_batch']}) | "
+                f"{_ratio(row['ratio_flight'])} |"
+            )
+        lines.append("")
+    frontends = result.get("frontends")
+    if frontends:
+        lines += [
+            "### Throughput at 1, 2 and 4 front-end processes",
+            "",
+            f"Default point, {CLIENTS} clients, one image per request (hey), each server alone on the "
+            "machine; ratio to one front-end.",
+            "",
+            "| server | req/s | ratio | p50 ms | p99 ms | non-200 | tree RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        base = (frontends["runs"].get("1") or {}).get("ok_per_s")
+        for key, run in frontends["runs"].items():
+            label = "one process (--one-process)" if key == ONE_PROCESS else f"{key} front-end(s) + engine"
+            other = run["answered"] - run["ok"]
+            scaling = run["ok_per_s"] / base if base else None
+            lines.append(
+                f"| {label} | {_fmt(run['ok_per_s'], 0)} | {_ratio(scaling)} | "
+                f"{_fmt(run['ok_p50_ms'])} | {_fmt(run['ok_p99_ms'])} | {other} | {_fmt(run['rss_mib'], 0)} |"
+            )
+        project = frontends.get("projection")
+        if project:
+            engine = project["engine_bound_images_per_s"]
+            lines += [
+                "",
+                f"Projection for {project['cores']} cores: about {_fmt(project['projected_rps'], 0)} req/s "
+                f"(limited by the {project['limited_by']}). Assumption: front-end bound, each front-end "
+                f"process on its own core does what the one front-end did here "
+                f"({_fmt(project['per_frontend_rps'], 0)} req/s, measured on this {result['cores']}-core "
+                f"machine next to the engine and hey), the engine keeps {project['engine_threads']} cores, "
+                f"so {project['frontend_cores']} front-ends give {_fmt(project['frontend_bound_rps'], 0)} "
+                f"req/s, until the engine saturates: its in-process images/s at the default point, batch "
+                f"{MAX_BATCH_SIZE} (image 0), {_fmt(engine, 0)}, bounds it. Not measured.",
+            ]
+        lines.append("")
+    overload = result.get("overload")
+    if overload:
+        base = overload["baseline"]
+        lines += [
+            f"### Overload: {overload['clients']} closed-loop clients, full depth, default settings",
+            "",
+            f"Baseline at {CLIENTS} clients on the same server: {_fmt(base['ok_per_s'], 0)} req/s, p99 "
+            f"{_fmt(base['ok_p99_ms'])} ms. Tree RSS (supervisor and children) before the overload: "
+            f"{_fmt(overload['rss_before_mib'], 0)} MiB.",
+            "",
+            "| run | s | 200/s | goodput / 16 clients | p50 (200) ms | p99 (200) ms | p99 / 16 clients "
+            f"| 429s | 429 p50 ms | 429 p99 ms | 429s < {HELD_429_MS:.0f} ms: count, p99 ms | 5xx | statuses "
+            "| RSS after MiB | RSS peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        figures = overload["figures"]
+        for index, run in enumerate(overload["rounds"]):
+            lines.append(
+                f"| round {index + 1} | {run['elapsed_s']:.1f} | {_fmt(run['ok_per_s'], 0)} | "
+                f"{_ratio(figures['goodput_ratio'][index])} | {_fmt(run['ok_p50_ms'])} | "
+                f"{_fmt(run['ok_p99_ms'])} | {_ratio(figures['admitted_p99_ratio'][index])} | "
+                f"{run['rejected_429']} | {_fmt(run['rejected_p50_ms'])} | {_fmt(run['rejected_p99_ms'])} | "
+                f"{_immediate(run)} | {run['server_errors_5xx']} | {run['status_codes']} | "
+                f"{_fmt(run['rss_after_mib'], 0)} | {_fmt(run['rss_peak_mib'], 0)} |"
+            )
+        slo = overload.get("slo")
+        if slo:
+            run = slo["run"]
+            lines.append(
+                f"| RANET_SLO_P99_MS={slo['objective_ms']:g}, default point | {run['elapsed_s']:.1f} | "
+                f"{_fmt(run['ok_per_s'], 0)} | - | {_fmt(run['ok_p50_ms'])} | {_fmt(run['ok_p99_ms'])} | - | "
+                f"{run['rejected_429']} | {_fmt(run['rejected_p50_ms'])} | {_fmt(run['rejected_p99_ms'])} | "
+                f"{_immediate(run)} | {run['server_errors_5xx']} | {run['status_codes']} | "
+                f"{_fmt(run['rss_after_mib'], 0)} | {_fmt(run['rss_peak_mib'], 0)} |"
+            )
+        growth = figures["memory_growth_after_first"]
+        lines += [
+            "",
+            "Memory from the end of the first round to the end of the last: "
+            + ("- (one round)" if growth is None else f"{100 * growth:+.1f}%")
+            + ". hey's CSV lists answered requests only: transport errors are not counted here. hey "
+            "ignores Retry-After, and the server holds a request that comes back on a connection before "
+            "its 429's Retry-After is over until it is (RANET_HOLD_EARLY_RETRIES, on by default): 429s "
+            f"slower than {HELD_429_MS:.0f} ms are such held retries, the others were answered at once.",
+            "",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every server")
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--seconds", type=float, default=5.0, help="each hey run at 16 clients")
+    parser.add_argument("--warmup-seconds", type=float, default=1.0, help="discarded hey run per server")
+    parser.add_argument("--inprocess-seconds", type=float, default=1.0, help="per in-process case")
+    parser.add_argument("--frontends", nargs="*", default=[ONE_PROCESS, "1", "2", "4"])
+    parser.add_argument("--project-cores", type=int, default=16)
+    parser.add_argument("--overload-clients", type=int, default=400)
+    parser.add_argument("--overload-seconds", type=float, default=15.0)
+    parser.add_argument("--overload-rounds", type=int, default=2)
+    parser.add_argument(
+        "--slo-objective-ms", type=float, default=80.0, help="RANET_SLO_P99_MS of the last run (0: none)"
+    )
+    parser.add_argument("--timeout", type=int, default=30, help="hey's per-request timeout, seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    try:
+        frontend_configs = parse_frontends(args.frontends)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if hey_executable() is None:
+        raise SystemExit("hey is not installed (Debian package `hey`; make bench installs it)")
+
+    bundle = args.bundle.resolve()
+    version = load_bundle(bundle).manifest.version
+    samples = fmnist_samples(BATCH_IMAGES)
+    one, many = [samples[0].data], [s.data for s in samples]
+    result: dict[str, Any] = {
+        "bundle": f"{bundle.parent.name}/{version}",
+        "threads": args.threads,
+        "seconds": args.seconds,
+        "cores": os.cpu_count(),
+        "hey_version": hey_version(),
+        "parts": args.parts,
+    }
+    started = time.monotonic()
+    timeout = args.timeout
+    inprocess: dict[str, float] = {}
+    if "efficiency" in args.parts or "frontends" in args.parts:
+        # Before any server starts: the engine's own rates, with the machine to itself.
+        cases = efficiency_cases(one, many)
+        if "efficiency" not in args.parts:
+            cases = {k: v for k, v in cases.items() if k == f"default/1/{MAX_BATCH_SIZE}"}
+        inprocess = inprocess_rates(bundle, args.threads, cases, args.inprocess_seconds)
+        result["inprocess_images_per_s"] = inprocess
+    with tempfile.TemporaryDirectory(prefix="ranet-serving-") as tmp:
+        work = Path(tmp)
+        body_one = Body(work / "one.multipart", multipart_body(one, work / "one.multipart"), 1)
+        body_many = Body(work / "many.multipart", multipart_body(many, work / "many.multipart"), BATCH_IMAGES)
+        if "efficiency" in args.parts or "overload" in args.parts:
+            with serving(bundle, args.threads, work, "default", {}) as server:
+                result["default_server"] = {"frontend_pids": server.frontend_pids(), "pid": server.pid}
+                default_url = classify_url(server.url, version, full_depth=False)
+                full_url = classify_url(server.url, version, full_depth=True)
+                warm_up(default_url, body_one, args.warmup_seconds, timeout)
+                warm_up(full_url, body_many, args.warmup_seconds, timeout)
+                if "efficiency" in args.parts:
+                    http = {}
+                    for point, url in (("default", default_url), ("full", full_url)):
+                        for body in (body_one, body_many):
+                            label = f"{point}, {body.images} image(s)/request"
+                            http[f"{point}/{body.images}"] = hey_run(
+                                url, body, args.seconds, CLIENTS, timeout, label
+                            )
+                    result["efficiency"] = {"http": http, "rows": efficiency_rows(http, inprocess)}
+                if "overload" in args.parts:
+                    baseline = hey_run(full_url, body_one, args.seconds, CLIENTS, timeout, "full depth")
+                    before = tree_rss_mib(server.pid)
+                    rounds = []
+                    for index in range(args.overload_rounds):
+                        with RssSampler(server.pid) as sampler:
+                            run = hey_run(
+                                full_url,
+                                body_one,
+                                args.overload_seconds,
+                                args.overload_clients,
+                                timeout,
+                                f"overload round {index + 1}, full depth",
+                            )
+                        run["rss_after_mib"] = tree_rss_mib(server.pid)
+                        run["rss_peak_mib"] = sampler.peak_mib
+                        rounds.append(run)
+                    result["overload"] = {
+                        "clients": args.overload_clients,
+                        "seconds": args.overload_seconds,
+                        "baseline": baseline,
+                        "rss_before_mib": before,
+                        "processes": len(process_tree(server.pid)),
+                        "rounds": rounds,
+                        "figures": overload_figures(baseline, rounds),
+                    }
+            if "overload" in args.parts and args.slo_objective_ms > 0:
+                env = {"RANET_SLO_P99_MS": f"{args.slo_objective_ms:g}"}
+                with serving(bundle, args.threads, work, "slo", env) as server:
+                    url = classify_url(server.url, version, full_depth=False)
+                    warm_up(url, body_one, args.warmup_seconds, timeout)
+                    with RssSampler(server.pid) as sampler:
+                        run = hey_run(
+                            url,
+                            body_one,
+                            args.overload_seconds,
+                            args.overload_clients,
+                            timeout,
+                            f"overload, RANET_SLO_P99_MS={args.slo_objective_ms:g}",
+                        )
+                    run["rss_after_mib"] = tree_rss_mib(server.pid)
+                    run["rss_peak_mib"] = sampler.peak_mib
+                    result["overload"]["slo"] = {
+                        "objective_ms": args.slo_objective_ms,
+                        "run": run,
+                        "p99_limit_ms": SLO_P99_MULTIPLE * args.slo_objective_ms,
+                    }
+        if "frontends" in args.parts and frontend_configs:
+            runs: dict[str, Any] = {}
+            for config in frontend_configs:
+                if config == ONE_PROCESS:
+                    env, count, name = {"RANET_ENGINE_PROCESS": "false"}, None, "one-process"
+                else:
+                    env, count, name = {"RANET_FRONTENDS": str(config)}, int(config), f"frontends-{config}"
+                with serving(bundle, args.threads, work, name, env, count) as server:
+                    url = classify_url(server.url, version, full_depth=False)
+                    warm_up(url, body_one, args.warmup_seconds, timeout)
+                    run = hey_run(url, body_one, args.seconds, CLIENTS, timeout, f"{name}, default point")
+                    run["rss_mib"] = tree_rss_mib(server.pid)
+                    run["frontend_pids"] = server.frontend_pids()
+                    runs[str(config)] = run
+            engine = inprocess.get(f"default/1/{MAX_BATCH_SIZE}")
+            result["frontends"] = {
+                "runs": runs,
+                "projection": projection(runs, engine, args.project_cores, args.threads),
+            }
+    result["wall_s"] = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = render(result)
+    (args.out / "serving.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
