@@ -209,7 +209,7 @@ def test_early_retries_wait_out_their_retry_after_and_honest_clients_never_wait(
     assert len(early._told) <= EarlyRetries.SWEEP_AT
 
 
-def test_the_gate_holds_an_early_retry_then_sheds_it(monkeypatch: Any) -> None:
+def test_the_gate_holds_an_early_retry_then_decides_as_for_any_request(monkeypatch: Any) -> None:
     held: list[float] = []
 
     async def no_wait(seconds: float) -> None:
@@ -233,9 +233,15 @@ def test_the_gate_holds_an_early_retry_then_sheds_it(monkeypatch: Any) -> None:
         assert held == []
         monkeypatch.setattr("ranet_serve.api.admission.asyncio.sleep", no_wait)
         status, _, headers = await call(gate, "/v1/classify", client=("127.0.0.1", 2))  # back at once
-        assert status == 429 and headers[b"retry-after"] == b"1"
+        assert status == 429 and headers[b"retry-after"] == b"1"  # still full after the wait
         assert len(held) == 1 and 0.9 < held[0] <= 1.0  # it waited out (the rest of) its Retry-After
         release.set()
         assert (await first)[0] == 200
+        # Back early again, but by the end of its wait the server has room: it is served, not locked out.
+        entered.clear()
+        second = asyncio.ensure_future(call(gate, "/v1/classify", client=("127.0.0.1", 2)))
+        await entered.wait()
+        assert len(held) == 2
+        assert (await second)[0] == 200
 
     asyncio.run(scenario())

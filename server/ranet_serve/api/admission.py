@@ -98,10 +98,8 @@ class AdmissionGate:
         connection = scope.get("client")
         if self.early_retries is not None and connection is not None:
             hold = self.early_retries.hold_seconds(connection)
-            if hold > 0:  # told to retry after a while and back at once: answered when that while is over
+            if hold > 0:  # told to retry after a while and back at once: decided when that while is over
                 await asyncio.sleep(hold)
-                await self._shed(scope, send, model, INFLIGHT_LIMIT, connection)
-                return
         if self.active >= self.adaptive.current:
             await self._shed(scope, send, model, INFLIGHT_LIMIT, connection)
             return
@@ -188,7 +186,9 @@ class AdmissionGate:
 
 
 class EarlyRetries:
-    """Connections told to retry after `seconds`, so a request that comes back sooner waits it out.
+    """Connections told to retry after `seconds`, so a request that comes back sooner waits it out
+    (and is then admitted or shed like any other: a client that keeps coming back early is not locked
+    out once the server has room again).
 
     Why: closed-loop clients that ignore Retry-After (load tools, naive retry loops) resend the moment
     they get a 429, and on a small machine the storm of instant rejections takes the CPU the admitted
