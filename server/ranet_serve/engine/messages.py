@@ -17,15 +17,8 @@ from typing import Any
 
 import msgspec
 
-
-class BudgetFields(msgspec.Struct, frozen=True, array_like=True):
-    """`cascade.policy.Budget`, field for field."""
-
-    max_flops: float | None = None
-    target_flops: float | None = None
-    confidence: float | None = None
-    thresholds: tuple[float, ...] | None = None
-    operating_point: str | None = None
+from ranet_serve.cascade.policy import Budget
+from ranet_serve.cascade.results import ImageResult
 
 
 class ImageRef(msgspec.Struct, frozen=True, array_like=True):
@@ -41,7 +34,7 @@ class Infer(msgspec.Struct, frozen=True, tag=True, array_like=True):
     id: int
     model: str
     version: str | None
-    budget: BudgetFields
+    budget: Budget  # dataclasses travel as they are: msgspec encodes and rebuilds them by type
     top_k: int
     all_probabilities: bool
     received: float  # time.monotonic() (CLOCK_MONOTONIC is shared by every process of the machine)
@@ -86,22 +79,12 @@ class Catalog(msgspec.Struct, frozen=True, tag=True, array_like=True):
     versions: tuple[CatalogVersion, ...]
 
 
-class ImageAnswer(msgspec.Struct, frozen=True, array_like=True):
-    exit: int
-    class_index: int
-    confidence: float
-    top_k: tuple[tuple[int, float], ...]
-    flops: int
-    budget_limited: bool
-    seconds: float
-
-
 class Answer(msgspec.Struct, frozen=True, tag=True, array_like=True):
     id: int
     model: str
     version: str
     operating_point: str
-    images: tuple[ImageAnswer, ...]
+    images: tuple[ImageResult, ...]
     queue_seconds: float
     inference_seconds: float
 

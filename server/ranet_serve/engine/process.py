@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
@@ -40,7 +40,8 @@ from ranet_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-STATUS_PERIOD_SECONDS = 0.05  # besides every submit and answer
+STATUS_PERIOD_SECONDS = 0.05  # when idle; under load on submits and answers, at most every:
+STATUS_EVENT_SECONDS = 0.002
 PARENT_CHECK_SECONDS = 1.0
 
 
@@ -72,6 +73,7 @@ class EngineServer:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._published = 0.0
 
     async def serve(self) -> None:
         """Serve until SIGTERM (or until the supervisor is gone)."""
@@ -128,7 +130,13 @@ class EngineServer:
         for connection in list(self.connections):
             connection.protocol.send(payload)
 
-    def publish_status(self) -> None:
+    def publish_status(self, at_most_every: float = 0.0) -> None:
+        """Write the backlog for the front-ends' admission gates; `at_most_every` seconds when given
+        (on every submit and answer it would cost the engine's loop a scan of every scheduler)."""
+        now = time.monotonic()
+        if now - self._published < at_most_every:
+            return
+        self._published = now
         queued, seconds = self.engine.backlog()
         self.status.publish(queued, seconds)
 
@@ -181,17 +189,10 @@ class _Connection:
     def _infer(self, message: m.Infer) -> None:
         try:
             images = self._images(message.images)
-            budget = message.budget
             request = EngineRequest(
                 model=message.model,
                 version=message.version,
-                budget=Budget(
-                    max_flops=budget.max_flops,
-                    target_flops=budget.target_flops,
-                    confidence=budget.confidence,
-                    thresholds=budget.thresholds,
-                    operating_point=budget.operating_point,
-                ),
+                budget=message.budget,
                 top_k=message.top_k,
                 all_probabilities=message.all_probabilities,
                 received=message.received,
@@ -203,7 +204,7 @@ class _Connection:
             return
         self.pending[message.id] = future
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._answer, message.id, done))
-        self.server.publish_status()
+        self.server.publish_status(STATUS_EVENT_SECONDS)
 
     def _images(self, ref: m.ImageRef) -> np.ndarray:
         if ref.pool is not None:
@@ -223,7 +224,7 @@ class _Connection:
             self._send(failure(request_id, error))
         else:
             self._send(answer_message(request_id, future.result()))
-        self.server.publish_status()
+        self.server.publish_status(STATUS_EVENT_SECONDS)
 
     async def _reload(self, request_id: int) -> None:
         report = await self.server.reload()
@@ -267,18 +268,7 @@ def answer_message(request_id: int, result: EngineResult) -> m.Answer:
         model=result.model,
         version=result.version,
         operating_point=result.operating_point,
-        images=tuple(
-            m.ImageAnswer(
-                image.exit,
-                image.class_index,
-                image.confidence,
-                image.top_k,
-                image.flops,
-                image.budget_limited,
-                image.seconds,
-            )
-            for image in result.images
-        ),
+        images=result.images,
         queue_seconds=result.queue_seconds,
         inference_seconds=result.inference_seconds,
     )

@@ -129,6 +129,7 @@ class ModelStore:
         self._lock = threading.Lock()  # guards _models and leases
         self._reload_lock = threading.Lock()  # one (re)load at a time
         self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._latest: dict[str, ReadyVersion] = {}  # per model, what select_version picks without a version
         self._loaded = threading.Event()
         self._closed = False
         self.catalog = Catalog()  # replaced whole after every (re)load and on close
@@ -211,6 +212,10 @@ class ModelStore:
         return queued, seconds
 
     def _resolve(self, name: str, version: str | None) -> ReadyVersion:
+        if version is None:  # the common case, per request: a dictionary read
+            latest = self._latest.get(name)
+            if latest is not None:
+                return latest
         entry = select_version(self._models, name, version, loaded=self._loaded.is_set(), ready_only=True)
         assert isinstance(entry, ReadyVersion)
         return entry
@@ -247,8 +252,14 @@ class ModelStore:
                     entry = self._load_version(name, version, path, fingerprint)
                     (loaded if isinstance(entry, ReadyVersion) else failed).append(f"{name}/{version}")
                 table.setdefault(name, {})[version] = entry
+            latest = {}
+            for name, versions in table.items():
+                ready = [e for e in versions.values() if isinstance(e, ReadyVersion)]
+                if ready:
+                    latest[name] = max(ready, key=lambda e: version_key(e.version))
             with self._lock:
                 self._models = table
+                self._latest = latest
             self._loaded.set()
             survivors = {id(e) for versions in table.values() for e in versions.values()}
             replaced = [e for e in current.values() if isinstance(e, ReadyVersion) and id(e) not in survivors]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ranet_serve.cascade.results import ImageResult
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
 from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
@@ -182,18 +181,11 @@ class RemoteEngine:
             ref = m.ImageRef(shape=images.shape, data=images.tobytes())
         else:
             ref = m.ImageRef(shape=images.shape, pool=pool.path.name, pages=pages)
-        budget = request.budget
         message = m.Infer(
             id=message_id,
             model=request.model,
             version=request.version,
-            budget=m.BudgetFields(
-                budget.max_flops,
-                budget.target_flops,
-                budget.confidence,
-                budget.thresholds,
-                budget.operating_point,
-            ),
+            budget=request.budget,
             top_k=request.top_k,
             all_probabilities=request.all_probabilities,
             received=request.received,
@@ -271,18 +263,7 @@ def _result(message: m.Answer) -> EngineResult:
         model=message.model,
         version=message.version,
         operating_point=message.operating_point,
-        images=tuple(
-            ImageResult(
-                exit=a.exit,
-                class_index=a.class_index,
-                confidence=a.confidence,
-                top_k=a.top_k,
-                flops=a.flops,
-                budget_limited=a.budget_limited,
-                seconds=a.seconds,
-            )
-            for a in message.images
-        ),
+        images=message.images,
         queue_seconds=message.queue_seconds,
         inference_seconds=message.inference_seconds,
     )
