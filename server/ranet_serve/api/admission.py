@@ -96,10 +96,6 @@ class AdmissionGate:
             await self.app(scope, receive, send)
             return
         connection = scope.get("client")
-        if self.early_retries is not None and connection is not None:
-            hold = self.early_retries.hold_seconds(connection)
-            if hold > 0:  # told to retry after a while and back at once: decided when that while is over
-                await asyncio.sleep(hold)
         if self.active >= self.adaptive.current:
             await self._shed(scope, send, model, INFLIGHT_LIMIT, connection)
             return
@@ -165,11 +161,21 @@ class AdmissionGate:
         return status
 
     async def _shed(
-        self, scope: Scope, send: Send, model: str | None, reason: str, connection: object = None
+        self,
+        scope: Scope,
+        send: Send,
+        model: str | None,
+        reason: str,
+        connection: object = None,
     ) -> None:
-        started = time.perf_counter()
+        """Answer 429 from pre-encoded bytes; to a connection back before its last Retry-After was over,
+        only once that is over (and remember every connection told to wait)."""
         if self.early_retries is not None and connection is not None:
+            hold = self.early_retries.hold_seconds(connection)
+            if hold > 0:
+                await asyncio.sleep(hold)
             self.early_retries.told(connection)
+        started = time.perf_counter()
         body = self._bodies[reason, "v2" if scope["path"].startswith("/v2/") else "v1"]
         headers: list[tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"),
@@ -186,9 +192,11 @@ class AdmissionGate:
 
 
 class EarlyRetries:
-    """Connections told to retry after `seconds`, so a request that comes back sooner waits it out
-    (and is then admitted or shed like any other: a client that keeps coming back early is not locked
-    out once the server has room again).
+    """Connections told to retry after `seconds`: a request that comes back sooner and is shed again
+    gets its 429 only when that while is over.
+
+    Only sheds wait: a request that finds room is admitted at once, early or not, so admitted latency
+    never includes a hold and a client that kept coming back early is served as soon as the load falls.
 
     Why: closed-loop clients that ignore Retry-After (load tools, naive retry loops) resend the moment
     they get a 429, and on a small machine the storm of instant rejections takes the CPU the admitted
