@@ -86,10 +86,11 @@ class Settings(BaseSettings):
     )
     hold_early_retries: bool = Field(
         True,
-        description="a request that comes back on a connection sooner than the Retry-After its last 429 "
-        "gave waits out the rest and is shed again (closed-loop clients that ignore Retry-After cannot "
-        "take the CPU admitted requests need); turn off behind a proxy that sends many clients' "
-        "requests over shared upstream connections",
+        description="a request back on a connection sooner than the Retry-After its last 429 gave, and "
+        "shed again, gets its 429 only when that Retry-After is over (closed-loop clients that ignore "
+        "Retry-After cannot take the CPU admitted requests need; a request that finds room is admitted "
+        "at once); turn off behind a proxy that sends many clients' requests over shared upstream "
+        "connections",
     )
     agreement_sample_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="share of early-exited images re-run to the last exit in idle time"
