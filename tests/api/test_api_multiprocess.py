@@ -195,3 +195,12 @@ def test_a_front_end_process_loads_neither_torch_nor_onnxruntime() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_the_supervisor_and_front_ends_never_map_torch(served: Served) -> None:
+    """Only the engine process loads torch and onnxruntime (the supervisor holds a few MB)."""
+    light = [served.process.pid, *served.frontend_pids()]
+    for pid in light:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps and "onnxruntime" not in maps, pid
+    assert "libtorch" in Path(f"/proc/{served.engine_pid()}/maps").read_text()
