@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from ranet_serve.cascade.policy import Budget
 from ranet_serve.cascade.results import ImageResult
+from ranet_serve.engine.records import EngineRequest
 
 
 class ImageRef(msgspec.Struct, frozen=True, array_like=True):
@@ -31,14 +31,11 @@ class ImageRef(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Infer(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The engine's own request record travels as it is (msgspec encodes dataclasses and rebuilds them
+    by type); its `received` and `deadline` are CLOCK_MONOTONIC values, the same in every process."""
+
     id: int
-    model: str
-    version: str | None
-    budget: Budget  # dataclasses travel as they are: msgspec encodes and rebuilds them by type
-    top_k: int
-    all_probabilities: bool
-    received: float  # time.monotonic() (CLOCK_MONOTONIC is shared by every process of the machine)
-    deadline: float  # time.monotonic() value
+    request: EngineRequest
     images: ImageRef
 
 

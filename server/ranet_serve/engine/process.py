@@ -29,7 +29,7 @@ from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
 from ranet_serve.engine.local import freeze_heap
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.records import EngineResult, ReloadReport
 from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.engine.shm import PID_NAME, SOCKET_NAME, STATUS_NAME, PoolReader, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
@@ -189,16 +189,7 @@ class _Connection:
     def _infer(self, message: m.Infer) -> None:
         try:
             images = self._images(message.images)
-            request = EngineRequest(
-                model=message.model,
-                version=message.version,
-                budget=message.budget,
-                top_k=message.top_k,
-                all_probabilities=message.all_probabilities,
-                received=message.received,
-                deadline=message.deadline,
-            )
-            future = self.engine.submit(request, torch.from_numpy(images))
+            future = self.engine.submit(message.request, torch.from_numpy(images))
         except Exception as exc:
             self._send(failure(message.id, exc))
             return

@@ -181,18 +181,7 @@ class RemoteEngine:
             ref = m.ImageRef(shape=images.shape, data=images.tobytes())
         else:
             ref = m.ImageRef(shape=images.shape, pool=pool.path.name, pages=pages)
-        message = m.Infer(
-            id=message_id,
-            model=request.model,
-            version=request.version,
-            budget=request.budget,
-            top_k=request.top_k,
-            all_probabilities=request.all_probabilities,
-            received=request.received,
-            deadline=request.deadline,
-            images=ref,
-        )
-        result = await self._call(message_id, message, pool, pages or ())
+        result = await self._call(message_id, m.Infer(message_id, request, ref), pool, pages or ())
         assert isinstance(result, EngineResult)
         return result
 
