@@ -180,3 +180,24 @@ def test_shed_notices_reach_the_engine_and_queued_counts_come_back(
             assert remote.queued_requests() == 5
 
     asyncio.run(scenario())
+
+
+def test_the_front_end_keeps_only_the_manifests_of_the_current_catalog(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    from ranet_serve.export.bundle import load_bundle
+
+    manifest = load_bundle(tiny_bundle_dir).manifest
+    remote = RemoteEngine(tmp_path, 0)
+
+    def catalog(version: str) -> m.Catalog:
+        renamed = manifest.model_copy(update={"version": version}).model_dump_json().encode()
+        return m.Catalog(True, False, (m.CatalogVersion("tiny", version, "ready", renamed),))
+
+    for version in ("1", "2", "3"):  # three reloads, each serving one new version
+        remote.catalog = remote._catalog(catalog(version))
+        assert remote.catalog.find("tiny").require_manifest().version == version
+    assert len(remote._manifests) == 1
+    first = remote.catalog.find("tiny").manifest
+    remote.catalog = remote._catalog(catalog("3"))  # unchanged: parsed once, reused
+    assert remote.catalog.find("tiny").manifest is first

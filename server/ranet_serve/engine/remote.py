@@ -124,14 +124,17 @@ class RemoteEngine:
             future.set_result(message)
 
     def _catalog(self, message: m.Catalog) -> Catalog:
+        """The snapshot a catalog message describes; manifests already parsed are reused, and only
+        the current ones are kept (a cache keyed by every manifest ever seen would grow per reload)."""
         entries = []
+        parsed: dict[bytes, Manifest] = {}
         for version in message.versions:
             manifest = None
             if version.manifest_json is not None:
                 manifest = self._manifests.get(version.manifest_json)
                 if manifest is None:
                     manifest = Manifest.model_validate_json(version.manifest_json)
-                    self._manifests[version.manifest_json] = manifest
+                parsed[version.manifest_json] = manifest
             entries.append(
                 CatalogEntry(
                     name=version.name,
@@ -143,6 +146,7 @@ class RemoteEngine:
                     error=version.error,
                 )
             )
+        self._manifests = parsed
         return Catalog.of(entries, loaded=message.loaded, closed=message.closed)
 
     # -- requests ------------------------------------------------------------------------------

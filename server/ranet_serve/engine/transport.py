@@ -73,10 +73,10 @@ class FrameProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(_HEADER.pack(len(payload)) + payload)
+        transport.write(frame(payload))
         return True
 
 
 def frame(payload: bytes) -> bytes:
-    """One frame as bytes (for tests and blocking writers)."""
+    """One frame as bytes: the length header, then the payload."""
     return _HEADER.pack(len(payload)) + payload
