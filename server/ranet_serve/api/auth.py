@@ -1,7 +1,9 @@
 """Optional bearer-token authentication: off by default, one key for inference, one for admin.
 
 `Settings.api_key` guards inference and model metadata (v1 and v2); `Settings.admin_api_key` guards
-`/v1/admin` and falls back to `api_key`, so a single key protects everything. Liveness, readiness and
+`/v1/admin` and falls back to `api_key`, so a single key protects everything. Without either key the
+admin routes answer only requests from loopback (a reload is an operator's action; on a pod or a host
+with a published port, anyone who reaches the server must not be able to trigger one). Liveness, readiness and
 `/metrics` stay open: orchestrators and Prometheus probe them without credentials, and they carry
 operational data (readiness, rates, model names), never inputs or answers.
 
@@ -13,6 +15,7 @@ never logged or echoed: error messages say only that a token is missing or wrong
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -49,6 +52,12 @@ class UnauthorizedError(RanetServeError):
         return f'Bearer realm="{REALM}"'
 
 
+class AdminDisabledError(RanetServeError):
+    """An admin route was called from beyond loopback while no admin key is set (HTTP 403)."""
+
+    code = "admin_disabled"
+
+
 def bearer_token(request: Request) -> str | None:
     """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), else None."""
     header = request.headers.get("authorization")
@@ -72,6 +81,25 @@ def check_token(request: Request, expected: SecretStr | None) -> None:
     # Both sides as bytes: compare_digest on str accepts ASCII only and would raise on other input.
     if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
         raise UnauthorizedError("the API key is not valid for this endpoint", token_sent=True)
+
+
+def is_loopback_client(request: Request) -> bool:
+    """Whether the peer of the connection is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z).
+
+    The address is the ASGI scope's `client`, the socket's peer: uvicorn runs with proxy_headers off,
+    so an `X-Forwarded-For` header cannot make a remote request look local. No address (a Unix
+    socket, an in-process transport) does not count as loopback.
+    """
+    client = request.scope.get("client")
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _settings(request: Request) -> Settings:
@@ -101,8 +129,23 @@ async def require_api_key(
 async def require_admin_key(
     request: Request, _: HTTPAuthorizationCredentials | None = Depends(_admin_bearer)
 ) -> None:
-    """FastAPI dependency of admin routes: the admin key, else the inference key."""
-    check_token(request, _settings(request).effective_admin_key)
+    """FastAPI dependency of admin routes: the admin key, else the inference key; with neither, only
+    requests from loopback (403 otherwise)."""
+    expected = _settings(request).effective_admin_key
+    if expected is None:
+        if not is_loopback_client(request):
+            raise AdminDisabledError(
+                "admin routes are closed: the server has no admin key and answers them only from "
+                "loopback (127.0.0.1, ::1); set RANET_ADMIN_API_KEY (or ranet serve "
+                "--admin-api-key-file) to enable them and send 'Authorization: Bearer <key>'"
+            )
+        return
+    check_token(request, expected)
+
+
+async def _admin_disabled(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AdminDisabledError)
+    return error_response(request, 403, exc.code, exc.message)
 
 
 async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
@@ -116,12 +159,14 @@ async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_auth_handler(app: FastAPI) -> None:
-    """Answer UnauthorizedError with 401 in the route family's error shape (more specific than the
-    generic domain-error handler, which Starlette picks by the exception's class hierarchy), and keep
+    """Answer UnauthorizedError with 401 and AdminDisabledError with 403 in the route family's error
+    shape (more specific than the generic domain-error handler, which Starlette picks by the
+    exception's class hierarchy), and keep
     in the OpenAPI schema only the bearer schemes whose key is set: a schema that says "bearer" when
     the server has no key would send clients looking for one.
     """
     app.add_exception_handler(UnauthorizedError, _unauthorized)
+    app.add_exception_handler(AdminDisabledError, _admin_disabled)
     settings: Settings = app.state.settings
     active = {INFERENCE_SCHEME: settings.api_key, ADMIN_SCHEME: settings.effective_admin_key}
     unused = {name for name, key in active.items() if key is None}
