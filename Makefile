@@ -1,5 +1,5 @@
 # The README's two commands: `make serve` and `make test`. Both set up what they need first.
-.PHONY: setup serve test lint typecheck unit slow bench
+.PHONY: setup serve test lint typecheck unit slow bench docs
 
 setup:
 	./scripts/setup.sh
@@ -27,3 +27,7 @@ slow: setup
 bench: setup
 	./benchmarks/setup_bench.sh
 	OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/run_all.py --require-torchserve
+
+# The settings table in docs/operations.md, generated from the Settings model (a test fails when stale).
+docs:
+	.venv/bin/python -m ranet_serve.settings_doc docs/operations.md

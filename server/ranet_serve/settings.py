@@ -23,66 +23,132 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RANET_", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    model_store: Path = Path("model_store")
-    default_model: str = Field("ranet-fmnist", description="served by POST /v1/classify")
+    host: str = Field(
+        "127.0.0.1",
+        description="address to listen on: loopback by default; 0.0.0.0 listens on every interface (what a "
+        "container needs)",
+    )
+    port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="TCP port to listen on; every manifest, probe and scrape config of the deployment files "
+        "assumes 8080",
+    )
+    model_store: Path = Field(
+        Path("model_store"),
+        description="folder of bundles, one <model>/<version>/manifest.json each (a relative path starts "
+        "from the working directory)",
+    )
+    default_model: str = Field(
+        "ranet-fmnist",
+        description="the model POST /v1/classify serves when a request names none (v2 requests always "
+        "name theirs); left unset on a store holding exactly one model, that model is the default",
+    )
 
     frontends: int = Field(
         0,
         ge=0,
         le=256,
-        description="front-end processes sharing the port (HTTP parsing, decoding, encoding); 0: one per "
-        "CPU core",
+        description="front-end processes sharing the port: each parses HTTP, decodes and preprocesses "
+        "images and encodes answers, and one engine process batches across all of them; 0: one per CPU "
+        "this process may use (its affinity, capped by a cgroup CPU quota such as a pod's CPU limit)",
     )
     engine_process: bool = Field(
         True,
         description="run the engine (schedulers and stage runtimes) in a process of its own, batching "
-        "across every front-end; false serves from one process (needs frontends 0 or 1)",
+        "across every front-end; false (ranet serve --one-process) serves from one process, front-end and "
+        "engine together, for tests and very small deployments (needs RANET_FRONTENDS 0 or 1)",
     )
     shared_memory_mib: int = Field(
         16,
         ge=0,
-        description="per front-end process: shared memory for images on their way to the engine (a "
-        "request that finds it full sends its pixels in the message instead)",
+        description="per front-end process: shared memory (on /dev/shm) for images on their way to the "
+        "engine; a request that finds it full sends its pixels in the message instead (slower, never "
+        "fails). Docker's default /dev/shm is 64 MiB: keep front-ends x this below it",
     )
     run_dir: Path | None = Field(
         None,
-        description="where the processes of one server meet (socket, shared memory, metrics files); a "
-        "fresh directory in /dev/shm (or the temp directory) when unset",
+        description="where the processes of one server meet (the engine's Unix socket, shared memory, pid "
+        "files, the front-ends' metrics files); a fresh directory in /dev/shm (else the temp directory) "
+        "when unset. Removed when the server stops",
     )
 
-    backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="intra-op threads per runtime; 0 lets the runtime choose")
+    backend: Literal["onnxruntime", "torchscript", "eager"] = Field(
+        "onnxruntime",
+        description="stage runtime: onnxruntime (fastest on CPU and GPU), torchscript, or eager PyTorch",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the stages run; auto picks CUDA when a GPU is visible, else the CPU"
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="intra-op threads per runtime: set it to the cores the server may use (more threads "
+        "than cores make the runtimes' spinning pools fight); 0 lets the runtime choose, which on a shared "
+        "machine means every core of the machine",
+    )
     single_thread_below: int = Field(
         SINGLE_THREAD_BELOW,
         ge=0,
-        description="onnxruntime on the CPU runs batches smaller than this single-threaded, on a second "
-        "set of stage sessions (faster for small batches on few cores; 0 or 1 turns it off)",
+        description="onnxruntime on the CPU runs batches (and survivor batches) smaller than this on a "
+        "second, single-threaded set of stage sessions: on few cores, waking a second thread for every "
+        "operator of a small batch costs more than it saves (2 cores, default model at batch 1: 0.81 ms on "
+        "one thread, 1.04 ms on two; two win from batch 8). Costs a second copy of the stage sessions in "
+        "memory; measure before keeping it on many cores; 0 or 1 turns it off",
     )
 
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="largest batch the scheduler forms, in images: larger batches raise throughput under "
+        "load and cost latency; on a GPU per-call overhead dominates, so larger is better",
+    )
+    max_queue_delay_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=10_000.0,
+        description="longest an open batch waits to fill while requests are on their way (queued, or "
+        "being decoded); with RANET_BATCH_CLOSE_WHEN_IDLE it closes at once when none are",
+    )
     batch_close_when_idle: bool = Field(
         True,
-        description="close a batch before max_queue_delay_ms when nothing is queued and no request is "
-        "being decoded (no waiting for requests that do not exist)",
+        description="close a batch before RANET_MAX_QUEUE_DELAY_MS when nothing is queued and no request "
+        "is being decoded: at low load nobody waits for requests that do not exist (at one client this "
+        "halves the latency); false always waits out the delay (fuller batches, more latency)",
     )
-    max_queue_size: int = Field(256, ge=1, description="requests waiting per model version before 429")
+    max_queue_size: int = Field(
+        256,
+        ge=1,
+        description="requests waiting per model version; beyond it requests are answered 429 with "
+        "Retry-After (reason queue_full). Every front-end reads the engine's queue length before reading "
+        "a body, so the bound is global; it bounds memory and tail latency",
+    )
     rebatch: bool = Field(
-        True, description="park each stage's survivors and run them with other batches' survivors"
+        True,
+        description="survivor re-batching: park each stage's survivors and run them with other batches' "
+        "survivors, so late stages run at useful batch sizes under load; false runs every batch through "
+        "all its stages before the next one",
     )
     rebatch_delay_ms: float = Field(
-        2.0, ge=0.0, le=10_000.0, description="longest a parked survivor waits for company (when busy)"
+        2.0,
+        ge=0.0,
+        le=10_000.0,
+        description="longest a parked survivor waits for company while other work is queued (when the "
+        "worker has nothing else to do, parked survivors run at once); larger values fill late stages more "
+        "at high load and add up to this much latency to images that run past the first exits",
     )
     # The batcher's queue only bounds work that reached it; when reading, parsing and decoding are the
     # bottleneck (small models on CPU), requests pile up before it and latency grows without bound.
     max_inflight_requests: int = Field(
         256,
         ge=1,
-        description="inference requests in the server at once (reading, decoding, queued, running); "
-        "beyond it 429 before the body is read",
+        description="ceiling of each front-end's adaptive in-flight limit (requests being read, decoded, "
+        "queued or running). The limit needs no tuning: it follows the latency of served requests so "
+        "admitted requests wait about a target (half of RANET_SLO_P99_MS when set, else the larger of "
+        "150 ms and 4x the engine's shortest recent inference time); beyond it 429 with Retry-After "
+        "(reason inflight_limit) before the body is read",
     )
     hold_early_retries: bool = Field(
         True,
@@ -93,20 +159,37 @@ class Settings(BaseSettings):
         "connections",
     )
     agreement_sample_fraction: float = Field(
-        0.01, ge=0.0, le=1.0, description="share of early-exited images re-run to the last exit in idle time"
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="share of early-exited images kept (at most 256 pending) and re-run to the last exit "
+        "when the worker is idle, feeding ranet_exit_agreement_ratio; never delays a request",
     )
     default_operating_point: str | None = Field(
-        None, description="overrides each bundle's calibrated default where the bundle has this point"
+        None,
+        description="the calibrated operating point requests without budget knobs get, instead of each "
+        "bundle's own default; a bundle without a point of this name keeps its default (logged)",
     )
     slo_p99_ms: float | None = Field(
         None,
         gt=0.0,
-        description="latency objective: when set, the default operating point moves to cheaper calibrated "
-        "points while the recent p99 threatens it and back (up to the default) when load falls",
+        description="a p99 latency objective per model: the default operating point (requests without "
+        "knobs) moves down the calibrated accuracy/FLOPs curve while the recent p99 is above 80% of it, "
+        "while requests are shed, while the worker is busy 75% of the time or more, or as soon as a "
+        "request arrives behind more queued work than 80% of it; back up (never above the default) while "
+        "the p99 is below 50% of it and the dearer point would keep the worker under 40% busy. Queued "
+        "requests run at the point of the moment their batch forms; requests with knobs are never moved. "
+        "Every move is logged; the current point is ranet_operating_point",
     )
-    slo_window_s: float = Field(2.0, gt=0.0, description="how far back the p99 of the objective looks")
+    slo_window_s: float = Field(
+        2.0,
+        gt=0.0,
+        description="how far back the objective's p99 looks (only samples since the last move count)",
+    )
     slo_dwell_s: float = Field(
-        0.5, ge=0.0, description="minimum time between two moves (4x that before a move up)"
+        0.5,
+        ge=0.0,
+        description="minimum time between two moves of the operating point (4x that before a move up)",
     )
 
     inline_decode_max_pixels: int = Field(
@@ -116,31 +199,58 @@ class Settings(BaseSettings):
         "encoded) are decoded on the event loop, which is cheaper than a worker thread for small images; "
         "0 decodes every request in a worker thread",
     )
-    max_body_bytes: int = Field(16 * MIB, ge=1024, description="request bodies beyond this answer 413")
+    max_body_bytes: int = Field(
+        16 * MIB,
+        ge=1024,
+        description="request bodies beyond this answer 413 (checked while the body streams; compressed "
+        "bodies after inflating)",
+    )
     max_image_bytes: int = Field(8 * MIB, ge=64, description="one encoded image beyond this answers 413")
     max_image_pixels: int = Field(
-        4096 * 4096, ge=1, description="decoded pixels per image (decompression-bomb guard)"
+        4096 * 4096,
+        ge=1,
+        description="decoded pixels per image beyond this answer 413, checked from the image header before "
+        "any pixel is decoded (decompression bombs cost nothing)",
     )
-    max_images_per_request: int = Field(64, ge=1)
+    max_images_per_request: int = Field(64, ge=1, description="images in one request beyond this answer 413")
     request_timeout_ms: float = Field(
-        30_000.0, gt=0.0, description="deadline of a request that sets no deadline_ms"
+        30_000.0,
+        gt=0.0,
+        description="deadline of a request that sets no deadline_ms; a request not answered by its deadline "
+        "answers 504 (deadline_exceeded)",
     )
     body_read_timeout_s: float = Field(
-        30.0, gt=0.0, description="a request body still arriving after this answers 408 (slow clients)"
+        30.0,
+        gt=0.0,
+        description="a request body still arriving this long after reading began answers 408 "
+        "(request_timeout) and the connection is closed: slow or stalled uploads cannot hold connections",
     )
 
-    warmup: bool = Field(True, description="run a batch through every stage before a bundle is ready")
+    warmup: bool = Field(
+        True, description="run a batch through every stage before a bundle is ready (no slow first request)"
+    )
     verify_checksums: bool = Field(True, description="check every bundle file's SHA-256 on load")
-    graceful_shutdown_seconds: float = Field(30.0, gt=0.0, description="how long shutdown drains")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    graceful_shutdown_seconds: float = Field(
+        30.0,
+        gt=0.0,
+        description="on SIGTERM or SIGINT, how long the front-ends finish their requests in flight before "
+        "the engine drains its queues and exits",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="the lowest level of log message written"
+    )
 
     # Off by default (the server binds to loopback); a blank value counts as unset, so a compose file
     # that passes `RANET_API_KEY: ${RANET_API_KEY:-}` through does not enable a key nobody can send.
     api_key: SecretStr | None = Field(
-        None, description="bearer token required for inference and model metadata (unset: open)"
+        None,
+        description="bearer token required for inference and model metadata (unset or blank: open); "
+        "ranet serve --api-key-file reads it from a file instead",
     )
     admin_api_key: SecretStr | None = Field(
-        None, description="bearer token required for /v1/admin (unset: the api_key, if any)"
+        None,
+        description="bearer token required for /v1/admin (unset: RANET_API_KEY, if any); ranet serve "
+        "--admin-api-key-file reads it from a file instead",
     )
 
     @field_validator("api_key", "admin_api_key", mode="after")

@@ -7,12 +7,37 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand, TyperOption
 
 console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_command)
+    app.command("serve", cls=ServeCommand)(serve_command)
+
+
+class ServeCommand(TyperCommand):
+    """`ranet serve` whose help ends with every setting: variable, default, option and description.
+
+    The list is made from the `Settings` model when help is shown, so it cannot drift from the code,
+    and `ranet --help` does not import the settings to build it.
+    """
+
+    # Typer passes its own (vendored) click's context and formatter: typed loosely to match any version.
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if self.epilog is None:
+            from ranet_serve.settings_doc import settings_epilog
+
+            # An option overrides the setting of its name; a `--<setting>-file` option reads it from a file.
+            options = {
+                str(param.name).removesuffix("_file"): " / ".join([*param.opts, *param.secondary_opts])
+                for param in self.params
+                if isinstance(param, TyperOption)
+            }
+            epilog = settings_epilog(options)
+            self.epilog = escape(epilog) if self.rich_markup_mode == "rich" else epilog
+        super().format_help(ctx, formatter)
 
 
 def serve_command(
