@@ -120,6 +120,10 @@ def test_only_small_requests_are_decoded_on_the_event_loop() -> None:
     # zeros is a few KiB but would hold the event loop for tens of milliseconds.
     bomb = _blank_png(4096, 4096)
     assert len(bomb) < INLINE_DECODE_MAX_BYTES and declared_pixels(bomb) == 4096 * 4096
+    assert declared_pixels(_blank_png(30, 17)) == 510  # PNG's IHDR read in place: width and height apart
+    jpeg = io.BytesIO()
+    Image.new("L", (40, 9)).save(jpeg, format="JPEG")
+    assert declared_pixels(jpeg.getvalue()) == 360  # other formats through Pillow's header parser
     assert not service._decodes_inline(EncodedImages((bomb,)))
     assert not service._decodes_inline(EncodedImages((small,) * 21))  # 21 x 784 > 128 x 128 pixels
     assert not service._decodes_inline(np.zeros((64, 3, 32, 32), dtype=np.float32))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Callable
 
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
 from ranet_serve.api.errors import error_body
+from ranet_serve.api.paths import inference_model
 from ranet_serve.engine.client import EngineClient
 from ranet_serve.errors import OVERLOAD_REASONS
 from ranet_serve.metrics import RequestMetrics, model_label
@@ -40,18 +40,6 @@ from ranet_serve.settings import Settings
 
 QUEUE_FULL, INFLIGHT_LIMIT, _ = OVERLOAD_REASONS
 RETRY_AFTER_SECONDS = 1
-# The inference routes (v1 default model, v1 named model, v2 with or without a version).
-_INFERENCE = re.compile(
-    r"^/v1/classify$|^/v1/models/([^/]+)/classify$|^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$"
-)
-
-
-def inference_model(method: str, path: str) -> tuple[bool, str | None]:
-    """Whether `method path` is an inference request, and the model its path names (None: default)."""
-    match = _INFERENCE.match(path) if method == "POST" else None
-    if match is None:
-        return False, None
-    return True, match.group(1) or match.group(2)
 
 
 class AdmissionGate:

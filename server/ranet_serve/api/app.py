@@ -25,6 +25,7 @@ from ranet_serve import __version__
 from ranet_serve.api import routes_admin, routes_health
 from ranet_serve.api.admission import AdmissionGate, adaptive_limit
 from ranet_serve.api.auth import install_auth_handler
+from ranet_serve.api.dispatch import InferenceDispatch
 from ranet_serve.api.errors import install_error_handlers
 from ranet_serve.api.service import InferenceService
 from ranet_serve.api.v1 import routes as routes_v1
@@ -91,6 +92,8 @@ def create_app(
     install_auth_handler(app)
     for module in (routes_health, routes_v1, routes_admin, routes_v2):
         app.include_router(module.router)
+    # Added first, so it runs inside the gate: only admitted inference requests reach it.
+    app.add_middleware(InferenceDispatch, settings=settings)
     app.add_middleware(AdmissionGate, settings=settings, engine=engine, metrics=metrics, adaptive=limit)
     return app
 

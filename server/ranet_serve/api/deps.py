@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ranet_serve.api.service import InferenceService
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.client import EngineClient
 from ranet_serve.metrics import RequestMetrics
 from ranet_serve.settings import Settings
-
-
-async def get_service(request: Request) -> InferenceService:
-    service: InferenceService = request.app.state.service
-    return service
 
 
 async def get_engine(request: Request) -> EngineClient:

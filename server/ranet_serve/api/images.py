@@ -156,6 +156,10 @@ def declared_pixels(data: bytes) -> int | None:
     kind = sniff_image_type(data)
     if kind is None:
         return None
+    if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        # PNG puts the IHDR chunk first, width and height as big-endian 32-bit numbers at bytes 16-24:
+        # read in a microsecond, where parsing the header with Pillow took a tenth of the inline path.
+        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

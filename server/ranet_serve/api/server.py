@@ -104,6 +104,7 @@ def _serve_one_process(settings: Settings) -> None:
     import uvicorn
 
     from ranet_serve.api.app import create_app
+    from ranet_serve.api.http_protocol import CoalescingHttpToolsProtocol
 
     config = uvicorn.Config(
         create_app(settings),
@@ -113,6 +114,7 @@ def _serve_one_process(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
         log_config=None,  # keep the logging configured above
         proxy_headers=False,  # see run_frontend
+        http=CoalescingHttpToolsProtocol,
     )
     uvicorn.Server(config).run()
 
@@ -122,6 +124,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
     import uvicorn
 
     from ranet_serve.api.app import create_app
+    from ranet_serve.api.http_protocol import CoalescingHttpToolsProtocol
     from ranet_serve.engine.remote import RemoteEngine
     from ranet_serve.metrics import RequestMetrics
 
@@ -138,6 +141,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
         # X-Forwarded-* rewriting cost 8% of a front-end's time per request (py-spy) and nothing here
         # reads the client address it would rewrite.
         proxy_headers=False,
+        http=CoalescingHttpToolsProtocol,
     )
     uvicorn.Server(config).run(sockets=[sock])
 

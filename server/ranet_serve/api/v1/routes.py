@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.catalog import describe_model
-from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
+from ranet_serve.api.deps import get_app_settings, get_catalog
 from ranet_serve.api.knobs import knob_schemas, parse_knobs
 from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
@@ -59,13 +59,9 @@ _CLASSIFY_BODY: dict[str, Any] = {
     openapi_extra=_CLASSIFY_BODY,
     responses=v1_errors(*INFERENCE),
 )
-async def classify_default(
-    request: Request,
-    service: InferenceService = Depends(get_service),
-    settings: Settings = Depends(get_app_settings),
-) -> Response:
+async def classify_default(request: Request) -> Response:
     """Classify images with the server's default model."""
-    return await _classify(request, service, settings, None)
+    return await classify(request, None)
 
 
 @router.post(
@@ -74,23 +70,22 @@ async def classify_default(
     openapi_extra=_CLASSIFY_BODY,
     responses=v1_errors(*INFERENCE),
 )
-async def classify_model(
-    model: str,
-    request: Request,
-    service: InferenceService = Depends(get_service),
-    settings: Settings = Depends(get_app_settings),
-) -> Response:
+async def classify_model(model: str, request: Request) -> Response:
     """Classify images with a named model (its latest version unless `version` is given)."""
-    return await _classify(request, service, settings, model)
+    return await classify(request, model)
 
 
-async def _classify(
-    request: Request, service: InferenceService, settings: Settings, model: str | None
-) -> Response:
-    """Decode, classify and encode inside `service.track`, so an encoding failure counts as the 500
-    it answers and the duration covers the whole handler. The body leaves already serialised: FastAPI
-    skips `response_model` validation for a returned `Response` (the model stays for OpenAPI only)."""
+async def classify(request: Request, model: str | None) -> Response:
+    """The v1 inference handler (`api.dispatch` calls it straight, the routes above declare it).
+
+    Decodes, classifies and encodes inside `service.track`, so an encoding failure counts as the 500
+    it answers and the duration covers the whole handler. The body leaves already serialised: no
+    `response_model` validation (the model is there for OpenAPI only).
+    """
     received = time.monotonic()
+    state = request.app.state
+    service: InferenceService = state.service
+    settings: Settings = state.settings
     async with service.track(model):
         data = await read_v1_input(request, settings.max_body_bytes, settings.max_images_per_request)
         knobs = parse_knobs(data.knobs)

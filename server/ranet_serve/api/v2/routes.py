@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ranet_serve import __version__
 from ranet_serve.api.auth import require_api_key
 from ranet_serve.api.body import read_body
-from ranet_serve.api.deps import get_app_settings, get_catalog, get_service
+from ranet_serve.api.deps import get_catalog
 from ranet_serve.api.knobs import knob_schemas
 from ranet_serve.api.routes_health import readiness
 from ranet_serve.api.schemas_errors import (
@@ -154,15 +154,17 @@ async def model_ready(
     responses=v2_errors(*INFERENCE),
     openapi_extra=_INFER_BODY,
 )
-async def infer(
-    model: str,
-    request: Request,
-    version: str | None = None,
-    service: InferenceService = Depends(get_service),
-    settings: Settings = Depends(get_app_settings),
-) -> Response:
+async def infer_route(model: str, request: Request, version: str | None = None) -> Response:
     """Classify an FP32 tensor or BYTES images; v1's knobs (`top_k` too) in the request's `parameters`."""
+    return await infer(request, model, version)
+
+
+async def infer(request: Request, model: str, version: str | None) -> Response:
+    """The v2 inference handler (`api.dispatch` calls it straight, the routes above declare it)."""
     received = time.monotonic()
+    state = request.app.state
+    service: InferenceService = state.service
+    settings: Settings = state.settings
     async with service.track(model):
         body = await read_body(request, settings.max_body_bytes)
         decoded = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
