@@ -43,3 +43,36 @@ def test_unknown_names_and_versions_are_404s_and_loading_is_503() -> None:
         Catalog().find("m")
     assert catalog.ready and not Catalog().ready
     assert not Catalog.of([entry("1")], closed=True).ready
+
+
+def named(name: str, version: str = "1", ok: bool = True) -> CatalogEntry:
+    if ok:
+        return CatalogEntry(name=name, version=version, state="ready", device="cpu")
+    return CatalogEntry(name=name, version=version, state="failed", error="broken")
+
+
+def test_a_store_with_one_model_serves_it_by_default_unless_a_default_was_set() -> None:
+    one = Catalog.of([named("other", "1"), named("other", "2")])
+    assert one.default_model("ranet-fmnist", explicit=False) == "other"
+    assert one.find_default("ranet-fmnist", explicit=False).version == "2"
+    assert one.find_default("ranet-fmnist", explicit=False, version="1").version == "1"
+    assert one.default_model("ranet-fmnist", explicit=True) == "ranet-fmnist"  # set: kept, even if absent
+    both = Catalog.of([named("other"), named("ranet-fmnist")])
+    assert both.default_model("ranet-fmnist", explicit=False) == "ranet-fmnist"
+    assert Catalog().default_model("ranet-fmnist", explicit=False) == "ranet-fmnist"
+    # The one model is the default even when it failed to load: its error says why, not "not found".
+    with pytest.raises(NotReadyError, match="broken"):
+        Catalog.of([named("other", ok=False)]).find_default("ranet-fmnist", explicit=False)
+
+
+def test_a_default_the_store_lacks_lists_the_models_served_and_how_to_set_the_default() -> None:
+    catalog = Catalog.of([named("beta"), named("alpha")])
+    with pytest.raises(ModelNotFoundError) as caught:
+        catalog.find_default("ranet-fmnist", explicit=False)
+    message = str(caught.value)
+    assert "default model 'ranet-fmnist' not found; serving: alpha, beta" in message
+    assert "RANET_DEFAULT_MODEL" in message and "--default-model" in message
+    with pytest.raises(ModelNotFoundError, match=r"serving: other\. Name the model"):
+        Catalog.of([named("other")]).find_default("ranet-fmnist", explicit=True)
+    with pytest.raises(NotReadyError, match="still loading"):
+        Catalog().find_default("ranet-fmnist", explicit=False)

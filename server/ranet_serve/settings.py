@@ -261,6 +261,12 @@ class Settings(BaseSettings):
         return SecretStr(value.get_secret_value().strip())
 
     @property
+    def default_model_explicit(self) -> bool:
+        """Whether default_model was set (environment variable or option), not left at its default: only
+        then is it the default on a store holding one other model (`Catalog.default_model`)."""
+        return "default_model" in self.model_fields_set
+
+    @property
     def effective_admin_key(self) -> SecretStr | None:
         """The token admin routes require: their own, else the inference key, else none."""
         return self.admin_api_key or self.api_key

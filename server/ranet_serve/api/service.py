@@ -128,12 +128,25 @@ class InferenceService:
             gauge.dec()
 
     def model_label(self, model: str | None) -> str:
-        return model_label(model or self.settings.default_model, self.engine.catalog.has_model)
+        return model_label(model or self.default_model(), self.engine.catalog.has_model)
+
+    def default_model(self) -> str:
+        """The model a request that names none gets now (`Catalog.default_model` holds the rule)."""
+        return self.engine.catalog.default_model(
+            self.settings.default_model, explicit=self.settings.default_model_explicit
+        )
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """Run one request; raises the domain errors the API maps to statuses."""
-        name = request.model or self.settings.default_model
-        entry = self.engine.catalog.find_ready(name, request.version)
+        if request.model is None:
+            entry = self.engine.catalog.find_default(
+                self.settings.default_model,
+                explicit=self.settings.default_model_explicit,
+                version=request.version,
+            )
+        else:
+            entry = self.engine.catalog.find_ready(request.model, request.version)
+        name = entry.name
         manifest = entry.require_manifest()
         deadline = request.received + self.timeout_seconds(request.deadline_ms)
         # While this request is decoded the scheduler knows it is coming, so an open batch waits for

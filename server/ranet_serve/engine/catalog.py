@@ -96,6 +96,34 @@ class Catalog:
         """Like `find`, but a version that failed to load is a NotReadyError naming its error."""
         return select_version(self.models, name, version, loaded=self.loaded, ready_only=True)
 
+    def default_model(self, configured: str, *, explicit: bool) -> str:
+        """The model a request that names none is served by: the one rule, for every front-end path.
+
+        `configured` is the default_model setting and `explicit` whether it was set (environment or
+        option) rather than left at its default. Left at its default on a store holding exactly one
+        model, that model is the default, whatever its name; otherwise `configured`. Constant time: it
+        runs per request, and the catalog is replaced on every (re)load.
+        """
+        if explicit or len(self.models) != 1:
+            return configured
+        return next(iter(self.models))
+
+    def find_default(self, configured: str, *, explicit: bool, version: str | None = None) -> CatalogEntry:
+        """`find_ready` for the default model (see `default_model`).
+
+        A default the store does not hold is a ModelNotFoundError that lists the models served and
+        says how to choose one, instead of only naming a model the client never asked for.
+        """
+        name = self.default_model(configured, explicit=explicit)
+        if self.loaded and name not in self.models:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFoundError(
+                f"default model {name!r} not found; serving: {served}. Name the model in the request, or "
+                "set the server's default with RANET_DEFAULT_MODEL (ranet serve --default-model)",
+                model=name,
+            )
+        return self.find_ready(name, version)
+
 
 class VersionLike(Protocol):
     @property
