@@ -31,6 +31,10 @@ ALERT_RULES = REPO / "docker" / "prometheus" / "alerts.yml"
 GRAFANA_PROVISIONING = REPO / "docker" / "grafana" / "provisioning"
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "ranet-serve.json"
 K8S_DIR = REPO / "deploy" / "k8s"
+# The optional overlay for clusters with the Prometheus Operator: the base plus ServiceMonitor and
+# PrometheusRule (outside deploy/k8s: kustomize refuses an overlay inside its own base's folder).
+OPERATOR_OVERLAY_DIR = REPO / "deploy" / "overlays" / "prometheus-operator"
+PROMETHEUS_RULE = OPERATOR_OVERLAY_DIR / "prometheusrule.yaml"
 KSERVE_FILE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
@@ -402,19 +406,26 @@ def nginx_test(nginx: str, server_block: str) -> subprocess.CompletedProcess[str
 
 # Grafana's own TypeScript types for dashboards, pinned to the Grafana image of docker-compose.yml.
 GRAFANA_SCHEMA_PACKAGES = ("typescript@7.0.2", "@grafana/schema@11.6.0")
-GRAFANA_SCHEMA_CACHE = (
+# Project-local (gitignored), where scripts/setup.sh installs them; the user cache of earlier versions
+# of this script is still looked at.
+GRAFANA_SCHEMA_DIR = REPO / ".deploy-tools" / "grafana-schema"
+_GRAFANA_SCHEMA_USER_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ranet-serve" / "grafana-schema"
 )
 
 
-def find_grafana_schema() -> Path | None:
-    """A folder where `npm install typescript @grafana/schema` ran: $RANET_GRAFANA_SCHEMA_DIR or the cache."""
-    configured = os.environ.get("RANET_GRAFANA_SCHEMA_DIR")
-    folder = Path(configured) if configured else GRAFANA_SCHEMA_CACHE
-    ok = (folder / "node_modules" / "@grafana" / "schema").is_dir() and (
+def _has_grafana_schema(folder: Path) -> bool:
+    return (folder / "node_modules" / "@grafana" / "schema").is_dir() and (
         folder / "node_modules" / ".bin" / "tsc"
     ).exists()
-    return folder if ok else None
+
+
+def find_grafana_schema() -> Path | None:
+    """A folder where `npm install typescript @grafana/schema` ran: $RANET_GRAFANA_SCHEMA_DIR, else
+    the project's .deploy-tools/grafana-schema, else the user cache."""
+    configured = os.environ.get("RANET_GRAFANA_SCHEMA_DIR")
+    candidates = [Path(configured)] if configured else [GRAFANA_SCHEMA_DIR, _GRAFANA_SCHEMA_USER_CACHE]
+    return next((folder for folder in candidates if _has_grafana_schema(folder)), None)
 
 
 _SCHEMA_CHECK_PREAMBLE = """import type { Dashboard } from '@grafana/schema';
@@ -469,6 +480,49 @@ def k8s_objects() -> list[dict[str, Any]]:
     return objects
 
 
+def kustomization_resources(folder: Path, _seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """The objects of a kustomization's `resources`, bases resolved recursively, without running kustomize.
+
+    Only what the structural checks need: files and folders (each folder a kustomization) are read,
+    and a base inside a folder already on the path is refused, as kustomize does ("cycle detected").
+    Generators, patches and transformers are not applied.
+    """
+    folder = folder.resolve()
+    for root in _seen:
+        if root == folder or root.is_relative_to(folder):
+            raise ValueError(f"cycle: {folder} contains {root}, which includes it")
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    objects: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources", []):
+        path = (folder / resource).resolve()
+        if path.is_dir():
+            objects += kustomization_resources(path, (*_seen, folder))
+        elif path.is_file():
+            objects += load_yaml_documents(path)
+        else:
+            raise FileNotFoundError(f"{folder / 'kustomization.yaml'}: resource {resource} does not exist")
+    return objects
+
+
+def find_kustomize() -> list[str] | None:
+    """A command that prints a kustomization's build: `kustomize build`, else `kubectl kustomize`."""
+    kustomize = find_tool("kustomize")
+    if kustomize:
+        return [kustomize, "build"]
+    kubectl = find_tool("kubectl")
+    if kubectl:
+        return [kubectl, "kustomize"]
+    return None
+
+
+def kustomize_build(command: list[str], folder: Path) -> list[dict[str, Any]]:
+    """The objects `kustomize build folder` renders; raises RuntimeError with kustomize's message."""
+    result = run([*command, str(folder)], env=hermetic_env())
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout + result.stderr)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 def image_repository(image: str) -> tuple[str, str]:
     """('registry/name', 'tag') of an image reference; tag '' when absent."""
     name, _, digest = image.partition("@")
@@ -502,6 +556,15 @@ def _cli_expressions() -> int:
     return 0
 
 
+def install_grafana_schema(npm: str, folder: Path = GRAFANA_SCHEMA_DIR) -> subprocess.CompletedProcess[str]:
+    """`npm install` the pinned TypeScript and @grafana/schema into `folder` (its own package.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(folder), *GRAFANA_SCHEMA_PACKAGES],
+        timeout=600,
+    )
+
+
 def _cli_grafana_schema(install: bool) -> int:
     folder = find_grafana_schema()
     if folder is None and install:
@@ -509,26 +572,15 @@ def _cli_grafana_schema(install: bool) -> int:
         if npm is None:
             print("skip: npm not found")
             return 0
-        GRAFANA_SCHEMA_CACHE.mkdir(parents=True, exist_ok=True)
-        result = run(
-            [
-                npm,
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(GRAFANA_SCHEMA_CACHE),
-                *GRAFANA_SCHEMA_PACKAGES,
-            ],
-            timeout=600,
-        )
+        result = install_grafana_schema(npm)
         if result.returncode != 0:
             print(result.stdout + result.stderr)
             return 1
         folder = find_grafana_schema()
     if folder is None:
         print(
-            "skip: @grafana/schema not installed (run with --grafana-schema, or set RANET_GRAFANA_SCHEMA_DIR)"
+            "skip: @grafana/schema not installed (scripts/setup.sh installs it; or run "
+            "scripts/check_deploy.sh --grafana-schema, or set RANET_GRAFANA_SCHEMA_DIR)"
         )
         return 0
     result = grafana_schema_check(folder)

@@ -1,17 +1,22 @@
 """Deployment and monitoring files, checked offline (no Docker engine, no cluster, no Grafana).
 
-Tools that may be missing (hadolint, promtool, a Compose v2 CLI, nginx, @grafana/schema) skip their
-checks with the reason; everything else is parsed and cross-checked in Python: the dashboard, alerts
-and manifests against the server's metric names, settings, ports and image name.
+The external tools (hadolint, promtool, a Compose v2 CLI, nginx, kubectl's kustomize,
+kubernetes-validate, @grafana/schema) are all installed by `make setup`, so a missing one fails its
+check with what to install; RANET_ALLOW_SKIPS=1 turns those failures into skips on a machine that
+cannot have them. Everything else is parsed and cross-checked in Python: the dashboard, alerts and
+manifests against the server's metric names, settings, ports and image name.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
@@ -26,7 +31,9 @@ from deploy_helpers import (
     K8S_DIR,
     KSERVE_FILE,
     OPERATIONS_DOC,
+    OPERATOR_OVERLAY_DIR,
     PROMETHEUS_CONFIG,
+    PROMETHEUS_RULE,
     PROMETHEUS_SYNTHETIC_SERIES,
     REPO,
     SERVER_METRICS,
@@ -38,6 +45,7 @@ from deploy_helpers import (
     find_compose,
     find_grafana_schema,
     find_hadolint,
+    find_kustomize,
     find_nginx,
     find_promtool,
     gateway_nginx_config,
@@ -46,6 +54,8 @@ from deploy_helpers import (
     image_repository,
     iter_panels,
     k8s_objects,
+    kustomization_resources,
+    kustomize_build,
     load_dashboard,
     load_yaml_documents,
     nginx_test,
@@ -56,6 +66,7 @@ from deploy_helpers import (
     variable_query,
 )
 
+T = TypeVar("T")
 CONTAINER_PORT = 8080
 RUN_AS_UID = 10001
 # Fallback when the server's settings module is not importable; the real list comes from Settings.
@@ -99,10 +110,31 @@ def objects_by_kind() -> dict[str, dict[str, Any]]:
     return {obj["kind"]: obj for obj in k8s_objects()}
 
 
-def require(tool: str | None, name: str) -> str:
+ALLOW_SKIPS = os.environ.get("RANET_ALLOW_SKIPS", "") not in ("", "0")
+
+
+def missing_tool(message: str) -> NoReturn:
+    """A check's tool is absent: fail, since `make setup` installs every one; skip only when
+    RANET_ALLOW_SKIPS is set (a machine that cannot have the tool), so CI never passes by skipping."""
+    if ALLOW_SKIPS:
+        pytest.skip(message)
+    pytest.fail(
+        f"{message}: `make setup` installs it (RANET_ALLOW_SKIPS=1 skips checks whose tool is missing)",
+        pytrace=False,
+    )
+
+
+def require(tool: T | None, name: str) -> T:
     if tool is None:
-        pytest.skip(f"{name} not found")
+        missing_tool(f"{name} not found")
     return tool
+
+
+def require_module(module: str, name: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing_tool(f"{name} not installed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +268,6 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
 
 def test_default_bundle_is_in_the_build_context() -> None:
     bundle = REPO / "model_store" / "ranet-fmnist" / "1"
-    if not (REPO / "model_store" / "ranet-fmnist").exists():
-        pytest.skip("the default bundle model_store/ranet-fmnist/1 is not committed yet")
     assert (bundle / "manifest.json").is_file(), "the images bake model_store/ranet-fmnist/1"
 
 
@@ -351,7 +381,7 @@ def test_compose_gpu_override_builds_the_cuda_image_on_an_nvidia_gpu() -> None:
 def test_compose_cli_accepts_the_files(files: tuple[Path, ...]) -> None:
     command, reason = find_compose()
     if command is None:
-        pytest.skip(reason)
+        missing_tool(reason)
     result = compose_config(command, files)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -681,9 +711,7 @@ def test_dashboard_has_the_operator_panels() -> None:
 
 
 def test_dashboard_type_checks_against_grafana_schema() -> None:
-    schema = find_grafana_schema()
-    if schema is None:
-        pytest.skip("@grafana/schema not installed: scripts/check_deploy.sh --grafana-schema installs it")
+    schema = require(find_grafana_schema(), "@grafana/schema (npm; scripts/setup.sh installs it)")
     result = grafana_schema_check(schema)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -693,23 +721,109 @@ def test_dashboard_type_checks_against_grafana_schema() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# The base applies on any cluster: built-in kinds only, by API group.
+CORE_API_GROUPS = {"", "apps", "autoscaling", "policy"}
+BASE_KINDS = ["Deployment", "HorizontalPodAutoscaler", "Namespace", "PodDisruptionBudget", "Service"]
+OPERATOR_KINDS = ["PrometheusRule", "ServiceMonitor"]
+
+
+def api_group(obj: dict[str, Any]) -> str:
+    api_version: str = obj["apiVersion"]
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     present = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
-    kinds = sorted(obj["kind"] for obj in k8s_objects())
-    assert kinds == sorted(
-        [
-            "Namespace",
-            "Deployment",
-            "Service",
-            "HorizontalPodAutoscaler",
-            "PodDisruptionBudget",
-            "ServiceMonitor",
-        ]
-    )
+    assert sorted(obj["kind"] for obj in k8s_objects()) == BASE_KINDS
     assert kustomization["namespace"] == objects_by_kind()["Namespace"]["metadata"]["name"]
+
+
+def test_base_has_only_core_kubernetes_kinds() -> None:
+    """`kubectl apply -k deploy/k8s` must work on a cluster without the Prometheus Operator's CRDs."""
+    for obj in k8s_objects():
+        assert api_group(obj) in CORE_API_GROUPS, f"{obj['kind']} ({obj['apiVersion']}) needs a CRD"
+        assert not obj["apiVersion"].startswith("monitoring.coreos.com")
+    assert not list(K8S_DIR.rglob("kustomization.yaml"))[1:], "no overlay inside the base's folder"
+
+
+def operator_overlay_objects() -> dict[str, dict[str, Any]]:
+    return {obj["kind"]: obj for obj in kustomization_resources(OPERATOR_OVERLAY_DIR)}
+
+
+def test_operator_overlay_resolves_to_the_base_plus_monitor_and_rules() -> None:
+    overlay = yaml.safe_load((OPERATOR_OVERLAY_DIR / "kustomization.yaml").read_text())
+    base = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert (OPERATOR_OVERLAY_DIR / overlay["resources"][0]).resolve() == K8S_DIR
+    assert overlay["namespace"] == base["namespace"], "the overlay's own objects go where the base's do"
+    listed = set(overlay["resources"][1:])
+    assert listed == {p.name for p in OPERATOR_OVERLAY_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    kinds = sorted(obj["kind"] for obj in kustomization_resources(OPERATOR_OVERLAY_DIR))
+    assert kinds == sorted(BASE_KINDS + OPERATOR_KINDS)
+    for obj in kustomization_resources(OPERATOR_OVERLAY_DIR):
+        if obj["kind"] in OPERATOR_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1", obj["kind"]
+
+
+def test_structural_resolver_refuses_an_overlay_inside_its_base(tmp_path: Path) -> None:
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "kustomization.yaml").write_text("resources: []\n")
+    (tmp_path / "overlay" / "kustomization.yaml").write_text("resources: [..]\n")
+    with pytest.raises(ValueError, match="cycle"):
+        kustomization_resources(tmp_path / "overlay")
+
+
+@pytest.mark.parametrize(
+    ("folder", "kinds"),
+    [(K8S_DIR, BASE_KINDS), (OPERATOR_OVERLAY_DIR, BASE_KINDS + OPERATOR_KINDS)],
+    ids=["base", "prometheus-operator"],
+)
+def test_kustomize_builds_the_base_and_the_operator_overlay(folder: Path, kinds: list[str]) -> None:
+    command = require(find_kustomize(), "kustomize or kubectl (Debian package kubectl)")
+    objects = kustomize_build(command, folder)
+    assert sorted(obj["kind"] for obj in objects) == sorted([*kinds, "ConfigMap"])  # + configMapGenerator
+    namespace = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["namespace"]
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == namespace, obj["kind"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ranet-serve", obj["kind"]
+    # The generated ConfigMap's hashed name is what the Deployment reads.
+    built = {obj["kind"]: obj for obj in objects}
+    config_name = built["ConfigMap"]["metadata"]["name"]
+    assert config_name.startswith("ranet-serve-config-")
+    assert server_container(built["Deployment"])["envFrom"][0]["configMapRef"]["name"] == config_name
+
+
+def test_prometheus_rule_carries_exactly_the_alert_rules() -> None:
+    (rule,) = load_yaml_documents(PROMETHEUS_RULE)
+    assert operator_overlay_objects()["PrometheusRule"] == rule
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    script = run([sys.executable, str(REPO / "scripts" / "prometheus_rule.py"), "--check"])
+    assert script.returncode == 0, script.stdout + script.stderr
+
+
+def test_prometheus_rule_has_the_shape_the_operator_crd_requires() -> None:
+    """The fields and types of the PrometheusRule CRD (monitoring.coreos.com/v1) that these rules use."""
+    rule = operator_overlay_objects()["PrometheusRule"]
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", rule["metadata"]["name"])
+    names = [group["name"] for group in rule["spec"]["groups"]]
+    assert len(names) == len(set(names)), "group names must be unique"
+    # The CRD's pattern for `for` (Prometheus' duration syntax).
+    units = ("y", "w", "d", "h", "m", "s", "ms")
+    duration = re.compile(r"0|" + "".join(rf"(([0-9]+){unit})?" for unit in units))
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "partial_response_strategy", "limit", "labels"}
+        for item in group["rules"]:
+            assert set(item) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+            assert ("alert" in item) != ("record" in item) and isinstance(item["expr"], str)
+            if "for" in item:
+                assert isinstance(item["for"], str) and duration.fullmatch(item["for"]), item["for"]
+            for field in ("labels", "annotations"):
+                values = item.get(field, {})
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()), field
 
 
 def server_container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -784,13 +898,61 @@ def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment() -> None:
 
     assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
-    monitor = objects["ServiceMonitor"]
+    monitor = operator_overlay_objects()["ServiceMonitor"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == service_port["name"] and endpoint["path"] == "/metrics"
     # The job label defaults to the Service's name; the alerts select job="ranet-serve".
     assert service["metadata"]["name"] == "ranet-serve"
     assert all('job="ranet-serve"' in r["expr"] for r in alert_rules() if "up{" in r["expr"])
+
+
+KEYS_SECRET = "ranet-serve-keys"
+
+
+def assert_keys_come_from_the_secret(container: dict[str, Any], volumes: list[dict[str, Any]]) -> None:
+    """`ranet serve --api-key-file F --admin-api-key-file G`, both files in a mounted Secret volume."""
+    args = container["args"]
+    assert args[0] == "serve", "the image's entrypoint is `ranet`: args start with the subcommand"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    secret_volumes = {v["name"]: v["secret"] for v in volumes if "secret" in v}
+    mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in secret_volumes}
+    ((name, mount),) = mounts.items()
+    assert mount["readOnly"] is True
+    secret = secret_volumes[name]
+    assert secret["secretName"] == KEYS_SECRET
+    assert secret.get("optional", False) is False, "a pod must wait for the keys, not start open"
+    files = {item["path"]: item["key"] for item in secret["items"]}
+    for option, key in (("--api-key-file", "api-key"), ("--admin-api-key-file", "admin-api-key")):
+        path = Path(options[option])
+        assert path.parent == Path(mount["mountPath"]), option
+        assert files[path.name] == key, option
+    # Keys never travel as plain settings.
+    env_names = {e["name"] for e in container.get("env", [])}
+    assert not env_names & {"RANET_API_KEY", "RANET_ADMIN_API_KEY"}
+
+
+def test_deployment_and_kserve_read_the_keys_from_a_secret() -> None:
+    deployment = objects_by_kind()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert_keys_come_from_the_secret(server_container(deployment), pod["volumes"])
+    assert not set(configmap_settings()) & {"RANET_API_KEY", "RANET_ADMIN_API_KEY"}
+    predictor = kserve()["spec"]["predictor"]
+    assert_keys_come_from_the_secret(predictor["containers"][0], predictor["volumes"])
+    # The documented command creates exactly the Secret and keys the manifests read.
+    doc = OPERATIONS_DOC.read_text()
+    assert f"create secret generic {KEYS_SECRET}" in doc
+    assert "--from-literal=api-key=" in doc and "--from-literal=admin-api-key=" in doc
+
+
+def test_serve_accepts_the_key_file_options_the_manifests_pass() -> None:
+    from typer.testing import CliRunner
+
+    from ranet_serve.cli import app
+
+    help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    for option in ("--api-key-file", "--admin-api-key-file"):
+        assert option in help_text
 
 
 def test_pods_carry_prometheus_scrape_annotations() -> None:
@@ -857,10 +1019,8 @@ def test_image_names_agree_with_the_project_version() -> None:
 
 
 def test_core_manifests_validate_against_kubernetes_schemas() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for obj in k8s_objects():
-        if obj["apiVersion"].startswith("monitoring.coreos.com"):
-            continue  # a CRD: no schema in kubernetes-validate
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate (the dev extra)")
+    for obj in k8s_objects():  # the base: core kinds only (test_base_has_only_core_kubernetes_kinds)
         kubernetes_validate.validate(obj, "1.30", strict=True)
 
 
