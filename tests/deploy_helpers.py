@@ -2,8 +2,9 @@
 tests/test_deploy.py, scripts/check_deploy.sh (`python tests/deploy_helpers.py ...`) and any test that
 evaluates the dashboard against a live Prometheus.
 
-The external tools (hadolint, promtool, a compose v2 CLI, nginx, tsc with @grafana/schema) are optional:
-each `find_*` returns None when the tool is absent, and callers skip that check.
+Each `find_*` returns None when its external tool (hadolint, promtool, a compose v2 CLI, nginx,
+kustomize or kubectl, tsc with @grafana/schema) is absent; scripts/setup.sh installs them all, and
+tests/test_deploy.py fails a check whose tool is missing (unless RANET_ALLOW_SKIPS is set).
 """
 
 from __future__ import annotations
@@ -279,8 +280,15 @@ def find_promtool() -> str | None:
 
 
 def find_nginx() -> str | None:
+    """$RANET_NGINX, else nginx on PATH, else Debian's /usr/sbin/nginx (not on a user's PATH)."""
     configured = os.environ.get("RANET_NGINX")
-    return configured if configured and Path(configured).is_file() else find_tool("nginx")
+    if configured and Path(configured).is_file():
+        return configured
+    found = find_tool("nginx")
+    if found:
+        return found
+    sbin = Path("/usr/sbin/nginx")
+    return str(sbin) if sbin.is_file() and os.access(sbin, os.X_OK) else None
 
 
 def find_compose() -> tuple[list[str] | None, str]:
@@ -389,7 +397,11 @@ def gateway_nginx_config(compose_path: Path = COMPOSE_FILE) -> str:
 
 
 def nginx_test(nginx: str, server_block: str) -> subprocess.CompletedProcess[str]:
-    """`nginx -t` on the server block wrapped in a minimal main config (no root, no network)."""
+    """`nginx -t` on the server block wrapped in a minimal main config (no root, no network).
+
+    Every path nginx writes is in a temporary folder, the start-up error log too (`-e`: otherwise
+    nginx opens /var/log/nginx/error.log before reading the config, which a non-root user may not).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "conf.d").mkdir()
@@ -401,7 +413,9 @@ def nginx_test(nginx: str, server_block: str) -> subprocess.CompletedProcess[str
             f"pid {root / 'nginx.pid'};\nerror_log {root / 'error.log'};\nevents {{}}\n"
             f"http {{\n  access_log off;\n  {temp_paths}\n  include {root / 'conf.d'}/*.conf;\n}}\n"
         )
-        return run([nginx, "-t", "-p", str(root), "-c", str(root / "nginx.conf")])
+        return run(
+            [nginx, "-t", "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf")]
+        )
 
 
 # Grafana's own TypeScript types for dashboards, pinned to the Grafana image of docker-compose.yml.
@@ -604,11 +618,46 @@ def _cli_nginx() -> int:
     return 0
 
 
+def _cli_grafana_schema_setup() -> int:
+    """Install the pinned TypeScript and @grafana/schema when missing; no check (scripts/setup.sh)."""
+    if find_grafana_schema() is not None:
+        return 0
+    npm = find_tool("npm")
+    if npm is None:
+        print("setup: npm not found: the dashboard's schema check will fail (install npm)", file=sys.stderr)
+        return 1
+    print(f"setup: installing {' '.join(GRAFANA_SCHEMA_PACKAGES)} into {GRAFANA_SCHEMA_DIR}")
+    result = install_grafana_schema(npm)
+    if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cli_kustomize() -> int:
+    command = find_kustomize()
+    if command is None:
+        print("skip: neither kustomize nor kubectl found (kustomize builds)")
+        return 0
+    failed = 0
+    for folder in (K8S_DIR, OPERATOR_OVERLAY_DIR):
+        try:
+            objects = kustomize_build(command, folder)
+        except RuntimeError as exc:
+            print(f"FAIL kustomize build {folder.relative_to(REPO)}:\n{exc}")
+            failed += 1
+            continue
+        print(f"ok: kustomize build {folder.relative_to(REPO)} ({len(objects)} objects)")
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str]) -> int:
     commands = {
         "expressions": _cli_expressions,
         "grafana-schema": lambda: _cli_grafana_schema(install=False),
         "grafana-schema-install": lambda: _cli_grafana_schema(install=True),
+        "grafana-schema-setup": _cli_grafana_schema_setup,
+        "kustomize": _cli_kustomize,
         "nginx": _cli_nginx,
     }
     if len(argv) != 1 or argv[0] not in commands:

@@ -10,6 +10,7 @@ manifests against the server's metric names, settings, ports and image name.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -185,6 +186,82 @@ def test_gpu_image_uses_cuda_base_cuda_torch_and_gpu_extra() -> None:
     assert re.search(r'pip install[^\n]*"\./\[gpu\]"', text)
     assert "[cpu]" not in text
     assert "RANET_DEVICE=cuda" in final_stage(REPO / "docker" / "Dockerfile.gpu")
+
+
+CONSTRAINTS = REPO / "requirements" / "constraints.txt"
+
+
+def constraint_pins() -> dict[str, str]:
+    """requirements/constraints.txt as {canonical name: version}; every line must be `name==version`."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            match = re.fullmatch(r"([A-Za-z0-9._-]+)==([0-9][A-Za-z0-9.]*)", line.strip())
+            assert match, f"not an exact pin without a local label: {line!r}"
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned_to_a_release(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    images = dict(re.findall(r"(?m)^ARG (\w+_IMAGE)=(\S+)", text))
+    assert images, "base images are named by ARG ..._IMAGE"
+    for arg, image in images.items():
+        _, tag = image_repository(image)
+        assert tag and tag != "latest", f"{arg}={image}"
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"{arg}={image}: pin a patch release, not a moving tag"
+    for match in re.finditer(r"(?m)^FROM\s+(\S+)", text):
+        assert match.group(1).startswith("${") and match.group(1).rstrip("}").lstrip("${") in images
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_install_the_pinned_versions_and_only_serving_extras(dockerfile: Path) -> None:
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    assert re.search(r"(?m)^COPY requirements/constraints\.txt \./requirements/", text)
+    (install,) = re.findall(r"(?m)^RUN (?:uv )?pip install [^\n]*\./\[(\w+)\][^\n]*", text)
+    assert install in ("cpu", "gpu"), "the images install no tools' extras (train, export, dev)"
+    assert re.search(r'pip install [^\n]*-c requirements/constraints\.txt "\./\[\w+\]"', text)
+    # torch comes alone from its own index, at the constraints file's pin.
+    assert re.search(r'pip install [^\n]*--no-deps "torch==\$\{TORCH_VERSION\}" --index-url', text)
+    (torch_version,) = re.findall(r"(?m)^ARG TORCH_VERSION=(\S+)", text)
+    assert constraint_pins()["torch"] == torch_version
+
+
+def test_constraints_pin_every_package_the_project_installs() -> None:
+    from packaging.requirements import Requirement
+
+    pins = constraint_pins()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    direct = [*project["dependencies"]]
+    for extra in ("cpu", "gpu", "train", "export", "dev"):
+        direct += project["optional-dependencies"][extra]
+    for text in direct:
+        requirement = Requirement(text)
+        if requirement.name == project["name"]:
+            continue  # dev names the project's own extras
+        assert requirement.name.lower() in pins, f"{requirement.name} is not pinned"
+        assert requirement.specifier.contains(pins[requirement.name.lower()], prereleases=True), text
+    # The whole dependency closure, as the generator walks it in this virtualenv.
+    spec = importlib.util.spec_from_file_location("constraints_script", REPO / "scripts" / "constraints.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    needed = set(script.closure(script.ROOTS)) - script.LOCAL
+    assert needed <= set(pins), f"run scripts/constraints.py: unpinned {sorted(needed - set(pins))}"
+
+
+def test_setup_installs_with_the_constraints_and_every_extra_the_tests_use() -> None:
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert "CONSTRAINTS=requirements/constraints.txt" in setup
+    assert re.search(r'pip" install -q -c "\$CONSTRAINTS" -e "\.\[cpu,train,export,dev\]"', setup)
+    assert '"$CONSTRAINTS"' in re.search(r"want=\$\(cat ([^|]*)\|", setup).group(1), (
+        "constraints in the stamp"
+    )
+    assert "nginx:nginx-light" in setup and "npm:npm" in setup
+    assert "grafana-schema-setup" in setup
 
 
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
