@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +12,12 @@ from typer.testing import CliRunner
 
 from helpers.bundles import make_store
 from helpers.images import png_bytes
+from helpers.process import ServeProcess
 from ranet_serve.cascade.runtimes import SINGLE_THREAD_BELOW, OnnxRuntime
 from ranet_serve.cli import app
 from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.export.bundle import load_bundle
 from ranet_serve.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_serve_refuses_an_empty_or_missing_store(tmp_path: Path) -> None:
@@ -64,48 +56,26 @@ def test_runtime_threads_follow_the_settings(tiny_bundle_dir: Path, monkeypatch:
 
 def test_serve_process_reloads_on_sighup_and_stops_on_sigterm(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", tiny_bundle_dir)
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "ranet_serve.cli",
-        "serve",
-        "--model-store",
-        str(store),
-        "--port",
-        str(port),
-    ]
-    command += ["--default-model", "tiny", "--threads", "1", "--log-level", "info"]
-    log = tmp_path / "server.log"
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    args = ["--model-store", str(store), "--default-model", "tiny", "--threads", "1", "--log-level", "info"]
+    server = ServeProcess(args, log=tmp_path / "server.log")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, log.read_text()
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.1)
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             image = {"file": ("a.png", png_bytes(0), "image/png")}
             assert client.post("/v1/classify", files=image).json()["version"] == "1"
 
             make_store(store, tiny_bundle_dir, versions=("2",))
-            process.send_signal(signal.SIGHUP)
+            server.process.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 30
             while client.post("/v1/classify", files=image).json()["version"] != "2":
                 assert time.monotonic() < deadline, "SIGHUP did not reload the store"
                 time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it.
-        assert process.wait(30) in (0, -signal.SIGTERM)
-        output = log.read_text()
+        assert server.stop() in (0, -signal.SIGTERM)
+        output = server.log.read_text()
         assert "SIGHUP: reloading the model store" in output
         assert "model store closed" in output
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

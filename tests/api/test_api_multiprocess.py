@@ -24,24 +24,24 @@ import pytest
 
 from helpers.bundles import make_store
 from helpers.images import png_bytes
+from helpers.process import ServeProcess
 
 READY_SECONDS = 90
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Served:
-    process: subprocess.Popen[bytes]
+    server: ServeProcess
     client: httpx.Client
     runs: Path  # the parent of the server's run directory
-    log: Path
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.server.process
+
+    @property
+    def log(self) -> Path:
+        return self.server.log
 
     @property
     def run_dir(self) -> Path:
@@ -56,38 +56,26 @@ class Served:
 
     def wait_ready(self, frontends: int = 2) -> None:
         """Until readiness is 200 and every front-end process has started."""
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if self.client.get("/readyz").status_code == 200 and len(self.frontend_pids()) == frontends:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready:\n" + self.log.read_text()
-            time.sleep(0.05)
+        self.server.wait_ready(READY_SECONDS, also=lambda: len(self.frontend_pids()) == frontends)
 
 
 @pytest.fixture
 def served(tiny_bundle_dir: Path, tmp_path: Path) -> Iterator[Served]:
     store = make_store(tmp_path / "store", tiny_bundle_dir)
     runs = tmp_path / "runs"
-    port = free_port()
-    command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--model-store", str(store)]
-    command += ["--port", str(port), "--default-model", "tiny", "--threads", "1", "--frontends", "2"]
+    args = ["--model-store", str(store), "--default-model", "tiny", "--threads", "1", "--frontends", "2"]
     env = {**os.environ, "RANET_RUN_DIR": str(runs), "RANET_GRACEFUL_SHUTDOWN_SECONDS": "5"}
-    log = tmp_path / "server.log"
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    server = Served(process, client, runs, log)
+    server = ServeProcess(args, log=tmp_path / "server.log", env=env)
+    client = httpx.Client(base_url=server.url, timeout=30)
+    served = Served(server, client, runs)
     try:
-        server.wait_ready()
-        yield server
+        served.wait_ready()
+        yield served
     finally:
         client.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
 
 
 def classify(client: httpx.Client, index: int) -> httpx.Response:
