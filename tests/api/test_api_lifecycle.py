@@ -8,6 +8,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +24,14 @@ URL = "/v1/models/tiny/classify"
 
 def post_image(client: httpx.Client, image: bytes, url: str = URL, **params: object) -> httpx.Response:
     return client.post(url, files={"file": ("a.png", image, "image/png")}, params=params)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition the server exposes until it holds (no sleeping in place of an event)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_readiness_is_503_until_bundles_are_warmed_up(
@@ -116,7 +125,7 @@ def test_reload_keeps_serving(tiny_bundle_dir: Path, tmp_path: Path, images: lis
     try:
         with ThreadPoolExecutor(2) as pool, server.client() as admin:
             workers = [pool.submit(traffic) for _ in range(2)]
-            time.sleep(0.2)
+            wait_for(lambda: len(statuses) >= 3, "traffic before the reload")
             make_store(store, tiny_bundle_dir, versions=("2",))
             report = admin.post("/v1/admin/reload").json()
             assert report["loaded"] == ["tiny/2"] and report["kept"] == ["tiny/1"]
@@ -125,7 +134,8 @@ def test_reload_keeps_serving(tiny_bundle_dir: Path, tmp_path: Path, images: lis
             report = admin.post("/v1/admin/reload").json()
             assert report["removed"] == ["tiny/1"] and report["kept"] == ["tiny/2"]
             assert [v["version"] for v in report["models"][0]["versions"]] == ["2"]
-            time.sleep(0.2)
+            answered = len(statuses)
+            wait_for(lambda: len(statuses) >= answered + 3, "traffic after the reloads")
             stop.set()
             for worker in workers:
                 worker.result()
@@ -147,7 +157,8 @@ def test_deadline_is_honoured_with_504(
     assert response.json()["error"]["code"] == "deadline_exceeded"
     assert time.monotonic() - started < 0.55  # answered at the deadline, not after six slow stages
     server.faults.stage_delay = 0.0
-    time.sleep(0.6)  # let the abandoned batch finish
+    batcher = server.app.state.engine.engine.store.entry("tiny").batcher
+    wait_for(lambda: batcher.in_flight_images == 0, "the abandoned batch to finish")
     assert post_image(client, images[0], deadline_ms=5000).status_code == 200
 
 

@@ -94,6 +94,21 @@ def wait_for(prometheus: str, expr: str, expected: float, timeout: float = 40) -
     pytest.fail(f"Prometheus never saw {expr} == {expected}")
 
 
+def wait_for_scrape(prometheus: str, after: float, timeout: float = 40) -> None:
+    """Until Prometheus has scraped the server at or after wall-clock time `after` (the timestamp of its
+    last sample of `up`), so that scrape saw everything the server did before then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = query(prometheus, 'timestamp(up{job="ranet-serve"})')
+        except httpx.HTTPError:
+            result = []
+        if result and float(result[0]["value"][1]) >= after:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"Prometheus did not scrape the server after {after}")
+
+
 def test_every_dashboard_query_returns_data_from_a_real_scrape(monitored, images: list[bytes]) -> None:
     server_url, prometheus = monitored
     wait_for(prometheus, 'sum(ranet_images_total{model="tiny"})', 0)  # scraped once before any traffic
@@ -123,9 +138,10 @@ def test_every_dashboard_query_returns_data_from_a_real_scrape(monitored, images
                 client.post("/v1/models/nope/classify", files=[("files", ("x.png", images[0]))]).status_code
                 == 404
             )
-            time.sleep(1.2)
+            wait_for_scrape(prometheus, after=time.time())  # each round in a scrape of its own
     wait_for(prometheus, 'sum(ranet_images_total{model="tiny"})', sent)
-    time.sleep(2.5)  # two more scrapes after the last request
+    # Two more scrapes (1 s apart) after the last request, so every series has samples after the traffic.
+    wait_for_scrape(prometheus, after=time.time() + 1.0)
 
     empty = []
     for q in dashboard_queries():
