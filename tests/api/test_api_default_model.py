@@ -4,6 +4,7 @@ how to set the default. Real servers on copies of the committed bundle under oth
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,3 +100,9 @@ def test_a_default_counts_as_set_from_the_environment_or_an_option(monkeypatch: 
     assert Settings(default_model="other").default_model_explicit  # ranet serve --default-model
     monkeypatch.setenv("RANET_DEFAULT_MODEL", "ranet-fmnist")  # even when it names the built-in default
     assert Settings().default_model_explicit
+
+
+def test_whether_the_default_was_set_reaches_front_end_and_engine_processes() -> None:
+    """The supervisor hands its settings to the processes it starts by pickling them."""
+    assert pickle.loads(pickle.dumps(Settings(default_model="other"))).default_model_explicit
+    assert not pickle.loads(pickle.dumps(Settings())).default_model_explicit

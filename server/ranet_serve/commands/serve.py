@@ -44,7 +44,10 @@ def serve_command(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     model_store: Annotated[Path | None, typer.Option(help="directory of <name>/<version>/ bundles")] = None,
-    default_model: Annotated[str | None, typer.Option(help="model served by POST /v1/classify")] = None,
+    default_model: Annotated[
+        str | None,
+        typer.Option(help="model POST /v1/classify serves (default ranet-fmnist, or the store's only model)"),
+    ] = None,
     frontends: Annotated[
         int | None, typer.Option(help="front-end processes sharing the port (default: one per CPU core)")
     ] = None,
