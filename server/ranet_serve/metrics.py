@@ -93,16 +93,36 @@ class RequestMetrics:
             ["model", "reason"],
             registry=r,
         )
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram | None]] = {}
+        self._inflight_children: dict[str, Gauge] = {}
 
     def request_finished(self, model: str, status: int, seconds: float, reason: str | None = None) -> None:
         """Count an answered request. Shed (429) and refused (401) requests stay out of the latency
         histogram: a flood of instant 429s would otherwise pull the p99 down exactly when the server is
         overloaded, and the latency panels, alerts and objective describe requests that were served."""
-        self.requests.labels(model, str(status)).inc()
-        if status not in UNSERVED_STATUSES:
-            self.request_duration.labels(model).observe(seconds)
+        count, duration = self._finished_children(model, status)
+        count.inc()
+        if duration is not None:
+            duration.observe(seconds)
         if reason is not None:
             self.rejected.labels(model, reason).inc()
+
+    def inflight_child(self, model: str) -> Gauge:
+        """The in-flight gauge of `model`, looked up once per label (every request touches it twice)."""
+        child = self._inflight_children.get(model)
+        if child is None:
+            child = self._inflight_children[model] = self.inflight.labels(model)
+        return child
+
+    def _finished_children(self, model: str, status: int) -> tuple[Counter, Histogram | None]:
+        """The counter and histogram children of (model, status), looked up once: `labels()` takes a
+        lock and builds a key on every call. Bounded, as the labels are (known models, our statuses)."""
+        key = (model, status)
+        children = self._children.get(key)
+        if children is None:
+            duration = None if status in UNSERVED_STATUSES else self.request_duration.labels(model)
+            children = self._children[key] = (self.requests.labels(model, str(status)), duration)
+        return children
 
     def request_refused(self, model: str, status: int, reason: str) -> None:
         """An inference request answered before it was served (bad credentials): counted by status and

@@ -195,7 +195,7 @@ def test_gate_sheds_reach_the_engine_and_a_full_engine_queue_sheds_before_the_bo
 
 def test_early_retries_wait_out_their_retry_after_and_honest_clients_never_wait() -> None:
     clock = FakeClock()
-    early = EarlyRetries(1.0, clock)
+    early = EarlyRetries(1.0, clock, spread=0.0)
     assert early.hold_seconds(("10.0.0.1", 5000)) == 0  # never told: no wait
     early.told(("10.0.0.1", 5000))
     clock.now += 0.25
@@ -206,7 +206,16 @@ def test_early_retries_wait_out_their_retry_after_and_honest_clients_never_wait(
     for port in range(EarlyRetries.SWEEP_AT + 10):  # old entries are swept, memory stays bounded
         clock.now += 0.01
         early.told(("10.0.0.2", port))
-    assert len(early._told) <= EarlyRetries.SWEEP_AT
+    assert len(early._release) <= EarlyRetries.SWEEP_AT
+
+
+def test_early_retries_shed_together_come_back_spread_over_half_their_retry_after() -> None:
+    clock = FakeClock()
+    draws = iter([0.0, 0.5, 1.0])
+    early = EarlyRetries(1.0, clock, spread=0.5, uniform=lambda: next(draws))
+    for port in (1, 2, 3):
+        early.told(("10.0.0.1", port))
+    assert [early.hold_seconds(("10.0.0.1", port)) for port in (1, 2, 3)] == [1.0, 1.25, 1.5]
 
 
 def test_an_early_retry_that_is_shed_again_gets_its_429_when_its_retry_after_is_over(
@@ -230,7 +239,7 @@ def test_an_early_retry_that_is_shed_again_gets_its_429_when_its_retry_after_is_
         settings = Settings(max_inflight_requests=1, default_model="tiny")
         gate = AdmissionGate(app, settings=settings, engine=FakeEngine(), metrics=RequestMetrics())  # type: ignore[arg-type]
         clock = FakeClock()
-        gate.early_retries = EarlyRetries(1.0, clock)
+        gate.early_retries = EarlyRetries(1.0, clock, spread=0.0)
         monkeypatch.setattr("ranet_serve.api.admission.asyncio.sleep", no_wait)
         first = asyncio.ensure_future(call(gate, "/v1/classify", client=("127.0.0.1", 1)))
         await entered.wait()

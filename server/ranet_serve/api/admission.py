@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable
 
@@ -192,29 +193,42 @@ class EarlyRetries:
     8,400 rejections/s, with admitted latency near a second). Holding an early retry on a timer costs
     nothing and turns each such client into one request per Retry-After. A client that honours
     Retry-After never waits here, and the first 429 on a connection is answered at once.
+
+    Each connection's wait ends at a random point between `seconds` and `(1 + spread) x seconds`:
+    clients shed in the same burst would otherwise all come back in the same millisecond a second
+    later, and that herd, answered on one event loop, delays every admitted request behind it.
     """
 
     SWEEP_AT = 4096  # entries; older ones are dropped then
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        spread: float = 0.5,
+        uniform: Callable[[], float] = random.random,
+    ):
         self.seconds = seconds
         self.clock = clock
-        self._told: dict[object, float] = {}
+        self.spread = spread
+        self.uniform = uniform
+        self._release: dict[object, float] = {}  # connection -> when its wait is over
 
     def told(self, connection: object) -> None:
         now = self.clock()
-        if len(self._told) >= self.SWEEP_AT:
-            self._told = {c: t for c, t in self._told.items() if now - t < self.seconds}
-        self._told[connection] = now
+        if len(self._release) >= self.SWEEP_AT:
+            self._release = {c: t for c, t in self._release.items() if t > now}
+        self._release[connection] = now + self.seconds * (1.0 + self.spread * self.uniform())
 
     def hold_seconds(self, connection: object) -> float:
         """How long a request on `connection` must wait for its Retry-After to be over (0: none)."""
-        told = self._told.get(connection)
-        if told is None:
+        release = self._release.get(connection)
+        if release is None:
             return 0.0
-        left = self.seconds - (self.clock() - told)
+        left = release - self.clock()
         if left <= 0:
-            del self._told[connection]
+            del self._release[connection]
             return 0.0
         return left
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from ranet_serve.api.errors import BodyTimeoutError, ClientDisconnectedError
 from ranet_serve.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -47,43 +46,43 @@ def body_read_timeout(request: Request) -> float:
     return float(getattr(settings, "body_read_timeout_s", DEFAULT_BODY_READ_TIMEOUT_S))
 
 
-async def stream_body(request: Request, limit: int, timeout: float | None = None) -> AsyncIterator[bytes]:
-    """The body's chunks; raises PayloadTooLargeError once more than `limit` bytes have arrived,
-    BodyTimeoutError when the whole body has not arrived `timeout` seconds (default: the app's
-    `body_read_timeout_s`) after the first read, ClientDisconnectedError when the client went away."""
+async def receive_chunks(request: Request, limit: int, timeout: float | None = None) -> list[bytes]:
+    """The body's chunks as they arrived; raises PayloadTooLargeError once more than `limit` bytes have
+    arrived, BodyTimeoutError when the whole body has not arrived `timeout` seconds (default: the app's
+    `body_read_timeout_s`) after reading began, ClientDisconnectedError when the client went away.
+
+    Reads the ASGI messages itself under one timeout for the whole body: a small body is one message
+    already buffered by the server, and Starlette's stream plus a timeout per chunk cost more than the
+    read they guarded."""
     check_declared_length(request, limit)
     seconds = body_read_timeout(request) if timeout is None else timeout
-    deadline = asyncio.get_running_loop().time() + seconds
+    chunks: list[bytes] = []
     received = 0
-    chunks = request.stream()
     try:
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise BodyTimeoutError(
-                    f"the request body did not arrive within {seconds:g} s", timeout_seconds=seconds
-                ) from None
-            except ClientDisconnect:
-                raise ClientDisconnectedError("the client closed the connection mid-body") from None
-            received += len(chunk)
-            if received > limit:
-                raise _too_large(limit)
-            if chunk:
-                yield chunk
-    finally:
-        await chunks.aclose()
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnectedError("the client closed the connection mid-body")
+                chunk = message.get("body", b"")
+                if chunk:
+                    received += len(chunk)
+                    if received > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {seconds:g} s", timeout_seconds=seconds
+        ) from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole (decompressed) body, at most `limit` bytes."""
-    buffer = bytearray()
-    async for chunk in stream_body(request, limit):
-        buffer += chunk
-    return inflate(bytes(buffer), request.headers.get("content-encoding"), limit)
+    chunks = await receive_chunks(request, limit)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return inflate(body, request.headers.get("content-encoding"), limit)
 
 
 def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:

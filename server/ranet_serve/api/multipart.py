@@ -1,4 +1,4 @@
-"""Multipart form bodies read into memory: python-multipart's streaming parser, without files on disk.
+"""Multipart form bodies read into memory: python-multipart's parser, without files on disk.
 
 Why not Starlette's form parser: it wraps every file part in an `UploadFile` over a
 `SpooledTemporaryFile` (Python objects and an async read per image, and a spill to `/tmp` past 1 MB),
@@ -9,7 +9,7 @@ in memory anyway to be decoded. The body limit bounds what this keeps, and nothi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -36,13 +36,12 @@ class _Part:
     size: int = 0
 
 
-async def read_form(
-    content_type: str, body: AsyncIterator[bytes], *, max_files: int, max_fields: int
-) -> FormParts:
-    """Parse a `multipart/form-data` body as it streams in.
+def read_form(content_type: str, body: Iterable[bytes], *, max_files: int, max_fields: int) -> FormParts:
+    """Parse a `multipart/form-data` body given as its chunks.
 
     Raises InvalidInputError (malformed body, too many fields, a field over 64 KiB) or
-    PayloadTooLargeError (more than `max_files` files); the body's own size limit is the stream's.
+    PayloadTooLargeError (more than `max_files` files); the body's own size limit is its reader's
+    (`api.body.receive_chunks`).
     """
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -121,7 +120,7 @@ async def read_form(
         },
     )
     try:
-        async for chunk in body:
+        for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

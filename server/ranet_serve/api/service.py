@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -80,6 +80,37 @@ class ClassifyResult:
     total_seconds: float
 
 
+class RequestTracking:
+    """The async context of `InferenceService.track`: in-flight gauge, then status, duration and reason.
+
+    A class rather than an `asynccontextmanager` generator: this runs around every request, and the
+    generator machinery cost several times the metric updates it wraps."""
+
+    __slots__ = ("label", "metrics", "started")
+
+    def __init__(self, metrics: RequestMetrics, label: str):
+        self.metrics = metrics
+        self.label = label
+        self.started = 0.0
+
+    async def __aenter__(self) -> None:
+        self.started = time.perf_counter()
+        self.metrics.inflight_child(self.label).inc()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.metrics.inflight_child(self.label).dec()
+        seconds = time.perf_counter() - self.started
+        if exc is None:
+            self.metrics.request_finished(self.label, 200, seconds)
+        elif isinstance(exc, Exception):
+            status = status_for(exc)
+            self.metrics.request_finished(self.label, status, seconds, _reason(exc, status))
+        else:  # cancelled: the client went away
+            self.metrics.request_finished(self.label, 499, seconds, "cancelled")
+
+
 class InferenceService:
     """Lookup, deadline, preprocessing and waiting for every inference request; metrics per request."""
 
@@ -100,32 +131,13 @@ class InferenceService:
             max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels
         )
 
-    @asynccontextmanager
-    async def track(self, model: str | None) -> AsyncIterator[None]:
+    def track(self, model: str | None) -> RequestTracking:
         """Count one inference request (status, duration, in-flight, rejections) around its handler.
 
         Wraps the whole handler, body reading, decoding and encoding included, so a request rejected
         at the edge counts too. The model label is the requested name only if the engine serves it.
         """
-        label = self.model_label(model)
-        started = time.perf_counter()
-        gauge = self.metrics.inflight.labels(label)
-        gauge.inc()
-        try:
-            yield
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                status = status_for(exc)
-                self.metrics.request_finished(
-                    label, status, time.perf_counter() - started, _reason(exc, status)
-                )
-            else:  # cancelled: the client went away
-                self.metrics.request_finished(label, 499, time.perf_counter() - started, "cancelled")
-            raise
-        else:
-            self.metrics.request_finished(label, 200, time.perf_counter() - started)
-        finally:
-            gauge.dec()
+        return RequestTracking(self.metrics, self.model_label(model))
 
     def model_label(self, model: str | None) -> str:
         return model_label(model or self.default_model(), self.engine.catalog.has_model)
@@ -255,10 +267,14 @@ def _reason(exc: Exception, status: int) -> str:
 
 async def _wait(waiting: Awaitable[EngineResult], deadline: float) -> EngineResult:
     """The engine's answer, or DeadlineExceededError at the deadline (the engine then skips the request
-    if its batch has not started: cancelling the wait cancels it there too)."""
+    if its batch has not started: cancelling the wait cancels it there too).
+
+    `asyncio.timeout` cancels this task's own await at the deadline; `wait_for` (Python 3.11) wrapped
+    the wait in a task of its own for every request."""
     remaining = deadline - time.monotonic()
     try:
-        return await asyncio.wait_for(waiting, timeout=max(remaining, 0.0))
+        async with asyncio.timeout(max(remaining, 0.0)):
+            return await waiting
     except TimeoutError as exc:
         raise DeadlineExceededError(
             f"no answer before the deadline (waited {1000 * remaining:.0f} ms for inference)"

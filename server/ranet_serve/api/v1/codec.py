@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from ranet_serve.api.body import read_body, stream_body
+from ranet_serve.api.body import read_body, receive_chunks
 from ranet_serve.api.knobs import KNOBS
 from ranet_serve.api.multipart import read_form
 from ranet_serve.api.service import ClassifyResult
@@ -91,9 +91,9 @@ def _query_knobs(request: Request) -> dict[str, object]:
 async def _read_multipart(
     request: Request, max_body_bytes: int, max_images: int
 ) -> tuple[tuple[bytes, ...], dict[str, object]]:
-    parts = await read_form(
+    parts = read_form(
         request.headers.get("content-type", ""),
-        stream_body(request, max_body_bytes),
+        await receive_chunks(request, max_body_bytes),
         max_files=max_images + 1,  # one more than allowed, so the count check names the limit
         max_fields=_MAX_FORM_FIELDS,
     )
