@@ -4,7 +4,10 @@ real `EngineServer` over a Unix socket (both in this test's event loop, so nothi
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from helpers.bundles import make_store
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.core import Engine, EngineRequest
-from ranet_serve.engine.process import STATUS_NAME, EngineServer
+from ranet_serve.engine.process import STATUS_NAME, EngineServer, _Connection
+from ranet_serve.engine.records import EngineResult
 from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.engine.remote import RemoteEngine
 from ranet_serve.engine.shm import PagePool, PoolReader, StatusBlock
@@ -201,3 +205,45 @@ def test_the_front_end_keeps_only_the_manifests_of_the_current_catalog(
     first = remote.catalog.find("tiny").manifest
     remote.catalog = remote._catalog(catalog("3"))  # unchanged: parsed once, reused
     assert remote.catalog.find("tiny").manifest is first
+
+
+def test_answers_finished_on_many_threads_each_reach_the_loop_once_in_few_wake_ups() -> None:
+    """The worker thread queues finished requests and wakes the loop once per burst: every answer is
+    delivered exactly once, whatever the interleaving of finishes and drains."""
+    answered: list[int] = []
+    wake_ups = 0
+
+    async def scenario() -> None:
+        nonlocal wake_ups
+        connection = _Connection.__new__(_Connection)  # the queueing half only: no server, no socket
+        connection.loop = asyncio.get_running_loop()
+        connection._finished = deque()
+        connection._drain_lock = threading.Lock()
+        connection._drain_scheduled = False
+        drain = connection._drain
+
+        def counted_drain() -> None:
+            nonlocal wake_ups
+            wake_ups += 1
+            drain()
+
+        connection._drain = counted_drain  # type: ignore[method-assign]
+        connection._answer = lambda request_id, future: answered.append(request_id)  # type: ignore[method-assign]
+        done: Future[EngineResult] = Future()
+
+        def finish_many(first: int) -> None:
+            for request_id in range(first, first + 500):
+                connection._finish(request_id, done)
+
+        threads = [threading.Thread(target=finish_many, args=(k * 500,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        async with asyncio.timeout(30):
+            while len(answered) < 2000:
+                await asyncio.sleep(0)  # the loop runs the drains the threads scheduled
+        for thread in threads:
+            thread.join()
+
+    asyncio.run(scenario())
+    assert sorted(answered) == list(range(2000))
+    assert 1 <= wake_ups < 2000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from ranet_serve.api.http_protocol import CoalescingTransport
+from ranet_serve.engine.transport import CoalescingTransport
 
 
 class RecordingTransport:

@@ -13,10 +13,13 @@ their requests before the engine goes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -163,6 +166,11 @@ class _Connection:
         self.pending: dict[int, Future[EngineResult]] = {}
         self.pools: set[str] = set()
         self.loop = asyncio.get_running_loop()
+        # Finished requests on their way from the worker thread to this loop: one wake-up of the loop
+        # (a write to its self-pipe) per burst of answers, not per answer.
+        self._finished: deque[tuple[int, Future[EngineResult]]] = deque()
+        self._drain_lock = threading.Lock()
+        self._drain_scheduled = False
 
     def _on_made(self) -> None:
         self.server.connections.add(self)
@@ -194,8 +202,26 @@ class _Connection:
             self._send(failure(message.id, exc))
             return
         self.pending[message.id] = future
-        future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._answer, message.id, done))
+        future.add_done_callback(lambda done: self._finish(message.id, done))
         self.server.publish_status(STATUS_EVENT_SECONDS)
+
+    def _finish(self, request_id: int, future: Future[EngineResult]) -> None:
+        """Any thread: queue the answer, and wake the loop unless a drain is already on its way."""
+        self._finished.append((request_id, future))
+        with self._drain_lock:
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to answer
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """Loop thread: answer every finished request. The flag drops first, so an answer queued while
+        this runs either is taken here or schedules the next drain."""
+        with self._drain_lock:
+            self._drain_scheduled = False
+        while self._finished:
+            self._answer(*self._finished.popleft())
 
     def _images(self, ref: m.ImageRef) -> np.ndarray:
         if ref.pool is not None:

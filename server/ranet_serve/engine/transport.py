@@ -2,7 +2,8 @@
 
 One connection per front-end process carries every request of that process, both ways. A protocol
 (not streams) because under load one `data_received` brings many frames and they are all decoded in
-one call, with no coroutine per message; writes go straight to the transport.
+one call, with no coroutine per message; the frames written in one turn of the event loop leave in one
+write (`CoalescingTransport`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class FrameProtocol(asyncio.Protocol):
         self._buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.WriteTransport, transport)  # uvloop's are not asyncio subclasses
+        # Every answer of a batch, or every request a front-end's loop turn admits, leaves in one write.
+        inner = cast(asyncio.WriteTransport, transport)  # uvloop's are not asyncio subclasses
+        self.transport = cast(asyncio.WriteTransport, CoalescingTransport(inner, asyncio.get_running_loop()))
         if self.on_made is not None:
             self.on_made()
 
@@ -75,6 +78,45 @@ class FrameProtocol(asyncio.Protocol):
             return False
         transport.write(frame(payload))
         return True
+
+
+class CoalescingTransport:
+    """An asyncio transport wrapper: writes made in one loop turn leave in one `write` of the inner one.
+
+    Everything but writing and closing is the inner transport's (pausing reads, extra info, aborts).
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Hand everything written so far to the inner transport (no-op when nothing is pending)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def frame(payload: bytes) -> bytes:
