@@ -277,6 +277,13 @@ def _success_images() -> list[Case]:
             decoded.transpose(Image.Transpose.ROTATE_270),  # what orientation 6 means
             differs_from=decoded,  # the pixels as stored, not turned
         ),
+        _success(
+            "png-exif-rotated",
+            "EXIF-rotated PNG (eXIf chunk)",
+            encode(stored, "PNG", exif=exif.tobytes()),
+            stored.transpose(Image.Transpose.ROTATE_270),
+            differs_from=stored,
+        ),
     ]
 
 

@@ -243,6 +243,7 @@ def test_the_must_succeed_images_are_what_they_claim() -> None:
         "png-16000x2": ("PNG", "L", (16000, 2)),
         "gif-animated": ("GIF", "P", (28, 28)),
         "jpeg-exif-rotated": ("JPEG", "L", (48, 32)),
+        "png-exif-rotated": ("PNG", "L", (48, 32)),
     }
     successes = {case.name: case for case in CASES if case.code is None}
     assert set(successes) == set(claims)
@@ -251,3 +252,4 @@ def test_the_must_succeed_images_are_what_they_claim() -> None:
         assert (image.format, image.mode, image.size) == (fmt, mode, size), name
     assert Image.open(io.BytesIO(successes["gif-animated"].image)).n_frames == 2
     assert Image.open(io.BytesIO(successes["jpeg-exif-rotated"].image)).getexif()[0x0112] == 6
+    assert Image.open(io.BytesIO(successes["png-exif-rotated"].image)).getexif()[0x0112] == 6
