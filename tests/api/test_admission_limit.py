@@ -78,6 +78,15 @@ def test_an_objective_sets_the_target_to_half_of_it() -> None:
     assert max(latencies[len(latencies) // 2 :]) <= 0.08  # within the objective
 
 
+def test_the_limit_follows_the_slow_tail_of_a_window_not_its_mean() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=256, initial=64), clock)
+    for latency in [0.05] * 8 + [0.5] * 2:  # mean 0.14 s is under the 150 ms target, the tail is not
+        clock.now += 0.006  # one window: 10 samples over 60 ms
+        limit.observe(latency)
+    assert limit.current < 64
+
+
 def test_a_slow_model_is_not_held_to_the_default_target() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(LimitSettings(maximum=64), clock)

@@ -5,7 +5,8 @@ heavy one (measured with 400 clients at full depth: a limit of 256 admitted requ
 waited 1.7-2.1 s). By Little's law the latency of admitted requests is the in-flight count over the
 throughput, so bounding latency means bounding the in-flight count at throughput x target. Like
 Netflix's concurrency-limits gradient algorithm, the limit follows the ratio of a latency target to
-the recent latency: while requests take longer than the target the limit shrinks in proportion;
+the recent latency (the 90th percentile of a window of served requests: a mean hides the tail the
+target is about): while requests take longer than the target the limit shrinks in proportion;
 while they do not, it grows by about its square root (additive increase), so at ordinary load it
 rises to the ceiling and nothing is shed. The target needs no setting: half the latency objective
 when one is set (so the p99 of admitted requests stays within it), else the larger of 150 ms and
@@ -37,8 +38,9 @@ class LimitSettings:
     # Where the limit starts (capped by `maximum`): a burst at start-up is admitted only this far until
     # latencies are known, as TCP's slow start; additive increase reaches the ceiling within seconds.
     initial: int = 32
-    window_seconds: float = 0.05  # the recent latency: the mean over at least this long ...
-    window_samples: int = 8  # ... and at least this many requests
+    window_seconds: float = 0.05  # the recent latency: over at least this long ...
+    window_samples: int = 8  # ... and at least this many requests, ...
+    window_quantile: float = 0.9  # ... the latency this share of them stayed within
     service_reset_seconds: float = 10.0  # the shortest inference time is measured anew this often
     smoothing: float = 0.5  # share of a new limit taken at each update
     objective_seconds: float | None = None  # a p99 objective (RANET_SLO_P99_MS)
@@ -55,8 +57,7 @@ class AdaptiveLimit:
         self._service_next = math.inf
         self._service_since = clock()
         self._window_start = clock()
-        self._window_sum = 0.0
-        self._window_count = 0
+        self._window: list[float] = []
 
     @property
     def current(self) -> int:
@@ -82,14 +83,15 @@ class AdaptiveLimit:
     def observe(self, seconds: float) -> None:
         """Record one served request's latency (arrival to answer, in this front-end)."""
         now = self.clock()
-        self._window_sum += seconds
-        self._window_count += 1
+        window = self._window
+        window.append(seconds)
         if (
-            self._window_count >= self.settings.window_samples
+            len(window) >= self.settings.window_samples
             and now - self._window_start >= self.settings.window_seconds
         ):
-            self._update(self._window_sum / self._window_count)
-            self._window_sum, self._window_count, self._window_start = 0.0, 0, now
+            window.sort()
+            self._update(window[min(len(window) - 1, int(self.settings.window_quantile * len(window)))])
+            self._window, self._window_start = [], now
 
     def _update(self, recent_seconds: float) -> None:
         s = self.settings
