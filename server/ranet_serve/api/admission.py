@@ -63,6 +63,7 @@ class AdmissionGate:
         self.engine = engine
         self.metrics = metrics
         self.default_model = settings.default_model
+        self.default_model_explicit = settings.default_model_explicit
         self.active = 0
         self._bodies = {
             (reason, version): _shed_body(version, reason, message, limit)
@@ -173,7 +174,9 @@ class AdmissionGate:
         ]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        name = model or self.default_model
+        name = model or self.engine.catalog.default_model(
+            self.default_model, explicit=self.default_model_explicit
+        )
         label = model_label(name, self.engine.catalog.has_model)
         self.metrics.request_finished(label, 429, time.perf_counter() - started, reason)
         if label == name:

@@ -23,10 +23,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from ranet_serve.api.admission import inference_model
 from ranet_serve.api.errors import error_response
+from ranet_serve.api.paths import inference_model
 from ranet_serve.errors import RanetServeError
-from ranet_serve.metrics import model_label
 from ranet_serve.settings import Settings
 
 REALM = "ranet-serve"
@@ -153,7 +152,7 @@ async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
     is_inference, model = inference_model(request.method, request.url.path)
     if is_inference:  # counted like every other answered inference request (ranet_requests_total)
         state = request.app.state
-        label = model_label(model or state.settings.default_model, state.engine.catalog.has_model)
+        label = state.service.model_label(model)
         state.metrics.request_refused(label, 401, UNAUTHORIZED_REASON)
     return error_response(request, 401, exc.code, exc.message, headers={"WWW-Authenticate": exc.challenge})
 

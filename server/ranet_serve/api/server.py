@@ -138,8 +138,9 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
         log_config=None,
         access_log=False,
-        # X-Forwarded-* rewriting cost 8% of a front-end's time per request (py-spy) and nothing here
-        # reads the client address it would rewrite.
+        # X-Forwarded-* rewriting cost 8% of a front-end's time per request (py-spy), and the admin
+        # routes trust the socket's client address (the loopback rule in api/auth.py): rewriting it from
+        # X-Forwarded-For would let a remote request pass as local.
         proxy_headers=False,
         http=CoalescingHttpToolsProtocol,
     )

@@ -110,7 +110,7 @@ async def list_models(
 ) -> ModelsResponse:
     """Every model in the store with its versions, failed ones included."""
     return ModelsResponse(
-        default_model=settings.default_model,
+        default_model=catalog.default_model(settings.default_model, explicit=settings.default_model_explicit),
         models=[describe_model(name, versions) for name, versions in catalog.snapshot().items()],
     )
 
