@@ -15,8 +15,15 @@ Two clients drive every server, in the same run:
 2. `hey` (benchmarks/hey.py): one multipart image per request at 16 and 64 concurrent clients, an
    independent client that costs far less CPU than the Python one (both share the 2 cores).
 
-Then ranet serve alone with 16 images per request from 4 clients (load generator): images/s at the
-default point over full depth, next to the FLOPs ratio from the manifest's calibration.
+Then ranet serve alone with 16 images per request from 4 clients, by both clients (the load generator
+on the test-set mix; hey repeating one body of 16 distinct test images): images/s at the default point
+over full depth, next to the FLOPs ratio from the manifest's calibration.
+
+Client CPU: the load generator is Python on the same 2 cores as the servers, so every load-generator
+run also records this process's CPU time (`getrusage(RUSAGE_SELF)`, user + system, every thread)
+over the run, per request sent; every hey run records hey's (`RUSAGE_CHILDREN` around it: hey is
+the only child that exits, and is waited for, during the run). What the client takes of the cores
+is not left to the servers.
 
 Every server is started once and kept up; the runs are interleaved (for each round and concurrency,
 every server in turn) so drift on a shared machine hits all alike. Run k of every server sends the
@@ -24,7 +31,7 @@ same slice of the Fashion-MNIST test set (images k*requests onwards), so accurac
 identical images and pooled over all runs. Figures are medians over rounds. Usage:
 
     .venv/bin/python benchmarks/peers_http.py [--requests 800] [--concurrency 1 4 16 64] [--rounds 1]
-        [--hey-requests 1000] [--hey-concurrency 16 64] [--batch-requests 100]
+        [--hey-requests 1000] [--hey-concurrency 16 64] [--batch-requests 100] [--batch-hey-requests 400]
         [--servers ranet litserve torchserve fastapi] [--out benchmarks/results]
 """
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -60,6 +68,7 @@ PEERS = Path(__file__).resolve().parent / "peers"
 SERVERS = ("ranet", "litserve", "torchserve", "fastapi")
 # The clients at which ranet serve is compared with LitServe (issue 17), by both clients.
 VERSUS_LITSERVE_CONCURRENCY = (16, 64)
+HEY_MISSING = "hey is not installed (Debian package `hey`; make bench installs it)"
 
 
 @dataclass
@@ -184,10 +193,25 @@ def rotated(samples: list[Sample], offset: int) -> list[Sample]:
     return samples[offset:] + samples[:offset]
 
 
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """User + system CPU seconds: of this process, every thread (RUSAGE_SELF), or of its children
+    that have exited and been waited for (RUSAGE_CHILDREN: a finished hey run; the servers, also
+    children, count only once stopped)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_request_us(cpu_s: float, requests: int) -> float | None:
+    return 1e6 * cpu_s / requests if requests > 0 else None
+
+
 def run_one(variant: Variant, config: LoadConfig, samples: list[Sample]) -> dict[str, Any]:
-    """One load run; TorchServe's own queue / inference split from its counters around the run."""
+    """One load run; TorchServe's own queue / inference split from its counters around the run; the
+    load generator's own CPU (this process, user + system) per request sent, `client_cpu_us_per_request`."""
     before = queue_and_inference_us(variant.metrics_url) if variant.metrics_url else {}
+    cpu = cpu_seconds()
     report = run_load_sync(config, samples).to_dict()
+    report["client_cpu_us_per_request"] = per_request_us(cpu_seconds() - cpu, report["requests_sent"])
     if variant.metrics_url and before:
         after = queue_and_inference_us(variant.metrics_url)
         served = after.get("requests", 0.0) - before["requests"]
@@ -198,6 +222,21 @@ def run_one(variant: Variant, config: LoadConfig, samples: list[Sample]) -> dict
             report["server_queue_ms_mean"] = queue_ms
             report["server_inference_ms_mean"] = total_ms - queue_ms
     return report
+
+
+def run_hey_measured(
+    url: str, body: Path, content_type: str, *, requests: int, concurrency: int, timeout_s: int
+) -> dict[str, Any]:
+    """One hey run (hey.run_hey), summarised, with hey's own CPU per request it sent
+    (`client_cpu_us_per_request`, from RUSAGE_CHILDREN around the run)."""
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
+    summary = run_hey(
+        url, body, content_type, requests=requests, concurrency=concurrency, timeout_s=timeout_s
+    )
+    out = summary.to_dict()
+    sent = summary.ok + summary.failed
+    out["client_cpu_us_per_request"] = per_request_us(cpu_seconds(resource.RUSAGE_CHILDREN) - cpu, sent)
+    return out
 
 
 def summarize(variants: list[Variant], runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,6 +270,7 @@ def summarize(variants: list[Variant], runs: list[dict[str, Any]]) -> dict[str, 
                     else None
                 ),
                 "requests_failed": sum(r["requests_failed"] for r in these),
+                "client_cpu_us_per_request": median(lambda r: r.get("client_cpu_us_per_request")),
             }
         out[variant.key] = {
             "label": variant.label,
@@ -281,6 +321,7 @@ def summarize_hey(variants: list[Variant], runs: list[dict[str, Any]]) -> dict[s
                 "requests_failed": sum(r["failed"] for r in these),
                 "status_codes": codes,
                 "errors": errors,
+                "client_cpu_us_per_request": _median([r.get("client_cpu_us_per_request") for r in these]),
             }
         out[variant.key] = {
             "label": variant.label,
@@ -325,10 +366,30 @@ def default_point_flops_ratio(manifest: Manifest) -> tuple[str, float] | None:
     return point.name, manifest.exits[-1].cumulative_flops / point.expected_flops
 
 
-def summarize_batch(runs: list[dict[str, Any]], manifest: Manifest) -> dict[str, Any] | None:
-    """ranet serve with many images per request: images/s per variant (medians), their ratio and the
-    FLOPs ratio it is judged against (the goal itself is run_all's)."""
-    if not runs:
+def _images_ratio(by_variant: dict[str, Any]) -> float | None:
+    """images/s at the default point over images/s at full depth (None unless both were measured)."""
+    default, full = by_variant.get("ranet_default"), by_variant.get("ranet_full")
+    if default and full and default["images_per_s"] and full["images_per_s"]:
+        return default["images_per_s"] / full["images_per_s"]
+    return None
+
+
+def summarize_batch(
+    runs: list[dict[str, Any]],
+    hey_runs: list[dict[str, Any]],
+    manifest: Manifest,
+    *,
+    images_per_request: int,
+    concurrency: int,
+    requests: int,
+    hey_requests: int,
+    hey_body: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """ranet serve with many images per request, per client: images/s per variant (medians over
+    rounds), default point / full depth, and the FLOPs ratio it is judged against (the goal itself is
+    run_all's). `ratio` is the load generator's (kept for older readers); `ratios` has both clients'.
+    `hey_body` is what probing hey's body found (its images, FLOPs per image at each variant)."""
+    if not runs and not hey_runs:
         return None
     by_variant: dict[str, Any] = {}
     for key in sorted({r["variant"] for r in runs}):
@@ -338,24 +399,56 @@ def summarize_batch(runs: list[dict[str, Any]], manifest: Manifest) -> dict[str,
             "rounds": len(these),
             "images_per_s": _median([r["images_per_s"] for r in these]),
             "throughput_rps": _median([r["throughput_rps"] for r in these]),
+            "p50_ms": _median([r["latency_ms"]["p50"] for r in these]),
             "p99_ms": _median([r["latency_ms"]["p99"] for r in these]),
             "mean_flops_per_image": _median([r["mean_flops_per_image"] for r in these]),
             "accuracy": sum(r["correct_images"] for r in these) / labelled if labelled else None,
             "images_ok": sum(r["images_ok"] for r in these),
             "requests_failed": sum(r["requests_failed"] for r in these),
+            "client_cpu_us_per_request": _median([r.get("client_cpu_us_per_request") for r in these]),
         }
-    default, full = by_variant.get("ranet_default"), by_variant.get("ranet_full")
-    ratio = None
-    if default and full and default["images_per_s"] and full["images_per_s"]:
-        ratio = default["images_per_s"] / full["images_per_s"]
+    hey: dict[str, Any] | None = None
+    if hey_runs:
+        probed = (hey_body or {}).get("mean_flops_per_image") or {}
+        hey_by_variant: dict[str, Any] = {}
+        for key in sorted({r["variant"] for r in hey_runs}):
+            these = [r for r in hey_runs if r["variant"] == key]
+            codes: dict[str, int] = {}
+            for run in these:
+                for code, count in run["status_codes"].items():
+                    codes[code] = codes.get(code, 0) + count
+            hey_by_variant[key] = {
+                "rounds": len(these),
+                # 2xx requests per second x images per request: failed requests deliver no image.
+                "images_per_s": _median([r["ok_per_s"] * images_per_request for r in these]),
+                "throughput_rps": _median([r["ok_per_s"] for r in these]),
+                "p50_ms": _median([r["p50_ms"] for r in these]),
+                "p99_ms": _median([r["p99_ms"] for r in these]),
+                "mean_flops_per_image": probed.get(key),
+                "requests_ok": sum(r["ok"] for r in these),
+                "requests_failed": sum(r["failed"] for r in these),
+                "status_codes": codes,
+                "client_cpu_us_per_request": _median([r.get("client_cpu_us_per_request") for r in these]),
+            }
+        default_flops, full_flops = probed.get("ranet_default"), probed.get("ranet_full")
+        hey = {
+            "by_variant": hey_by_variant,
+            "ratio": _images_ratio(hey_by_variant),
+            "images": (hey_body or {}).get("images", []),
+            # The FLOPs ratio of the very images hey repeats, for reading its ratio (not the goal's).
+            "body_flops_ratio": full_flops / default_flops if default_flops and full_flops else None,
+        }
+    ratio = _images_ratio(by_variant)
     flops = default_point_flops_ratio(manifest)
-    first = runs[0]["config"]
     return {
-        "images_per_request": first["batch"],
-        "concurrency": first["concurrency"],
-        "requests": first["requests"],
+        "images_per_request": images_per_request,
+        "concurrency": concurrency,
+        "requests": requests,
+        "hey_requests": hey_requests,
         "by_variant": by_variant,
         "ratio": ratio,
+        "hey": hey,
+        "ratios": {"load_generator": ratio, "hey": None if hey is None else hey["ratio"]},
         "default_point": None if flops is None else flops[0],
         "flops_ratio": None if flops is None else flops[1],
     }
@@ -380,8 +473,8 @@ def render(result: dict[str, Any]) -> str:
         f"({config['images']} distinct Fashion-MNIST test images, the same for every server).",
         "",
         "| concurrency | server | req/s | p50 ms | p99 ms | server queue ms | server inference ms "
-        "| MFLOPs/img | accuracy % | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| MFLOPs/img | accuracy % | errors | client CPU us/request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     concurrencies = sorted({int(c) for s in summary.values() for c in s["by_concurrency"]})
     for concurrency in concurrencies:
@@ -396,9 +489,14 @@ def render(result: dict[str, Any]) -> str:
                 f"| {concurrency} | {entry['label']} | {_fmt(row['throughput_rps'], 0)} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {_fmt(row['server_queue_ms'], 2)} | "
                 f"{_fmt(row['server_inference_ms'], 2)} | {_fmt(mflops, 2)} | "
-                f"{_fmt(None if accuracy is None else 100 * accuracy, 2)} | {row['requests_failed']} |"
+                f"{_fmt(None if accuracy is None else 100 * accuracy, 2)} | {row['requests_failed']} | "
+                f"{_fmt(row.get('client_cpu_us_per_request'), 0)} |"
             )
     lines += [
+        "",
+        "client CPU us/request: the load generator's own CPU time (this benchmark process, user + system, "
+        "`getrusage`) over the run, per request sent, median over rounds: the share of the 2 cores the "
+        "client takes from the servers it measures.",
         "",
         "| server | requests sent | answered | failed | accuracy % (pooled) |",
         "|---|---|---|---|---|",
@@ -446,8 +544,9 @@ def render_hey(result: dict[str, Any]) -> list[str]:
         )
         + ".",
         "",
-        "| clients | server | req/s | p50 ms | p99 ms | answered 2xx | failed | status codes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clients | server | req/s | p50 ms | p99 ms | answered 2xx | failed | status codes "
+        "| hey CPU us/request |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     concurrencies = sorted({int(c) for s in summary.values() for c in s["by_concurrency"]})
     for concurrency in concurrencies:
@@ -461,8 +560,13 @@ def render_hey(result: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {concurrency} | {entry['label']} | {_fmt(row['throughput_rps'], 0)} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['requests_ok']} | "
-                f"{row['requests_failed']} | {codes} |"
+                f"{row['requests_failed']} | {codes} | {_fmt(row.get('client_cpu_us_per_request'), 0)} |"
             )
+    lines += [
+        "",
+        "hey CPU us/request: hey's own CPU time (user + system, `RUSAGE_CHILDREN` around the run) per "
+        "request it sent, next to the load generator's client CPU above.",
+    ]
     return [*lines, ""]
 
 
@@ -490,36 +594,87 @@ def render_versus_litserve(result: dict[str, Any]) -> list[str]:
 
 
 def render_batch(result: dict[str, Any]) -> list[str]:
-    """Many images per request: default point over full depth, next to the FLOPs ratio."""
+    """Many images per request, both clients: default point over full depth, next to the FLOPs ratio."""
     batch = result.get("batch")
     if not batch:
         return []
+    hey = batch.get("hey")
+    clients = " and ".join(name for name, on in (("load generator", batch["by_variant"]), ("hey", hey)) if on)
+    about = []
+    if batch["by_variant"]:
+        about.append(f"load generator: {batch['requests']} requests per run, the test-set mix")
+    if hey:
+        names = hey["images"]
+        shown = f"`{names[0]}` to `{names[-1]}`" if names else "?"
+        about.append(
+            f"hey: `hey -n {batch['hey_requests']} -c {batch['concurrency']}`, one body of "
+            f"{len(names)} distinct test images ({shown}) every time; its MFLOPs/img from one probe "
+            "request of that body, it cannot judge accuracy"
+        )
     lines = [
         f"### ranet serve, {batch['images_per_request']} images per request, {batch['concurrency']} "
-        "clients (load generator)",
+        f"clients ({clients})",
         "",
-        f"{batch['requests']} requests per run. FLOPs ratio: full depth / the default point's expected "
-        f"FLOPs from the manifest's calibration ({batch['default_point']}): {_fmt(batch['flops_ratio'], 2)}.",
+        "; ".join(about) + ". FLOPs ratio: full depth / the default point's expected FLOPs from the "
+        f"manifest's calibration ({batch['default_point']}): {_fmt(batch['flops_ratio'], 2)}"
+        + (
+            f"; of the {len(hey['images'])} images hey sends: {_fmt(hey['body_flops_ratio'], 2)}"
+            if hey and hey.get("body_flops_ratio")
+            else ""
+        )
+        + ". images/s = 2xx requests/s x images per request.",
         "",
-        "| variant | images/s | req/s | p99 ms | MFLOPs/img | accuracy % | failed requests |",
-        "|---|---|---|---|---|---|---|",
+        "| client | variant | images/s | req/s | p50 ms | p99 ms | MFLOPs/img | accuracy % | failed requests "
+        "| client CPU us/request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     labels = {"ranet_default": "ranet serve, default point", "ranet_full": "ranet serve, full depth"}
-    for key, row in batch["by_variant"].items():
-        flops = row["mean_flops_per_image"]
-        accuracy = row["accuracy"]
-        lines.append(
-            f"| {labels.get(key, key)} | {_fmt(row['images_per_s'], 0)} | {_fmt(row['throughput_rps'], 0)} | "
-            f"{_fmt(row['p99_ms'])} | {_fmt(None if flops is None else flops / 1e6, 2)} | "
-            f"{_fmt(None if accuracy is None else 100 * accuracy, 2)} | {row['requests_failed']} |"
-        )
+    tables = (("load generator", batch["by_variant"]), ("hey", (hey or {}).get("by_variant") or {}))
+    for client, table in tables:
+        for key, row in table.items():
+            flops, accuracy = row["mean_flops_per_image"], row.get("accuracy")
+            lines.append(
+                f"| {client} | {labels.get(key, key)} | {_fmt(row['images_per_s'], 0)} | "
+                f"{_fmt(row['throughput_rps'], 0)} | {_fmt(row.get('p50_ms'))} | {_fmt(row['p99_ms'])} | "
+                f"{_fmt(None if flops is None else flops / 1e6, 2)} | "
+                f"{_fmt(None if accuracy is None else 100 * accuracy, 2)} | {row['requests_failed']} | "
+                f"{_fmt(row.get('client_cpu_us_per_request'), 0)} |"
+            )
+    ratios = batch.get("ratios") or {"load_generator": batch["ratio"]}
+    shown_ratios = ", ".join(
+        f"{name} {_ratio(ratios.get(key))}"
+        for key, name in (("load_generator", "load generator"), ("hey", "hey"))
+    )
     lines += [
         "",
-        f"images/s, default point / full depth: {_ratio(batch['ratio'])} (FLOPs ratio "
-        f"{_fmt(batch['flops_ratio'], 2)}).",
+        f"images/s, default point / full depth: {shown_ratios} (FLOPs ratio {_fmt(batch['flops_ratio'], 2)}; "
+        "the goal wants 80% of it with both clients). client CPU us/request: the client's own CPU time "
+        "(user + system) per request sent.",
         "",
     ]
     return lines
+
+
+def probe_hey_batch(variants: list[Variant], body: bytes, content_type: str) -> dict[str, float]:
+    """FLOPs per image each ranet variant spends on the many-images body hey repeats (one request)."""
+    out = {}
+    for variant in variants:
+        response = httpx.post(
+            variant.hey_url, content=body, headers={"Content-Type": content_type}, timeout=60
+        )
+        response.raise_for_status()
+        results = response.json()["results"]
+        out[variant.key] = statistics.fmean(r["flops"] for r in results)
+    return out
+
+
+def _print_hey(label: str, case: str, summary: dict[str, Any]) -> None:
+    print(
+        f"hey {label:40s} {case} {summary['ok_per_s']:8.1f} req/s  p99 {_fmt(summary['p99_ms'])} ms  "
+        f"2xx {summary['ok']}/{summary['ok'] + summary['failed']}  hey CPU "
+        f"{_fmt(summary['client_cpu_us_per_request'], 0)} us/request",
+        flush=True,
+    )
 
 
 def probe_hey_image(variant: Variant, body: bytes, content_type: str) -> dict[str, Any]:
@@ -548,6 +703,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-requests", type=int, default=100, help="requests per many-images run (0: none)"
     )
+    parser.add_argument(
+        "--batch-hey-requests", type=int, default=400, help="requests per many-images hey run (0: none)"
+    )
     parser.add_argument("--batch-images", type=int, default=16, help="images per request in that run")
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
@@ -567,7 +725,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     hey_runs: list[dict[str, Any]] = []
     batch_runs: list[dict[str, Any]] = []
+    batch_hey_runs: list[dict[str, Any]] = []
     hey_facts: dict[str, Any] = {}
+    batch_hey_facts: dict[str, Any] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ranet-peers-") as tmp:
         work = Path(tmp)
@@ -676,7 +836,7 @@ def main() -> None:
             # 2. hey, every server, one multipart image per request, the same body every time.
             if args.hey_requests > 0 and args.hey_concurrency and variants:
                 if hey_executable() is None:
-                    skipped["hey"] = "hey is not installed (Debian package `hey`; make bench installs it)"
+                    skipped["hey"] = HEY_MISSING
                 else:
                     body_path = work / "hey-body.multipart"
                     content_type = multipart_body(samples[0].data, body_path)
@@ -687,7 +847,7 @@ def main() -> None:
                     for round_index in range(args.rounds):
                         for concurrency in args.hey_concurrency:
                             for variant in variants:
-                                summary = run_hey(
+                                measured = run_hey_measured(
                                     variant.hey_url,
                                     body_path,
                                     content_type,
@@ -700,32 +860,58 @@ def main() -> None:
                                         "variant": variant.key,
                                         "round": round_index,
                                         "concurrency": concurrency,
-                                        **summary.to_dict(),
+                                        **measured,
                                     }
                                 )
-                                print(
-                                    f"hey {variant.label:40s} c={concurrency:<3d} {summary.ok_per_s:8.1f} "
-                                    f"req/s  p99 {summary.p99_ms or float('nan'):7.1f} ms  "
-                                    f"2xx {summary.ok}/{summary.ok + summary.failed}",
-                                    flush=True,
-                                )
+                                _print_hey(variant.label, f"c={concurrency:<3d}", measured)
 
-            # 3. ranet serve with many images per request: default point vs full depth.
+            # 3. ranet serve with many images per request: default point vs full depth, both clients,
+            # interleaved within each round (load generator: both variants, then hey: both variants).
             ranet_variants = [v for v in variants if v.server == "ranet"]
-            if args.batch_requests > 0 and ranet_variants:
-                for round_index in range(args.rounds):
-                    for variant in ranet_variants:
-                        config = variant.config(
-                            args.batch_requests, args.batch_concurrency, args.timeout, batch=args.batch_images
-                        )
-                        report = run_load_sync(config, rotated(samples, round_index)).to_dict()
-                        batch_runs.append({"variant": variant.key, "round": round_index, **report})
-                        print(
-                            f"{variant.label:40s} {args.batch_images} img/request c={args.batch_concurrency}"
-                            f" {report['images_per_s']:8.1f} img/s  ok {report['requests_ok']}/"
-                            f"{report['requests_sent']}",
-                            flush=True,
-                        )
+            batch_body: tuple[Path, str] | None = None
+            if args.batch_hey_requests > 0 and ranet_variants:
+                if hey_executable() is None:
+                    skipped.setdefault("hey", HEY_MISSING)
+                else:
+                    # Distinct images: the first `batch_images` of the test set, one `file` part each.
+                    pool = samples if len(samples) >= args.batch_images else fmnist_samples(args.batch_images)
+                    chosen = pool[: args.batch_images]
+                    batch_path = work / "hey-batch-body.multipart"
+                    batch_body = (batch_path, multipart_body([s.data for s in chosen], batch_path))
+                    batch_hey_facts = {
+                        "images": [s.name for s in chosen],
+                        "mean_flops_per_image": probe_hey_batch(
+                            ranet_variants, batch_path.read_bytes(), batch_body[1]
+                        ),
+                    }
+            load_variants = ranet_variants if args.batch_requests > 0 else []
+            for round_index in range(args.rounds):
+                for variant in load_variants:
+                    config = variant.config(
+                        args.batch_requests, args.batch_concurrency, args.timeout, batch=args.batch_images
+                    )
+                    report = run_one(variant, config, rotated(samples, round_index))
+                    batch_runs.append({"variant": variant.key, "round": round_index, **report})
+                    print(
+                        f"{variant.label:40s} {args.batch_images} img/request c={args.batch_concurrency}"
+                        f" {report['images_per_s']:8.1f} img/s  ok {report['requests_ok']}/"
+                        f"{report['requests_sent']}  client CPU "
+                        f"{_fmt(report['client_cpu_us_per_request'], 0)} us/request",
+                        flush=True,
+                    )
+                if batch_body is None:
+                    continue
+                for variant in ranet_variants:
+                    measured = run_hey_measured(
+                        variant.hey_url,
+                        *batch_body,
+                        requests=args.batch_hey_requests,
+                        concurrency=args.batch_concurrency,
+                        timeout_s=int(args.timeout),
+                    )
+                    batch_hey_runs.append({"variant": variant.key, "round": round_index, **measured})
+                    case = f"{args.batch_images} img/request c={args.batch_concurrency}"
+                    _print_hey(variant.label, case, measured)
         finally:
             for server in reversed(servers):
                 server.stop()
@@ -754,10 +940,20 @@ def main() -> None:
             "summary": hey_summary,
         },
         "versus_litserve": versus_litserve(summary, hey_summary),
-        "batch": summarize_batch(batch_runs, manifest),
+        "batch": summarize_batch(
+            batch_runs,
+            batch_hey_runs,
+            manifest,
+            images_per_request=args.batch_images,
+            concurrency=args.batch_concurrency,
+            requests=args.batch_requests,
+            hey_requests=args.batch_hey_requests,
+            hey_body=batch_hey_facts,
+        ),
         "runs": runs,
         "hey_runs": hey_runs,
         "batch_runs": batch_runs,
+        "batch_hey_runs": batch_hey_runs,
     }
     (args.out / "peers.json").write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)
