@@ -112,7 +112,9 @@ class Variant:
 def start_ranet(bundle: Path, threads: int, log: Path) -> ManagedServer:
     port = free_port()
     command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
-    command += ["--threads", str(threads), "--model-store", str(bundle.parents[1])]
+    if threads > 0:  # else the server's own split of the cores (ranet_serve/cpus.py)
+        command += ["--threads", str(threads)]
+    command += ["--model-store", str(bundle.parents[1])]
     command += ["--default-model", bundle.parent.name, "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
     return ManagedServer("ranet serve", command, http_ok(f"{url}/readyz"), cwd=ROOT, log=log, url=url)
@@ -694,7 +696,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (medians over them)")
     parser.add_argument("--warmup", type=int, default=64, help="requests per server before measuring")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every server")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of the peer servers")
+    parser.add_argument(
+        "--ranet-threads",
+        type=int,
+        default=0,
+        help="ranet serve's engine threads (0: its default split of the cores, as a user runs it)",
+    )
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--require-torchserve", action="store_true", help="fail instead of skipping it")
     parser.add_argument("--require-litserve", action="store_true", help="fail instead of skipping it")
@@ -733,7 +741,7 @@ def main() -> None:
         work = Path(tmp)
         try:
             if "ranet" in args.servers:
-                server = start_ranet(bundle_dir, args.threads, work / "ranet.log").start()
+                server = start_ranet(bundle_dir, args.ranet_threads, work / "ranet.log").start()
                 servers.append(server)
                 url = server.url
                 version = {"version": manifest.version}
@@ -747,7 +755,11 @@ def main() -> None:
                         {**version, "confidence": "1.0"},
                     )
                 )
-                setups["ranet"] = {"url": url, "threads": args.threads, "batching": "server defaults"}
+                setups["ranet"] = {
+                    "url": url,
+                    "threads": args.ranet_threads or "server default",
+                    "batching": "server defaults",
+                }
             if "litserve" in args.servers:
                 try:
                     server, setup = start_litserve(bundle_dir, work / "litserve", args.threads)

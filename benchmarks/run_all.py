@@ -576,7 +576,15 @@ def main() -> None:
         default=[],
         help="steps not to run (and parts of the serving step: efficiency, frontends, overload)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads everywhere")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="intra-op threads of in-process runs and peers"
+    )
+    parser.add_argument(
+        "--ranet-threads",
+        type=int,
+        default=0,
+        help="ranet serve's engine threads against peers and in serving.py (0: its own default split)",
+    )
     parser.add_argument("--inprocess-repeats", type=int, default=5)
     parser.add_argument("--rebatch-requests", type=int, default=4000, help="images per re-batching run")
     parser.add_argument("--rebatch-repeats", type=int, default=3)
@@ -641,6 +649,7 @@ def main() -> None:
     commands["http"] += ["--concurrency", *concurrency]
     commands["peers"] += ["--concurrency", *concurrency, "--rounds", str(args.rounds)]
     commands["peers"] += ["--warmup", str(args.warmup), "--servers", *args.servers]
+    commands["peers"] += ["--ranet-threads", str(args.ranet_threads)]
     commands["peers"] += [
         "--hey-requests",
         str(args.hey_requests),
@@ -653,7 +662,8 @@ def main() -> None:
     if args.require_torchserve:
         commands["peers"].append("--require-torchserve")
     parts = [part for part in SERVING_PARTS if part not in args.skip]
-    commands["serving"] = [str(HERE / "serving.py"), *common_args, "--parts", *parts]
+    commands["serving"] = [str(HERE / "serving.py"), "--bundle", bundle, "--threads", str(args.ranet_threads)]
+    commands["serving"] += ["--parts", *parts]
     commands["serving"] += ["--seconds", str(args.serving_seconds)]
     commands["serving"] += ["--warmup-seconds", str(args.serving_warmup_seconds)]
     commands["serving"] += ["--inprocess-seconds", str(args.serving_inprocess_seconds)]

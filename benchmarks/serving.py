@@ -57,6 +57,7 @@ from servers import ManagedServer, free_port, http_ok
 
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
 from hey import hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
+from ranet_serve.cpus import engine_threads
 from ranet_serve.export.bundle import load_bundle
 from ranet_serve.settings import Settings
 
@@ -178,7 +179,9 @@ def start_ranet(
     run_root = work / f"run-{name}"
     port = free_port()
     command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
-    command += ["--threads", str(threads), "--model-store", str(bundle.parents[1])]
+    if threads > 0:  # else the server's own split of the cores (ranet_serve/cpus.py)
+        command += ["--threads", str(threads)]
+    command += ["--model-store", str(bundle.parents[1])]
     command += ["--default-model", bundle.parent.name, "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
     server = ManagedServer(
@@ -629,7 +632,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every server")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ranet serve's engine threads (0: its default split of the cores, as a user runs it); the "
+        "in-process rates use the same number",
+    )
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     parser.add_argument("--seconds", type=float, default=5.0, help="each hey run at 16 clients")
     parser.add_argument("--warmup-seconds", type=float, default=1.0, help="discarded hey run per server")
@@ -662,9 +671,10 @@ def main() -> None:
     version = load_bundle(bundle).manifest.version
     samples = fmnist_samples(BATCH_IMAGES)
     one, many = [samples[0].data], [s.data for s in samples]
+    engine_thread_count = engine_threads(Settings(threads=args.threads))
     result: dict[str, Any] = {
         "bundle": f"{bundle.parent.name}/{version}",
-        "threads": args.threads,
+        "threads": engine_thread_count,
         "seconds": args.seconds,
         "cores": os.cpu_count(),
         "hey_version": hey_version(),
@@ -678,7 +688,7 @@ def main() -> None:
         cases = efficiency_cases(one, many)
         if "efficiency" not in args.parts:
             cases = {k: v for k, v in cases.items() if k == f"default/1/{MAX_BATCH_SIZE}"}
-        inprocess = inprocess_rates(bundle, args.threads, cases, args.inprocess_seconds)
+        inprocess = inprocess_rates(bundle, engine_thread_count, cases, args.inprocess_seconds)
         result["inprocess_images_per_s"] = inprocess
     with tempfile.TemporaryDirectory(prefix="ranet-serving-") as tmp:
         work = Path(tmp)
@@ -791,7 +801,7 @@ def main() -> None:
             engine = inprocess.get(f"default/1/{MAX_BATCH_SIZE}")
             result["frontends"] = {
                 "runs": runs,
-                "projection": projection(runs, engine, args.project_cores, args.threads),
+                "projection": projection(runs, engine, args.project_cores, engine_thread_count),
             }
     result["wall_s"] = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,9 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="front-end processes sharing the port: each parses HTTP, decodes and preprocesses "
-        "images and encodes answers, and one engine process batches across all of them; 0: one per CPU "
-        "this process may use (its affinity, capped by a cgroup CPU quota such as a pod's CPU limit)",
+        "images and encodes answers, and one engine process batches across all of them; 0: the CPUs this "
+        "process may use (its affinity, capped by a cgroup CPU quota such as a pod's CPU limit) less the "
+        "engine's threads, at least one",
     )
     engine_process: bool = Field(
         True,
@@ -84,9 +85,9 @@ class Settings(BaseSettings):
     threads: int = Field(
         0,
         ge=0,
-        description="intra-op threads per runtime: set it to the cores the server may use (more threads "
-        "than cores make the runtimes' spinning pools fight); 0 lets the runtime choose, which on a shared "
-        "machine means every core of the machine",
+        description="intra-op threads of the engine's stage runtimes; 0: a quarter of the CPUs this process "
+        "may use, at least one (on this model a second thread saves little time and costs the front-ends "
+        "their core: see ranet_serve/cpus.py)",
     )
     single_thread_below: int = Field(
         SINGLE_THREAD_BELOW,

@@ -158,7 +158,7 @@ def test_sigterm_stops_every_process_and_removes_the_run_directory(served: Serve
 
 
 def test_front_ends_default_to_the_cpus_a_container_may_use(tmp_path: Path) -> None:
-    from ranet_serve.api.server import available_cpus
+    from ranet_serve.cpus import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     assert available_cpus(tmp_path) == affinity  # no cgroup files: the affinity

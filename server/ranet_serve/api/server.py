@@ -16,7 +16,6 @@ which reloads the model store.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import re
@@ -32,6 +31,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from ranet_serve.cpus import frontend_count
 from ranet_serve.engine.catalog import NAME_PATTERN
 from ranet_serve.logs import configure_logging
 from ranet_serve.settings import Settings
@@ -58,35 +58,6 @@ def find_bundles(settings: Settings) -> list[str]:
         for version in model.iterdir()
         if version.is_dir() and versioned.match(version.name) and (version / "manifest.json").is_file()
     )
-
-
-def frontend_count(settings: Settings) -> int:
-    """`frontends`, or one per CPU this process may use."""
-    return settings.frontends or available_cpus()
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's limit).
-
-    `os.cpu_count()` counts the host's cores: in a pod limited to 2 CPUs on a 64-core node it would
-    start 64 front-ends.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota: float | None = None
-    try:
-        text = (cgroup / "cpu.max").read_text().split()  # cgroup v2: "<quota> <period>" or "max <period>"
-        if text and text[0] != "max":
-            quota = int(text[0]) / int(text[1])
-    except (OSError, ValueError, IndexError):
-        try:  # cgroup v1
-            limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
-            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
-            quota = limit / period if limit > 0 else None
-        except (OSError, ValueError):
-            quota = None
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
 
 
 def serve(settings: Settings) -> None:

@@ -49,7 +49,10 @@ def serve_command(
         typer.Option(help="model POST /v1/classify serves (default ranet-fmnist, or the store's only model)"),
     ] = None,
     frontends: Annotated[
-        int | None, typer.Option(help="front-end processes sharing the port (default: one per CPU core)")
+        int | None,
+        typer.Option(
+            help="front-end processes sharing the port (default: the CPUs the engine does not take)"
+        ),
     ] = None,
     engine_process: Annotated[
         bool | None,

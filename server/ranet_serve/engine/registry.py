@@ -25,6 +25,7 @@ import torch
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
+from ranet_serve.cpus import engine_threads
 from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint
 from ranet_serve.engine.agreement import AgreementMonitor
 from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, select_version, version_key
@@ -52,7 +53,7 @@ def default_runtime_factory(bundle: Bundle, settings: Settings) -> StageRuntime:
         bundle,
         backend=settings.backend,
         device=settings.device,
-        threads=settings.threads,
+        threads=engine_threads(settings),
         single_thread_below=settings.single_thread_below,
     )
 
