@@ -228,6 +228,7 @@ def http_comparison(args: argparse.Namespace, names: list[str], modes: dict[str,
                             concurrency=concurrency,
                             mix=(BudgetChoice(name, knobs, 1.0),),
                             timeout=30.0,
+                            retries=3,  # a 429 of the adaptive limit is retried after its Retry-After
                         )
                         load = run_load_sync(config, samples)
                         if load.requests_failed:

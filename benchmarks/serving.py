@@ -76,6 +76,8 @@ SLO_P99_MULTIPLE = 2.0
 HELD_429_MS = 500.0
 # The overload variant that answers every 429 at once: early retries not held.
 NO_HOLD_ENV = {"RANET_HOLD_EARLY_RETRIES": "false"}
+# Overload figures "after the first second" leave out requests hey started before this offset.
+STEADY_AFTER_S = 1.0
 
 
 # -- the server's processes -----------------------------------------------------------------------------
@@ -241,6 +243,9 @@ def hey_run(url: str, body: Body, seconds: float, clients: int, timeout_s: int, 
     immediate = [ms for ms in run.latencies_ms(429) if ms < HELD_429_MS]
     summary["rejected_immediate"] = len(immediate)
     summary["rejected_immediate_p99_ms"] = nearest_rank(immediate, 99)
+    # Past the first second: the steady state, without the burst of every client connecting at once.
+    steady = [1000.0 * r.latency_s for r in run.rows if r.status == 200 and r.offset_s >= STEADY_AFTER_S]
+    summary["ok_p99_steady_ms"] = nearest_rank(steady, 99)
     summary["images_per_request"] = body.images
     summary["images_per_s"] = summary["ok_per_s"] * body.images
     summary["clients"] = clients
@@ -250,6 +255,29 @@ def hey_run(url: str, body: Body, seconds: float, clients: int, timeout_s: int, 
         flush=True,
     )
     return summary
+
+
+def overload_rounds(
+    pid: int,
+    url: str,
+    body: Body,
+    args: argparse.Namespace,
+    timeout_s: int,
+    label: str,
+    count: int | None = None,
+) -> list[dict[str, Any]]:
+    """`count` (default: --overload-rounds) hey runs of --overload-clients for --overload-seconds each,
+    with the server tree's memory after each run and at its peak during it."""
+    rounds = []
+    for index in range(args.overload_rounds if count is None else count):
+        with RssSampler(pid) as sampler:
+            run = hey_run(
+                url, body, args.overload_seconds, args.overload_clients, timeout_s, label.format(index + 1)
+            )
+        run["rss_after_mib"] = tree_rss_mib(pid)
+        run["rss_peak_mib"] = sampler.peak_mib
+        rounds.append(run)
+    return rounds
 
 
 def warm_up(url: str, body: Body, seconds: float, timeout_s: int) -> None:
@@ -409,6 +437,7 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
 
     goodput = [ratio(r["ok_per_s"], baseline["ok_per_s"]) for r in rounds]
     p99 = [ratio(r["ok_p99_ms"], baseline["ok_p99_ms"]) for r in rounds]
+    steady = [ratio(r.get("ok_p99_steady_ms"), baseline["ok_p99_ms"]) for r in rounds]
     rejected = [r["rejected_p99_ms"] for r in rounds if r["rejected_p99_ms"] is not None]
     immediate = [r.get("rejected_immediate_p99_ms") for r in rounds]
     after = [r["rss_after_mib"] for r in rounds]
@@ -417,6 +446,8 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "goodput_ratio_worst": min((g for g in goodput if g is not None), default=None),
         "admitted_p99_ratio": p99,
         "admitted_p99_ratio_worst": max((p for p in p99 if p is not None), default=None),
+        "admitted_p99_steady_ratio": steady,
+        "admitted_p99_steady_ratio_worst": max((p for p in steady if p is not None), default=None),
         "rejected_p99_ms_worst": max(rejected) if rejected else None,
         "rejected_immediate_p99_ms_worst": max((v for v in immediate if v is not None), default=None),
         "server_errors_5xx": sum(r["server_errors_5xx"] for r in rounds),
@@ -713,20 +744,9 @@ def main() -> None:
                 if "overload" in args.parts:
                     baseline = hey_run(full_url, body_one, args.seconds, CLIENTS, timeout, "full depth")
                     before = tree_rss_mib(server.pid)
-                    rounds = []
-                    for index in range(args.overload_rounds):
-                        with RssSampler(server.pid) as sampler:
-                            run = hey_run(
-                                full_url,
-                                body_one,
-                                args.overload_seconds,
-                                args.overload_clients,
-                                timeout,
-                                f"overload round {index + 1}, full depth",
-                            )
-                        run["rss_after_mib"] = tree_rss_mib(server.pid)
-                        run["rss_peak_mib"] = sampler.peak_mib
-                        rounds.append(run)
+                    rounds = overload_rounds(
+                        server.pid, full_url, body_one, args, timeout, "overload round {}, full depth"
+                    )
                     result["overload"] = {
                         "clients": args.overload_clients,
                         "seconds": args.overload_seconds,
@@ -741,20 +761,15 @@ def main() -> None:
                 with serving(bundle, args.threads, work, "no-hold", NO_HOLD_ENV) as server:
                     url = classify_url(server.url, version, full_depth=True)
                     warm_up(url, body_one, args.warmup_seconds, timeout)
-                    rounds = []
-                    for index in range(args.overload_no_hold_rounds):
-                        with RssSampler(server.pid) as sampler:
-                            run = hey_run(
-                                url,
-                                body_one,
-                                args.overload_seconds,
-                                args.overload_clients,
-                                timeout,
-                                f"overload, early retries not held, round {index + 1}",
-                            )
-                        run["rss_after_mib"] = tree_rss_mib(server.pid)
-                        run["rss_peak_mib"] = sampler.peak_mib
-                        rounds.append(run)
+                    rounds = overload_rounds(
+                        server.pid,
+                        url,
+                        body_one,
+                        args,
+                        timeout,
+                        "overload, early retries not held, round {}",
+                        count=args.overload_no_hold_rounds,
+                    )
                     result["overload"]["no_hold"] = {
                         "env": NO_HOLD_ENV,
                         "rounds": rounds,
