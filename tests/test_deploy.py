@@ -945,9 +945,10 @@ def test_deployment_sets_resources_and_runs_unprivileged() -> None:
     resources = container["resources"]
     for key in ("cpu", "memory"):
         assert key in resources["requests"] and key in resources["limits"]
-    # Integer CPUs (Guaranteed QoS) and runtime threads sized to them.
+    # Integer CPUs (Guaranteed QoS); the server splits the limit between engine and front-ends itself
+    # (ranet_serve/cpus.py reads the cgroup quota), so no thread or process count is pinned here.
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
-    assert configmap_settings()["RANET_THREADS"] == resources["limits"]["cpu"]
+    assert not {"RANET_THREADS", "RANET_FRONTENDS"} & set(configmap_settings())
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] == RUN_AS_UID
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         ge=0,
         description="intra-op threads of the engine's stage runtimes; 0: a quarter of the CPUs this process "
         "may use, at least one (on this model a second thread saves little time and costs the front-ends "
-        "their core: see ranet_serve/cpus.py)",
+        "their core: the figures are in the cpus module)",
     )
     single_thread_below: int = Field(
         SINGLE_THREAD_BELOW,
