@@ -35,6 +35,14 @@ def classify(client: httpx.Client) -> httpx.Response:
     return client.post("/v1/classify", files={"file": ("a.png", SAMPLE.read_bytes(), "image/png")})
 
 
+def assert_default_missing(response: httpx.Response, serving: str) -> None:
+    """A 404 that names the missing default, the models served and how to set the default."""
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert f"default model 'ranet-fmnist' not found; serving: {serving}" in message
+    assert "RANET_DEFAULT_MODEL" in message and "--default-model" in message
+
+
 @pytest.fixture
 def start() -> Iterator[Callable[[Path], RunningServer]]:
     """Start a server on a store (stopped after the test)."""
@@ -69,11 +77,7 @@ def test_a_default_set_but_missing_from_the_store_is_a_404_saying_how_to_set_it(
     monkeypatch.setenv("RANET_DEFAULT_MODEL", "ranet-fmnist")  # set, so kept though the store lacks it
     server = start(make_store(tmp_path, COMMITTED_BUNDLE, name="other"))
     with server.client() as client:
-        response = classify(client)
-        assert response.status_code == 404
-        message = response.json()["error"]["message"]
-        assert "default model 'ranet-fmnist' not found; serving: other" in message
-        assert "RANET_DEFAULT_MODEL" in message and "--default-model" in message
+        assert_default_missing(classify(client), serving="other")
         assert (
             client.post(
                 "/v1/models/other/classify", files={"file": ("a.png", SAMPLE.read_bytes(), "image/png")}
@@ -89,11 +93,7 @@ def test_a_store_of_several_models_without_the_default_lists_them_in_the_404(
     make_store(store, COMMITTED_BUNDLE, name="alpha")
     server = start(store)
     with server.client() as client:
-        response = classify(client)
-        assert response.status_code == 404
-        message = response.json()["error"]["message"]
-        assert "default model 'ranet-fmnist' not found; serving: alpha, beta" in message
-        assert "RANET_DEFAULT_MODEL" in message and "--default-model" in message
+        assert_default_missing(classify(client), serving="alpha, beta")
 
 
 def test_a_default_counts_as_set_from_the_environment_or_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
