@@ -54,7 +54,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # The serving core plus every extra the tests use: train (matplotlib, tqdm), export (onnx,
   # onnxscript) and dev (test and deployment-check tools; it names train and export too).
   "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e ".[cpu,train,export,dev]"
-  "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e clients/python
+  "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "clients/python[fast]"
   echo "$want" > "$stamp"
 fi
 
