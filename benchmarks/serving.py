@@ -614,25 +614,17 @@ def render(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         figures = overload["figures"]
-        for index, run in enumerate(overload["rounds"]):
-            lines.append(
-                _overload_row(
-                    f"round {index + 1}",
-                    run,
-                    figures["goodput_ratio"][index],
-                    figures["admitted_p99_ratio"][index],
-                )
-            )
         no_hold = overload.get("no_hold")
-        if no_hold:
-            no_hold_figures = no_hold["figures"]
-            for index, run in enumerate(no_hold["rounds"]):
+        servers = [("", overload)] + ([("RANET_HOLD_EARLY_RETRIES=false, ", no_hold)] if no_hold else [])
+        for prefix, server in servers:
+            ratios = server["figures"]
+            for index, run in enumerate(server["rounds"]):
                 lines.append(
                     _overload_row(
-                        f"RANET_HOLD_EARLY_RETRIES=false, round {index + 1}",
+                        f"{prefix}round {index + 1}",
                         run,
-                        no_hold_figures["goodput_ratio"][index],
-                        no_hold_figures["admitted_p99_ratio"][index],
+                        ratios["goodput_ratio"][index],
+                        ratios["admitted_p99_ratio"][index],
                     )
                 )
         slo = overload.get("slo")

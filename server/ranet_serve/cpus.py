@@ -5,8 +5,9 @@ two intra-op threads cost the engine 1.0-1.16 ms of CPU per image at full depth 
 costs 0.70-0.75 (onnxruntime's second thread saves little wall time on this model and spins up on
 every operator), and an engine whose threads take both cores starves the front-ends that feed it.
 With one engine thread and one front-end the same machine served 1,020-1,740 requests/s at the
-default point and 700-780 at full depth, against 1,240 and 500-570 with two of each, and admitted
-latency under a 400-client overload fell from a p99 of 920 ms to 230-570 ms. So by default the engine
+default point and 700-780 at full depth, against 1,240 and 500-570 with two of each (hey, 16 and 64
+clients, a noisy host), and the admitted p99 under a 400-client overload fell from 920 ms to 436-572
+ms (230-487 ms with one engine thread and two front-ends). So by default the engine
 gets a quarter of the cores for its runtimes (at least one) and the front-ends get the rest.
 """
 

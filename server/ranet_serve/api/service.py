@@ -86,21 +86,22 @@ class RequestTracking:
     A class rather than an `asynccontextmanager` generator: this runs around every request, and the
     generator machinery cost several times the metric updates it wraps."""
 
-    __slots__ = ("label", "metrics", "started")
+    __slots__ = ("inflight", "label", "metrics", "started")
 
     def __init__(self, metrics: RequestMetrics, label: str):
         self.metrics = metrics
         self.label = label
+        self.inflight = metrics.inflight_child(label)
         self.started = 0.0
 
     async def __aenter__(self) -> None:
         self.started = time.perf_counter()
-        self.metrics.inflight_child(self.label).inc()
+        self.inflight.inc()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.metrics.inflight_child(self.label).dec()
+        self.inflight.dec()
         seconds = time.perf_counter() - self.started
         if exc is None:
             self.metrics.request_finished(self.label, 200, seconds)
