@@ -28,6 +28,13 @@ class ModelNotFoundError(RanetServeError):
     code = "model_not_found"
 
 
+class ModelLoadError(RanetServeError):
+    """An operator asked to load a model and a version of it failed to load (the reasons are in the
+    message); the versions that did load serve."""
+
+    code = "load_failed"
+
+
 class InvalidInputError(RanetServeError):
     """The request's images or tensors cannot be used (undecodable, wrong shape, too large...)."""
 

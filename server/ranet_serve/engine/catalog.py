@@ -9,7 +9,7 @@ Lookups are dictionary reads; a model name from a URL is only ever a key.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
@@ -53,18 +53,30 @@ class CatalogEntry:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every model version the engine has, by name and version; `loaded` once the first load ended."""
+    """Every model version the engine has, by name and version; `loaded` once the first load ended.
+
+    `unloaded`: models an operator unloaded (the repository API); they are not served, and a request
+    for one is told so, until they are loaded again.
+    """
 
     loaded: bool = False
     closed: bool = False
     models: dict[str, dict[str, CatalogEntry]] = field(default_factory=dict)
+    unloaded: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, entries: Iterable[CatalogEntry], *, loaded: bool = True, closed: bool = False) -> Catalog:
+    def of(
+        cls,
+        entries: Iterable[CatalogEntry],
+        *,
+        loaded: bool = True,
+        closed: bool = False,
+        unloaded: Iterable[str] = (),
+    ) -> Catalog:
         models: dict[str, dict[str, CatalogEntry]] = {}
         for entry in entries:
             models.setdefault(entry.name, {})[entry.version] = entry
-        return cls(loaded=loaded, closed=closed, models=models)
+        return cls(loaded=loaded, closed=closed, models=models, unloaded=frozenset(unloaded))
 
     @property
     def ready(self) -> bool:
@@ -90,23 +102,28 @@ class Catalog:
 
         Without a version: the latest version that loaded, else the latest that failed.
         """
-        return select_version(self.models, name, version, loaded=self.loaded, ready_only=False)
+        return select_version(
+            self.models, name, version, loaded=self.loaded, ready_only=False, unloaded=self.unloaded
+        )
 
     def find_ready(self, name: str, version: str | None = None) -> CatalogEntry:
         """Like `find`, but a version that failed to load is a NotReadyError naming its error."""
-        return select_version(self.models, name, version, loaded=self.loaded, ready_only=True)
+        return select_version(
+            self.models, name, version, loaded=self.loaded, ready_only=True, unloaded=self.unloaded
+        )
 
     def default_model(self, configured: str, *, explicit: bool) -> str:
         """The model a request that names none is served by: the one rule, for every front-end path.
 
         `configured` is the default_model setting and `explicit` whether it was set (environment or
         option) rather than left at its default. Left at its default on a store holding exactly one
-        model, that model is the default, whatever its name; otherwise `configured`. Constant time: it
-        runs per request, and the catalog is replaced on every (re)load.
+        model (an unloaded one counts: unloading a model does not make another the default), that model
+        is the default, whatever its name; otherwise `configured`. Constant time: it runs per request,
+        and the catalog is replaced on every (re)load.
         """
-        if explicit or len(self.models) != 1:
+        if explicit or len(self.models) + len(self.unloaded) != 1:
             return configured
-        return next(iter(self.models))
+        return next(iter(self.models or self.unloaded))
 
     def find_default(self, configured: str, *, explicit: bool, version: str | None = None) -> CatalogEntry:
         """`find_ready` for the default model (see `default_model`).
@@ -115,7 +132,7 @@ class Catalog:
         says how to choose one, instead of only naming a model the client never asked for.
         """
         name = self.default_model(configured, explicit=explicit)
-        if self.loaded and name not in self.models:
+        if self.loaded and name not in self.models and name not in self.unloaded:
             served = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFoundError(
                 f"default model {name!r} not found; serving: {served}. Name the model in the request, or "
@@ -140,16 +157,30 @@ V = TypeVar("V", bound=VersionLike)
 
 
 def select_version(
-    models: Mapping[str, Mapping[str, V]], name: str, version: str | None, *, loaded: bool, ready_only: bool
+    models: Mapping[str, Mapping[str, V]],
+    name: str,
+    version: str | None,
+    *,
+    loaded: bool,
+    ready_only: bool,
+    unloaded: Collection[str] = (),
 ) -> V:
     """The one rule that picks a model version, for the front-ends' catalog and the engine's registry.
 
-    Unknown model or version: ModelNotFoundError (404). No version given: the latest that loaded; if
-    none did, the latest that failed (`ready_only` False) or a NotReadyError listing the errors. A
-    version that failed to load: itself, or a NotReadyError naming its error (`ready_only`).
+    Unknown model or version: ModelNotFoundError (404); a model in `unloaded` is one too, as Triton
+    answers for an unloaded model, with a message that says it was unloaded. No version given: the
+    latest that loaded; if none did, the latest that failed (`ready_only` False) or a NotReadyError
+    listing the errors. A version that failed to load: itself, or a NotReadyError naming its error
+    (`ready_only`).
     """
     if not loaded and not models:
         raise NotReadyError("models are still loading")
+    if name in unloaded and name not in models:
+        raise ModelNotFoundError(
+            f"model {name!r} is unloaded; it serves again once loaded "
+            f"(POST /v2/repository/models/{name}/load)",
+            model=name,
+        )
     if not NAME_PATTERN.match(name) or name not in models:
         known = ", ".join(sorted(models)) or "none"
         raise ModelNotFoundError(f"model {name[:64]!r} not found; serving: {known}", model=name[:64])

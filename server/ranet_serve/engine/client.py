@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
 
 
 class EngineClient(Protocol):
@@ -29,6 +29,21 @@ class EngineClient(Protocol):
 
     async def reload(self) -> ReloadReport:
         """Rescan the model store (admin route and SIGHUP)."""
+
+    async def repository_index(self) -> tuple[RepositoryEntry, ...]:
+        """Every version in the model store, served or not, with Triton's state (READY, UNAVAILABLE,
+        LOADING) and its reason; sorted by name, then version (the repository extension's Index)."""
+
+    async def load_model(self, name: str) -> ReloadReport:
+        """(Re)load one model's versions from the store; other models are untouched (the repository
+        extension's Load). Returns when they serve. Raises ModelNotFoundError when the store has no such
+        model, ModelLoadError (with each failing version's reason) when a version failed to load."""
+
+    async def unload_model(self, name: str) -> ReloadReport:
+        """Stop serving one model (the repository extension's Unload): new requests for it fail at once
+        with ModelNotFoundError; returns, with `removed` set, once its in-flight requests have finished
+        and its runtimes are released. It stays unloaded across reloads until `load_model`. Raises
+        ModelNotFoundError for a name that is neither served nor in the store."""
 
     def arriving(self, model: str, version: str | None) -> AbstractContextManager[None]:
         """Around a request's decoding: lets an open batch wait for it (a no-op across processes)."""

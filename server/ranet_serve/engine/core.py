@@ -21,7 +21,7 @@ import torch
 
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.records import EngineRequest, EngineResult
+from ranet_serve.engine.records import EngineRequest, EngineResult, RepositoryEntry
 from ranet_serve.engine.registry import ModelStore, ReadyVersion, ReloadReport, RuntimeFactory
 from ranet_serve.engine.scheduler import Replan, RequestResult
 from ranet_serve.errors import (
@@ -56,6 +56,15 @@ class Engine:
 
     def reload(self) -> ReloadReport:
         return self.store.reload()
+
+    def load_model(self, name: str) -> ReloadReport:
+        return self.store.load_model(name)
+
+    def unload_model(self, name: str) -> ReloadReport:
+        return self.store.unload_model(name)
+
+    def repository_index(self) -> tuple[RepositoryEntry, ...]:
+        return self.store.repository_index()
 
     def close(self) -> None:
         self.store.close()

@@ -11,6 +11,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
 from ranet_serve.engine.registry import RuntimeFactory
 from ranet_serve.errors import RanetServeError
 from ranet_serve.metrics import EngineMetrics
@@ -60,6 +61,24 @@ class LocalEngine:
     async def reload(self) -> ReloadReport:
         """Rescan the model store (the admin route and SIGHUP both come here)."""
         return await self._run_locked(self.engine.reload, "reloading")
+
+    async def repository_index(self) -> tuple[RepositoryEntry, ...]:
+        return await asyncio.to_thread(self.engine.repository_index)  # scans the store's directories
+
+    async def load_model(self, name: str) -> ReloadReport:
+        return await self._run_repository(partial(self.engine.load_model, name))
+
+    async def unload_model(self, name: str) -> ReloadReport:
+        return await self._run_repository(partial(self.engine.unload_model, name))
+
+    async def _run_repository(self, change: Callable[[], ReloadReport]) -> ReloadReport:
+        """A repository change, in turn with reloads; its errors are the caller's answer, not logged."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            try:
+                return await asyncio.to_thread(change)
+            finally:
+                freeze_heap()  # an unloaded version's cycles are collected here
 
     async def _run_locked(self, load: Callable[[], ReloadReport], what: str) -> ReloadReport:
         assert self._reload_lock is not None

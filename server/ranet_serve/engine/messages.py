@@ -6,9 +6,11 @@ when the pool is full does a request carry its float32 bytes inline (`ImageRef.d
 slower but never fails. Nothing here is pickled: msgpack with a fixed schema, so a message cannot
 construct arbitrary objects in the engine.
 
-Front-end -> engine: `Infer`, `Cancel`, `Reload`, `Shed`, `MetricsRequest`.
-Engine -> front-end: `Catalog` (on connect and after every (re)load), `Answer`, `Failure`,
-`Reloaded`, `MetricsText`.
+Front-end -> engine: `Infer`, `Cancel`, `Reload`, `Shed`, `MetricsRequest`, and the repository
+extension's `IndexRequest`, `LoadModel`, `UnloadModel`.
+Engine -> front-end: `Catalog` (on connect and after every change of what is served), `Answer`,
+`Failure`, `Reloaded` (also the answer to `LoadModel` and `UnloadModel`), `MetricsText`,
+`RepositoryIndex`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import msgspec
 
 from ranet_serve.cascade.results import ImageResult
-from ranet_serve.engine.records import EngineRequest
+from ranet_serve.engine.records import EngineRequest, RepositoryEntry
 
 
 class ImageRef(msgspec.Struct, frozen=True, array_like=True):
@@ -74,6 +76,7 @@ class Catalog(msgspec.Struct, frozen=True, tag=True, array_like=True):
     loaded: bool
     closed: bool
     versions: tuple[CatalogVersion, ...]
+    unloaded: tuple[str, ...] = ()  # models the repository API unloaded
 
 
 class Answer(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -108,8 +111,27 @@ class MetricsText(msgspec.Struct, frozen=True, tag=True, array_like=True):
     text: bytes
 
 
-ToEngine = Infer | Cancel | Reload | Shed | MetricsRequest
-ToFrontend = Catalog | Answer | Failure | Reloaded | MetricsText
+class IndexRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+
+
+class LoadModel(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    name: str
+
+
+class UnloadModel(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    name: str
+
+
+class RepositoryIndex(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    id: int
+    entries: tuple[RepositoryEntry, ...]
+
+
+ToEngine = Infer | Cancel | Reload | Shed | MetricsRequest | IndexRequest | LoadModel | UnloadModel
+ToFrontend = Catalog | Answer | Failure | Reloaded | MetricsText | RepositoryIndex
 
 encoder = msgspec.msgpack.Encoder()
 to_engine = msgspec.msgpack.Decoder(ToEngine)

@@ -5,9 +5,11 @@ threads run the stages), and the result goes back when the request's future comp
 copied out of the front-end's shared page pool on arrival; the pages are the front-end's to free
 once the answer (or failure) reaches it. A front-end that disconnects has its queued requests
 withdrawn. SIGHUP and the `Reload` message take one path (`EngineServer.reload`), which re-freezes
-the heap and sends every front-end the new catalog. SIGTERM drains the schedulers and exits; SIGINT
-is ignored (a terminal's Ctrl-C reaches every process of the group, and the front-ends must finish
-their requests before the engine goes).
+the heap and sends every front-end the new catalog; the repository extension's `LoadModel` and
+`UnloadModel` take their turn with it (`EngineServer.change_repository`), and every catalog the model
+store publishes reaches the front-ends at once (an unload stops new requests before it drains).
+SIGTERM drains the schedulers and exits; SIGINT is ignored (a terminal's Ctrl-C reaches every process
+of the group, and the front-ends must finish their requests before the engine goes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,7 @@ class EngineServer:
         path = self.run_dir / SOCKET_NAME
         path.unlink(missing_ok=True)
         self._server = await loop.create_unix_server(lambda: _Connection(self).protocol, path=str(path))
+        self.engine.store.on_publish = lambda: _call_soon(loop, self.broadcast_catalog)
         self._spawn(self._publish_status())
         logger.info("engine process %d listening on %s", os.getpid(), path)
         self._spawn(self.reload(first=True))
@@ -124,6 +128,17 @@ class EngineServer:
             except Exception:
                 logger.exception("%s the model store failed", "loading" if first else "reloading")
                 return None
+            finally:
+                freeze_heap()
+                self.broadcast_catalog()
+
+    async def change_repository(self, change: Any) -> ReloadReport:
+        """Load or unload one model (`change`: a blocking call on the engine), in turn with reloads;
+        its domain errors go back to the front-end that asked."""
+        async with self._reload_lock:
+            try:
+                report: ReloadReport = await asyncio.to_thread(change)
+                return report
             finally:
                 freeze_heap()
                 self.broadcast_catalog()
@@ -193,6 +208,12 @@ class _Connection:
             self.server._spawn(self._reload(message.id))
         elif isinstance(message, m.MetricsRequest):
             self._send(m.MetricsText(message.id, generate_latest(self.server.registry)))
+        elif isinstance(message, m.IndexRequest):
+            self.server._spawn(self._index(message.id))
+        elif isinstance(message, m.LoadModel):
+            self.server._spawn(self._change(message.id, partial(self.engine.load_model, message.name)))
+        elif isinstance(message, m.UnloadModel):
+            self.server._spawn(self._change(message.id, partial(self.engine.unload_model, message.name)))
 
     def _infer(self, message: m.Infer) -> None:
         try:
@@ -250,6 +271,22 @@ class _Connection:
         else:
             self._send(m.Reloaded(request_id, report.loaded, report.kept, report.failed, report.removed))
 
+    async def _index(self, request_id: int) -> None:
+        try:
+            entries = await asyncio.to_thread(self.engine.repository_index)
+        except Exception as exc:
+            self._send(failure(request_id, exc))
+        else:
+            self._send(m.RepositoryIndex(request_id, entries))
+
+    async def _change(self, request_id: int, change: Any) -> None:
+        try:
+            report = await self.server.change_repository(change)
+        except Exception as exc:
+            self._send(failure(request_id, exc))
+        else:
+            self._send(m.Reloaded(request_id, report.loaded, report.kept, report.failed, report.removed))
+
     def _on_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         for future in self.pending.values():
@@ -257,6 +294,12 @@ class _Connection:
         self.pending.clear()
         for pool in self.pools:
             self.server.pools.forget(pool)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+    """Run `callback` on `loop` from any thread; nothing when the loop has closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def catalog_message(catalog: Catalog) -> m.Catalog:
@@ -276,6 +319,7 @@ def catalog_message(catalog: Catalog) -> m.Catalog:
             for versions in catalog.models.values()
             for entry in versions.values()
         ),
+        unloaded=tuple(sorted(catalog.unloaded)),
     )
 
 

@@ -1,4 +1,5 @@
-"""The plain records that cross the engine's boundary: a request in, a result out, a reload report.
+"""The plain records that cross the engine's boundary: a request in, a result out, a reload report,
+the model repository's index.
 
 No torch here, nor anything that imports it: front-end processes import this module, and a front-end
 that never loads torch or onnxruntime starts faster and holds a fraction of the memory.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.cascade.results import ImageResult
@@ -49,3 +51,21 @@ class ReloadReport:
     kept: tuple[str, ...]  # unchanged and still serving
     failed: tuple[str, ...]
     removed: tuple[str, ...]  # no longer served (drained and closed)
+
+
+# Triton's model states (its repository extension): the index speaks them on every protocol.
+RepositoryState = Literal["READY", "UNAVAILABLE", "LOADING"]
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One version of one model in the model store, whether the engine serves it or not.
+
+    READY: it serves. LOADING: it is being (re)loaded. UNAVAILABLE: it failed to load, was unloaded,
+    or appeared in the store after the last (re)load; `reason` says which.
+    """
+
+    name: str
+    version: str
+    state: RepositoryState
+    reason: str = ""

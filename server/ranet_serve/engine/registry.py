@@ -6,6 +6,12 @@ others serve. `reload()` rescans the directory, loads what is new or changed, sw
 step and only then drains and closes the batchers it replaced: a request holds a lease on the version
 it runs on, so nothing in flight is dropped. After every (re)load the registry publishes a `Catalog`
 (what front-ends may ask for); lookups never touch the filesystem.
+
+The repository API (Triton's extension) loads or unloads one model without touching the others.
+An unloaded model leaves the table at once (new requests for it are a 404 that says it was unloaded),
+its versions are retired like replaced ones (in-flight requests finish, then the batcher closes and
+the runtime is dropped), and it stays unloaded across reloads and SIGHUP until it is loaded again, as
+in Triton's explicit model control mode. Nothing is persisted: a restart serves the whole store.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from ranet_serve.cpus import engine_threads
 from ranet_serve.engine.adaptive import AdaptiveSettings, LoadAdaptivePoint
 from ranet_serve.engine.agreement import AgreementMonitor
 from ranet_serve.engine.catalog import NAME_PATTERN, Catalog, CatalogEntry, select_version, version_key
-from ranet_serve.engine.records import ReloadReport
+from ranet_serve.engine.records import ReloadReport, RepositoryEntry
 from ranet_serve.engine.scheduler import Batcher
-from ranet_serve.errors import BundleError, ModelNotFoundError, NotReadyError
+from ranet_serve.errors import BundleError, ModelLoadError, ModelNotFoundError, NotReadyError
 from ranet_serve.export.bundle import Bundle, load_bundle
 from ranet_serve.export.manifest import MANIFEST_FILE, Manifest
 from ranet_serve.export.manifest import VERSION_PATTERN as _VERSION
@@ -131,9 +137,14 @@ class ModelStore:
         self._reload_lock = threading.Lock()  # one (re)load at a time
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._latest: dict[str, ReadyVersion] = {}  # per model, what select_version picks without a version
+        self._unloaded: set[str] = set()  # models the repository API unloaded; reloads skip them
+        self._loading: set[tuple[str, str]] = set()  # (name, version) being loaded now, for the index
         self._loaded = threading.Event()
         self._closed = False
         self.catalog = Catalog()  # replaced whole after every (re)load and on close
+        # Called (on the loading thread) after every new catalog: the engine process sends it to the
+        # front-ends at once, so an unload stops new requests before it waits for in-flight ones.
+        self.on_publish: Callable[[], None] | None = None
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -217,7 +228,14 @@ class ModelStore:
             latest = self._latest.get(name)
             if latest is not None:
                 return latest
-        entry = select_version(self._models, name, version, loaded=self._loaded.is_set(), ready_only=True)
+        entry = select_version(
+            self._models,
+            name,
+            version,
+            loaded=self._loaded.is_set(),
+            ready_only=True,
+            unloaded=self._unloaded,
+        )
         assert isinstance(entry, ReadyVersion)
         return entry
 
@@ -228,63 +246,173 @@ class ModelStore:
         return self.reload()
 
     def reload(self) -> ReloadReport:
-        """Rescan the store, load new or changed versions, swap, then drain and close replaced ones."""
+        """Rescan the store, load new or changed versions, swap, then drain and close replaced ones.
+
+        Models the repository API unloaded stay unloaded."""
         with self._reload_lock:
-            if self._closed:
-                raise NotReadyError("the model store is shut down")
+            self._check_open()
+            found = {key: path for key, path in self._scan().items() if key[0] not in self._unloaded}
+            return self._swap(found, None)
+
+    def load_model(self, name: str) -> ReloadReport:
+        """(Re)load one model's versions from the store (the repository API); other models are untouched.
+
+        Unchanged versions are kept, new or changed ones loaded, versions gone from the store retired.
+        Raises ModelNotFoundError when the store has no directory of that name, and ModelLoadError,
+        after the swap, when a version failed to load (the ones that loaded serve).
+        """
+        with self._reload_lock:
+            self._check_open()
+            directory = self.root / name
+            if not NAME_PATTERN.match(name) or not directory.is_dir():
+                raise ModelNotFoundError(f"model {name[:64]!r} not found in the model store", model=name[:64])
+            found = self._scan(directory)
             with self._lock:
-                current = {(n, v): e for n, versions in self._models.items() for v, e in versions.items()}
-            found = self._scan()
-            table: dict[str, dict[str, ModelVersion]] = {}
-            loaded: list[str] = []
-            kept: list[str] = []
-            failed: list[str] = []
+                self._unloaded.discard(name)
+            report = self._swap(found, name)
+            if not found:
+                raise ModelLoadError(
+                    f"failed to load model {name!r}: its directory in the model store holds no version "
+                    "directory",
+                    model=name,
+                )
+            if report.failed:
+                with self._lock:
+                    errors = [
+                        f"{name}/{e.version}: {e.error}"
+                        for e in self._models.get(name, {}).values()
+                        if isinstance(e, FailedVersion)
+                    ]
+                raise ModelLoadError(f"failed to load model {name!r}: " + "; ".join(errors), model=name)
+            return report
+
+    def unload_model(self, name: str) -> ReloadReport:
+        """Stop serving one model (the repository API): it leaves the catalog at once, then each of its
+        versions is retired once its in-flight requests finish. Returns with the versions `removed`.
+
+        Idempotent; raises ModelNotFoundError for a name that is neither served nor in the store.
+        """
+        with self._reload_lock:
+            self._check_open()
+            with self._lock:
+                known = name in self._models or name in self._unloaded
+            if not known and not (NAME_PATTERN.match(name) and (self.root / name).is_dir()):
+                raise ModelNotFoundError(f"model {name[:64]!r} not found in the model store", model=name[:64])
+            with self._lock:
+                versions = self._models.pop(name, {})
+                self._latest.pop(name, None)
+                self._unloaded.add(name)
+            self._publish()
+            for entry in versions.values():
+                if isinstance(entry, ReadyVersion):
+                    self._retire(entry)
+            removed = tuple(f"{name}/{v}" for v in sorted(versions, key=version_key))
+            logger.info("model %s unloaded (%d versions)", name, len(removed))
+            return ReloadReport(loaded=(), kept=(), failed=(), removed=removed)
+
+    def repository_index(self) -> tuple[RepositoryEntry, ...]:
+        """Every version in the store or in the table, by name and version, with Triton's state."""
+        found = self._scan()
+        with self._lock:
+            table = {(n, v): e for n, versions in self._models.items() for v, e in versions.items()}
+            loading = set(self._loading)
+            unloaded = set(self._unloaded)
+        entries = []
+        for name, version in sorted(set(found) | set(table), key=lambda k: (k[0], version_key(k[1]))):
+            entry = table.get((name, version))
+            if isinstance(entry, ReadyVersion):
+                entries.append(RepositoryEntry(name, version, "READY"))
+            elif (name, version) in loading:
+                entries.append(RepositoryEntry(name, version, "LOADING"))
+            elif entry is not None:
+                entries.append(RepositoryEntry(name, version, "UNAVAILABLE", entry.error))
+            elif name in unloaded:
+                entries.append(RepositoryEntry(name, version, "UNAVAILABLE", "unloaded"))
+            else:
+                reason = "not loaded: added to the model store after the last load; load or reload it"
+                entries.append(RepositoryEntry(name, version, "UNAVAILABLE", reason))
+        return tuple(entries)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotReadyError("the model store is shut down")
+
+    def _swap(self, found: dict[tuple[str, str], Path], only: str | None) -> ReloadReport:
+        """Load what `found` holds that is new or changed, then swap it in: the whole table (`only`
+        None), or that one model's versions. Call with the reload lock held."""
+        with self._lock:
+            current = {
+                (n, v): e
+                for n, versions in self._models.items()
+                if only is None or n == only
+                for v, e in versions.items()
+            }
+        fingerprints = {key: _fingerprint(path) for key, path in found.items()}
+        unchanged = {
+            key
+            for key, path in found.items()
+            if isinstance(previous := current.get(key), ReadyVersion)
+            and previous.fingerprint == fingerprints[key]
+            and previous.path == path
+        }
+        with self._lock:
+            self._loading = set(found) - unchanged
+        table: dict[str, dict[str, ModelVersion]] = {}
+        loaded: list[str] = []
+        kept: list[str] = []
+        failed: list[str] = []
+        try:
             for (name, version), path in found.items():
-                fingerprint = _fingerprint(path)
-                previous = current.get((name, version))
-                if (
-                    isinstance(previous, ReadyVersion)
-                    and previous.fingerprint == fingerprint
-                    and previous.path == path
-                ):
-                    entry: ModelVersion = previous
+                if (name, version) in unchanged:
+                    entry: ModelVersion = current[(name, version)]
                     kept.append(f"{name}/{version}")
                 else:
-                    entry = self._load_version(name, version, path, fingerprint)
+                    entry = self._load_version(name, version, path, fingerprints[(name, version)])
                     (loaded if isinstance(entry, ReadyVersion) else failed).append(f"{name}/{version}")
+                    with self._lock:
+                        self._loading.discard((name, version))
                 table.setdefault(name, {})[version] = entry
-            latest = {}
-            for name, versions in table.items():
+        finally:
+            with self._lock:
+                self._loading = set()
+        with self._lock:
+            if only is None:
+                models = table
+            else:
+                models = {n: versions for n, versions in self._models.items() if n != only}
+                models.update(table)
+            self._models = models
+            self._latest = {}
+            for name, versions in models.items():
                 ready = [e for e in versions.values() if isinstance(e, ReadyVersion)]
                 if ready:
-                    latest[name] = max(ready, key=lambda e: version_key(e.version))
-            with self._lock:
-                self._models = table
-                self._latest = latest
-            self._loaded.set()
-            survivors = {id(e) for versions in table.values() for e in versions.values()}
-            replaced = [e for e in current.values() if isinstance(e, ReadyVersion) and id(e) not in survivors]
-            removed = [f"{e.name}/{e.version}" for e in current.values() if (e.name, e.version) not in found]
-            self._publish()
-            for entry in replaced:
-                self._retire(entry)
-            logger.info(
-                "model store %s: %d loaded, %d kept, %d failed, %d removed",
-                self.root,
-                len(loaded),
-                len(kept),
-                len(failed),
-                len(removed),
-            )
-            return ReloadReport(tuple(loaded), tuple(kept), tuple(failed), tuple(removed))
+                    self._latest[name] = max(ready, key=lambda e: version_key(e.version))
+        self._loaded.set()
+        survivors = {id(e) for versions in table.values() for e in versions.values()}
+        replaced = [e for e in current.values() if isinstance(e, ReadyVersion) and id(e) not in survivors]
+        removed = [f"{e.name}/{e.version}" for e in current.values() if (e.name, e.version) not in found]
+        self._publish()
+        for entry in replaced:
+            self._retire(entry)
+        logger.info(
+            "model store %s%s: %d loaded, %d kept, %d failed, %d removed",
+            self.root,
+            "" if only is None else f" (model {only})",
+            len(loaded),
+            len(kept),
+            len(failed),
+            len(removed),
+        )
+        return ReloadReport(tuple(loaded), tuple(kept), tuple(failed), tuple(removed))
 
-    def _scan(self) -> dict[tuple[str, str], Path]:
-        """`<root>/<name>/<version>/` directories whose names a bundle could have."""
+    def _scan(self, model: Path | None = None) -> dict[tuple[str, str], Path]:
+        """`<root>/<name>/<version>/` directories whose names a bundle could have (one model's only,
+        when `model` names its directory)."""
         found: dict[tuple[str, str], Path] = {}
         if not self.root.is_dir():
             logger.warning("model store %s does not exist", self.root)
             return found
-        for model_dir in sorted(self.root.iterdir()):
+        for model_dir in [model] if model is not None else sorted(self.root.iterdir()):
             if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
                 continue
             for version_dir in sorted(model_dir.iterdir()):
@@ -382,7 +510,9 @@ class ModelStore:
 
     def _publish(self) -> None:
         self.catalog = Catalog.of(
-            (e.describe() for versions in self.snapshot().values() for e in versions), closed=self._closed
+            (e.describe() for versions in self.snapshot().values() for e in versions),
+            closed=self._closed,
+            unloaded=set(self._unloaded),
         )
         served = []
         for versions in self.snapshot().values():
@@ -391,6 +521,8 @@ class ModelStore:
                 plan = entry.plan(Budget())
                 served.append((entry.manifest, _expected_flops(entry, plan.operating_point)))
         self.metrics.set_models(served)
+        if self.on_publish is not None:
+            self.on_publish()
 
     def _retire(self, entry: ReadyVersion) -> None:
         """Wait for the version's leases to end, then drain and close its batcher."""
@@ -411,6 +543,7 @@ class ModelStore:
                 (e.describe() for versions in self.snapshot().values() for e in versions),
                 loaded=self.loaded,
                 closed=True,
+                unloaded=set(self._unloaded),
             )
             with self._lock:
                 entries = [e for versions in self._models.values() for e in versions.values()]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport
+from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
 from ranet_serve.engine.shm import SOCKET_NAME, STATUS_NAME, PagePool, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
 from ranet_serve.errors import NotReadyError, RanetServeError, StageExecutionError
@@ -147,7 +147,7 @@ class RemoteEngine:
                 )
             )
         self._manifests = parsed
-        return Catalog.of(entries, loaded=message.loaded, closed=message.closed)
+        return Catalog.of(entries, loaded=message.loaded, closed=message.closed, unloaded=message.unloaded)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -208,6 +208,24 @@ class RemoteEngine:
     async def reload(self) -> ReloadReport:
         message_id = next(self._ids)
         reply = await self._call(message_id, m.Reload(message_id))
+        assert isinstance(reply, m.Reloaded)
+        return ReloadReport(reply.loaded, reply.kept, reply.failed, reply.removed)
+
+    async def repository_index(self) -> tuple[RepositoryEntry, ...]:
+        message_id = next(self._ids)
+        reply = await self._call(message_id, m.IndexRequest(message_id))
+        assert isinstance(reply, m.RepositoryIndex)
+        return reply.entries
+
+    async def load_model(self, name: str) -> ReloadReport:
+        message_id = next(self._ids)
+        reply = await self._call(message_id, m.LoadModel(message_id, name))
+        assert isinstance(reply, m.Reloaded)
+        return ReloadReport(reply.loaded, reply.kept, reply.failed, reply.removed)
+
+    async def unload_model(self, name: str) -> ReloadReport:
+        message_id = next(self._ids)
+        reply = await self._call(message_id, m.UnloadModel(message_id, name))
         assert isinstance(reply, m.Reloaded)
         return ReloadReport(reply.loaded, reply.kept, reply.failed, reply.removed)
 
