@@ -197,6 +197,19 @@ class EngineMetrics:
             ["model"],
             registry=r,
         )
+        self.cancelled = Counter(
+            "ranet_cancelled_total",
+            "Requests withdrawn by their caller (client gone, stream closed, deadline) before their "
+            "answer: where='queue' never ran, where='cascade' had its images dropped mid-cascade.",
+            ["model", "where"],
+            registry=r,
+        )
+        self.deadline_limited = Counter(
+            "ranet_deadline_limited_total",
+            "Images answered with their deepest exit so far as their deadline passed (on_deadline=best).",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "ranet_batch_size",
             "Images each stage ran on.",

@@ -11,6 +11,7 @@ plain data.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -45,6 +46,11 @@ class Cohort:
     caps: np.ndarray  # [n] last exit each image may reach
     started: np.ndarray  # [n] perf_counter() when each image's first stage began (nan: not yet)
     top_k: int
+    # [n] rows whose every exit is reported (`StepResult.passed`), not only the one they leave at:
+    # streamed requests and those answered with their deepest exit when their deadline passes.
+    watched: np.ndarray
+    # [n] time.monotonic() deadline of each row's request (inf: none), for earliest-deadline-first.
+    deadlines: np.ndarray
 
     @property
     def size(self) -> int:
@@ -59,7 +65,13 @@ class Cohort:
             thresholds=self.thresholds[index],
             caps=self.caps[index],
             started=self.started[index],
+            watched=self.watched[index],
+            deadlines=self.deadlines[index],
         )
+
+    @property
+    def earliest_deadline(self) -> float:
+        return float(self.deadlines.min()) if self.deadlines.size else math.inf
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class StepResult:
     """What one stage did to one cohort."""
 
     finished: tuple[tuple[int, ImageResult], ...]  # (tag, result) of every image that left here
+    passed: tuple[tuple[int, ImageResult], ...]  # (tag, result) of watched images that go on
     survivors: Cohort | None  # the images that go on to the next stage
     stage: int
     batch_size: int
@@ -88,6 +101,8 @@ def merge_cohorts(cohorts: list[Cohort], arrays: StageArrays) -> Cohort:
         caps=np.concatenate([c.caps for c in cohorts]),
         started=np.concatenate([c.started for c in cohorts]),
         top_k=max(c.top_k for c in cohorts),
+        watched=np.concatenate([c.watched for c in cohorts]),
+        deadlines=np.concatenate([c.deadlines for c in cohorts]),
     )
 
 
@@ -147,14 +162,24 @@ class CascadeExecutor:
         max_exit: np.ndarray,
         tags: np.ndarray,
         top_k: int = 1,
+        watched: np.ndarray | None = None,
+        deadlines: np.ndarray | None = None,
     ) -> Cohort:
-        """A cohort at stage 0 (checks the shapes; hands the images over in the runtime's array type)."""
+        """A cohort at stage 0 (checks the shapes; hands the images over in the runtime's array type).
+
+        `watched` [N] bool: rows whose every exit is reported; `deadlines` [N]: their requests'
+        deadlines (inf: none). Both default to "no".
+        """
         n = images.shape[0]
         if thresholds.shape != (n, self.num_exits) or max_exit.shape != (n,) or tags.shape != (n,):
             raise ValueError(
                 f"expected thresholds [{n}, {self.num_exits}], max_exit [{n}] and tags [{n}], "
                 f"got {thresholds.shape}, {max_exit.shape} and {tags.shape}"
             )
+        if (watched is not None and watched.shape != (n,)) or (
+            deadlines is not None and deadlines.shape != (n,)
+        ):
+            raise ValueError(f"expected watched and deadlines of shape [{n}]")
         return Cohort(
             stage=0,
             env={"image": self.runtime.arrays.from_images(images)},
@@ -163,6 +188,8 @@ class CascadeExecutor:
             caps=np.minimum(max_exit, self.num_exits - 1),
             started=np.full(n, np.nan),
             top_k=top_k,
+            watched=np.zeros(n, dtype=bool) if watched is None else np.asarray(watched, dtype=bool),
+            deadlines=np.full(n, math.inf) if deadlines is None else np.asarray(deadlines, dtype=np.float64),
         )
 
     def step(self, cohort: Cohort) -> StepResult:
@@ -187,31 +214,62 @@ class CascadeExecutor:
         forced = cohort.caps <= k
         leave = confident | forced
         now = time.perf_counter()
-        finished: list[tuple[int, ImageResult]] = []
-        if leave.any():
-            ordering = np.argsort(-probs[leave], axis=1)[:, : cohort.top_k]
-            for row, original in enumerate(np.nonzero(leave)[0]):
-                classes = ordering[row]
-                finished.append(
-                    (
-                        int(cohort.tags[original]),
-                        ImageResult(
-                            exit=k,
-                            class_index=int(predicted[original]),
-                            confidence=float(confidence[original]),
-                            top_k=tuple((int(c), float(probs[original, c])) for c in classes),
-                            flops=self.cumulative_flops[k],
-                            budget_limited=bool(forced[original] and not confident[original] and k < last),
-                            seconds=now - float(started[original]),
-                        ),
-                    )
-                )
-        survivors: Cohort | None = None
         keep = ~leave
+        results = _ExitResults(
+            k,
+            probs,
+            predicted,
+            confidence,
+            forced & ~confident & (k < last),
+            cohort,
+            self.cumulative_flops[k],
+            now,
+            started,
+        )
+        finished = results.of(leave)
+        passed = results.of(keep & cohort.watched)
+        survivors: Cohort | None = None
         if keep.any() and k < last:
             survivors = replace(cohort, stage=k + 1, env=env, started=started)
             if leave.any():
                 survivors = survivors.rows(np.nonzero(keep)[0], self.runtime.arrays)
         elif keep.any():
             raise AssertionError("images left the last stage without an exit")
-        return StepResult(tuple(finished), survivors, k, cohort.size, now - stage_start)
+        return StepResult(finished, passed, survivors, k, cohort.size, now - stage_start)
+
+
+@dataclass(frozen=True)
+class _ExitResults:
+    """The `ImageResult`s of one stage run's rows: those that leave, and the watched ones that go on."""
+
+    exit: int
+    probs: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    budget_limited: np.ndarray  # [n] bool: the FLOPs cap, not confidence, ends the row here
+    cohort: Cohort
+    flops: int
+    now: float
+    started: np.ndarray
+
+    def of(self, rows: np.ndarray) -> tuple[tuple[int, ImageResult], ...]:
+        """(tag, result) of every row in the boolean mask `rows`, in row order."""
+        if not rows.any():
+            return ()
+        indices = np.nonzero(rows)[0]
+        ordering = np.argsort(-self.probs[indices], axis=1)[:, : self.cohort.top_k]
+        return tuple(
+            (
+                int(self.cohort.tags[original]),
+                ImageResult(
+                    exit=self.exit,
+                    class_index=int(self.predicted[original]),
+                    confidence=float(self.confidence[original]),
+                    top_k=tuple((int(c), float(self.probs[original, c])) for c in ordering[row]),
+                    flops=self.flops,
+                    budget_limited=bool(self.budget_limited[original]),
+                    seconds=self.now - float(self.started[original]),
+                ),
+            )
+            for row, original in enumerate(indices)
+        )

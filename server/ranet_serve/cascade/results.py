@@ -18,6 +18,9 @@ class ImageResult:
     flops: int  # cumulative FLOPs of the answering exit
     budget_limited: bool  # the FLOPs cap forced this exit before the image was confident
     seconds: float  # from the start of the batch to this image's exit
+    # The request's deadline passed before the image was confident and it was answered with the
+    # deepest exit it had reached (`on_deadline=best`).
+    deadline_limited: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from functools import partial
 
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 
 from ranet_serve.cascade.policy import Budget
+from ranet_serve.cascade.results import ImageResult
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.records import EngineRequest, EngineResult, RepositoryEntry
+from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, RepositoryEntry
 from ranet_serve.engine.registry import ModelStore, ReadyVersion, ReloadReport, RuntimeFactory
 from ranet_serve.engine.scheduler import Replan, RequestResult
 from ranet_serve.errors import (
@@ -84,14 +86,21 @@ class Engine:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def submit(self, request: EngineRequest, images: torch.Tensor) -> Future[EngineResult]:
+    def submit(
+        self,
+        request: EngineRequest,
+        images: torch.Tensor,
+        on_exit: Callable[[ExitEvent], None] | None = None,
+    ) -> Future[EngineResult]:
         """Queue `images` [N, C, H, W] float32; raises the domain errors that are known at once.
 
-        Cancelling the returned future skips the request if its batch has not started.
+        Cancelling the returned future withdraws the request: skipped if its batch has not started,
+        its images dropped at their next stage boundary if it has. `on_exit` (for `request.stream`)
+        hears every exit of every image, on the scheduler's worker thread, before the future completes.
         """
         entry = self.store.acquire(request.model, request.version)
         try:
-            inner = self._queue(entry, request, images)
+            inner = self._queue(entry, request, images, on_exit)
         except (OverloadedError, DeadlineExceededError):
             if entry.adaptive is not None:
                 entry.adaptive.observe_shed()  # shed or too late: the objective is under threat
@@ -106,7 +115,11 @@ class Engine:
         return outer
 
     def _queue(
-        self, entry: ReadyVersion, request: EngineRequest, images: torch.Tensor
+        self,
+        entry: ReadyVersion,
+        request: EngineRequest,
+        images: torch.Tensor,
+        on_exit: Callable[[ExitEvent], None] | None,
     ) -> Future[RequestResult]:
         manifest = entry.manifest
         num_classes = manifest.config.num_classes
@@ -142,6 +155,8 @@ class Engine:
             deadline,
             replan=replan,
             operating_point=plan.operating_point,
+            on_exit=None if on_exit is None else _exit_sink(on_exit),
+            best_effort=request.on_deadline == "best",
         )
 
     def _finish(
@@ -154,9 +169,14 @@ class Engine:
         """Runs where the scheduler completes the request (its worker thread): cheap bookkeeping only."""
         try:
             if inner.cancelled():
+                self.metrics.cancelled.labels(entry.name, "queue").inc()
                 outer.cancel()
                 return
             error = inner.exception()
+            if isinstance(error, CancelledError):
+                self.metrics.cancelled.labels(entry.name, "cascade").inc()
+                outer.cancel()
+                return
             if error is not None:
                 if isinstance(error, (OverloadedError, DeadlineExceededError)) and entry.adaptive is not None:
                     entry.adaptive.observe_shed()
@@ -175,6 +195,9 @@ class Engine:
                         ),
                     )
                     return
+            limited = sum(image.deadline_limited for image in result.images)
+            if limited:
+                self.metrics.deadline_limited.labels(entry.name).inc(limited)
             if entry.adaptive is not None:
                 entry.adaptive.observe(time.monotonic() - request.received)
             _settle(
@@ -192,6 +215,11 @@ class Engine:
             outer.cancel()
         finally:
             self.store.release(entry)
+
+
+def _exit_sink(on_exit: Callable[[ExitEvent], None]) -> Callable[[int, ImageResult, bool], None]:
+    """The scheduler's (index, result, final) callback in terms of the engine's `ExitEvent`."""
+    return lambda index, result, final: on_exit(ExitEvent(index, result, final))
 
 
 def _settle(

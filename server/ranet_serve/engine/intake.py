@@ -5,10 +5,16 @@ the queue carries two kinds of marker: a wake token (the last announced request 
 so an open batch should re-check whether anybody is still coming) and the stop marker (put once by
 `close`; nothing is accepted behind it). Check-then-put and close-then-stop happen under one lock,
 so the bound is exact and no request can land behind the stop marker.
+
+The queue serves earliest deadline first: a request without a deadline sorts after every request
+with one, and equal deadlines (none, usually) keep their arrival order. A wake token sorts before
+everything (it only makes an open batch look again); the stop marker after everything.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import queue
 import threading
 from collections.abc import Iterator
@@ -33,6 +39,14 @@ WAKE: Final = Wake()
 STOP: Final = Stop()
 
 QueueItem = QueuedRequest | Wake | Stop
+_Entry = tuple[float, int, QueueItem]  # (deadline, arrival order, item): the priority queue's order
+
+
+def _wake_entry(order: int) -> _Entry:
+    return (-math.inf, order, WAKE)
+
+
+_STOP_ENTRY: Final[_Entry] = (math.inf, 2**62, STOP)
 
 
 class Intake:
@@ -41,7 +55,8 @@ class Intake:
     def __init__(self, max_queue_size: int, retry_after_seconds: float):
         self.max_queue_size = max_queue_size
         self.retry_after_seconds = retry_after_seconds
-        self._queue: queue.Queue[QueueItem] = queue.Queue()
+        self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
+        self._order = itertools.count()
         self._lock = threading.Lock()
         self._closing = False
         self._arriving = 0  # requests announced with `arriving()` and not submitted yet
@@ -82,7 +97,7 @@ class Intake:
                 self._arriving -= 1
                 if self._arriving == 0 and wake_when_all_arrived:
                     self._wake_tokens += 1
-                    self._queue.put(WAKE)
+                    self._queue.put(_wake_entry(next(self._order)))
 
     def put(self, request: QueuedRequest) -> None:
         """Queue `request`; raises `OverloadedError` when the queue is full or closing."""
@@ -95,7 +110,8 @@ class Intake:
                     retry_after_seconds=self.retry_after_seconds,
                     reason=QUEUE_FULL,
                 )
-            self._queue.put(request)
+            deadline = math.inf if request.deadline is None else request.deadline
+            self._queue.put((deadline, next(self._order), request))
             self._queued_images += request.size
 
     def close(self, reject_waiting: bool) -> None:
@@ -106,7 +122,7 @@ class Intake:
         if reject_waiting:
             while True:
                 try:
-                    item = self._queue.get_nowait()
+                    _, _, item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if isinstance(item, Wake):
@@ -115,7 +131,7 @@ class Intake:
                     self.left([item])
                     if item.future.set_running_or_notify_cancel():
                         item.future.set_exception(OverloadedError("server is shutting down", reason=SHUTDOWN))
-        self._queue.put(STOP)
+        self._queue.put(_STOP_ENTRY)
 
     # -- worker thread -------------------------------------------------------------------------
 
@@ -126,7 +142,7 @@ class Intake:
         """The next item: waits up to `timeout` (forever when None) unless `block` is False; None
         when nothing came. A wake token is consumed here, but still returned."""
         try:
-            item = self._queue.get(timeout=timeout) if block else self._queue.get_nowait()
+            _, _, item = self._queue.get(timeout=timeout) if block else self._queue.get_nowait()
         except queue.Empty:
             return None
         if isinstance(item, Wake):

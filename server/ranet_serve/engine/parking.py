@@ -4,13 +4,19 @@ After each exit a batch shrinks, so on its own a batch would run its late stages
 images, paying each stage's fixed cost per call for very little work. With `rebatch_delay` set, the
 survivors of a stage are parked at the next stage instead, and the parked survivors of several
 batches run that stage together once they fill a batch, once the oldest has waited `rebatch_delay`,
-or as soon as the worker has nothing else to do (so at low load nobody waits). The deepest ready
-stage runs first, which finishes requests soonest. With `rebatch_delay` None parked survivors are
-always ready, so every batch runs through all its stages before the next batch starts.
+or as soon as the worker has nothing else to do (so at low load nobody waits). With `rebatch_delay`
+None parked survivors are always ready, so every batch runs through all its stages before the next
+batch starts.
+
+Which ready survivors run first: earliest deadline first, across stages and batches (every row
+carries its request's deadline; a request without `deadline_ms` has the server's request timeout,
+so it sorts after every tighter one). Between equal deadlines the deepest stage runs first, which
+finishes requests soonest, and within a stage the survivors parked first.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from ranet_serve.cascade.executor import Cohort, merge_cohorts
 class _Parked:
     cohort: Cohort
     since: float  # time.monotonic() when parked
+    deadline: float  # the earliest deadline among its rows (inf: none)
 
 
 class SurvivorParking:
@@ -46,12 +53,21 @@ class SurvivorParking:
 
     def park(self, cohort: Cohort) -> None:
         """Survivors wait at `cohort.stage`, the next stage they run."""
-        self._parked[cohort.stage].append(_Parked(cohort, time.monotonic()))
+        parked = self._parked[cohort.stage]
+        entry = _Parked(cohort, time.monotonic(), cohort.earliest_deadline)
+        # Kept in deadline order (stable: equal deadlines stay in parking order); a handful per stage.
+        at = len(parked)
+        while at > 0 and parked[at - 1].deadline > entry.deadline:
+            at -= 1
+        parked.insert(at, entry)
 
     def ready_stage(self, idle: bool) -> int | None:
-        """The deepest stage whose parked survivors should run now, if any; with `idle` (no request
-        is waiting for the worker) any parked stage is ready."""
+        """The stage whose parked survivors should run now, if any: among the ready ones, the one
+        holding the earliest deadline (the deepest on a tie). With `idle` (no request is waiting for
+        the worker) any parked stage is ready."""
         now = time.monotonic()
+        chosen: int | None = None
+        chosen_deadline = math.inf
         for stage in range(len(self._parked) - 1, 0, -1):
             parked = self._parked[stage]
             if not parked:
@@ -60,13 +76,15 @@ class SurvivorParking:
                 idle
                 or self.rebatch_delay is None
                 or sum(p.cohort.size for p in parked) >= self.max_batch_size
-                or now - parked[0].since >= self.rebatch_delay
+                or now - min(p.since for p in parked) >= self.rebatch_delay
             ):
-                return stage
-        return None
+                deadline = min(p.deadline for p in parked)
+                if chosen is None or deadline < chosen_deadline:
+                    chosen, chosen_deadline = stage, deadline
+        return chosen
 
     def unpark(self, stage: int, is_live: Callable[[int], bool]) -> Cohort | None:
-        """Up to `max_batch_size` of the oldest survivors parked at `stage`, merged into one cohort.
+        """Up to `max_batch_size` of the survivors parked at `stage`, earliest deadline first, merged.
 
         Rows whose tag is no longer live (their request already failed) are dropped on the way: their
         work is no longer wanted. None when nothing live was parked there.

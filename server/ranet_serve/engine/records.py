@@ -15,13 +15,19 @@ from typing import Literal
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.cascade.results import ImageResult
 
+OnDeadline = Literal["error", "best"]
+ON_DEADLINE: tuple[OnDeadline, ...] = ("error", "best")
+
 
 @dataclass(frozen=True)
 class EngineRequest:
     """One inference request as the engine sees it, whatever protocol and process it came from.
 
     `received` and `deadline` are `time.monotonic()` values (CLOCK_MONOTONIC, the same in every
-    process of the machine). `version` None: the latest version that loaded.
+    process of the machine). `version` None: the latest version that loaded. `stream`: the caller
+    hears every exit of every image as it happens (`ExitEvent`). `on_deadline`: what happens when the
+    deadline passes while images are in the cascade: "error" (DeadlineExceededError) or "best"
+    (answered at once with each image's deepest exit so far, `deadline_limited`).
     """
 
     model: str
@@ -31,6 +37,17 @@ class EngineRequest:
     all_probabilities: bool = False  # every class's probability (top_k = number of classes)
     received: float = field(default_factory=time.monotonic)
     deadline: float = math.inf
+    stream: bool = False
+    on_deadline: OnDeadline = "error"
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """One exit an image of a streamed request passed: `final` on the exit that answers it."""
+
+    image: int  # index in the request
+    result: ImageResult
+    final: bool
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ The parts, one job each:
 - `BatchFormer` (batching.py): max batch size, max queue delay, close-when-idle, carry-over.
 - `QueuedRequest.claim` (requests.py): a request whose caller went away (cancelled future) is
   skipped; one whose deadline passed while queued is answered with `DeadlineExceededError`, not run.
+  One whose caller goes away while its images are in the cascade is withdrawn: at the top of the
+  next turn its slots are freed and its images are dropped at their next stage boundary.
+- `ExpiryQueue` (below): requests with `on_deadline=best` whose deadline passes in the cascade are
+  answered at the next stage boundary with the deepest exit each image reached.
 - `SurvivorParking` (parking.py): survivor re-batching across batches (`rebatch_delay`).
 - `SlotTable` (slots.py): which request each image is; answers complete requests; an exception in a
   stage fails only the requests with images in that stage's batch.
@@ -21,11 +25,15 @@ The parts, one job each:
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 
 import numpy as np
@@ -38,10 +46,17 @@ from ranet_serve.engine.batching import BatchFormer
 from ranet_serve.engine.intake import Intake
 from ranet_serve.engine.meter import BatchObserver, WorkerMeter
 from ranet_serve.engine.parking import SurvivorParking
-from ranet_serve.engine.requests import QueuedRequest, Replan, RequestResult, RequestTiming
+from ranet_serve.engine.requests import (
+    ExitSink,
+    QueuedRequest,
+    Replan,
+    RequestFuture,
+    RequestResult,
+    RequestTiming,
+)
 from ranet_serve.engine.slots import SlotTable
 
-__all__ = ["BatchObserver", "Batcher", "Replan", "RequestResult", "RequestTiming"]
+__all__ = ["BatchObserver", "Batcher", "ExitSink", "Replan", "RequestResult", "RequestTiming"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +91,8 @@ class Batcher:
         self._batches = BatchFormer(self._intake, max_batch_size, max_queue_delay, close_when_idle)
         self._slots = SlotTable()
         self._meter = WorkerMeter(executor.num_exits, observer)
+        self._withdrawn: deque[QueuedRequest] = deque()  # appended by any thread, taken by the worker
+        self._expiring = ExpiryQueue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -147,6 +164,8 @@ class Batcher:
         deadline: float | None = None,
         replan: Replan | None = None,
         operating_point: str | None = None,
+        on_exit: ExitSink | None = None,
+        best_effort: bool = False,
     ) -> Future[RequestResult]:
         """Queue one request; fail fast when the queue is full or the batcher is closing.
 
@@ -156,20 +175,26 @@ class Batcher:
         default moves down within a fraction of a second, and the requests queued before the move
         would otherwise drain at the old, dearer point, which is what keeps latency high.
         `operating_point` names the plan it was queued with (the answer reports it unless replanned).
+        `on_exit` hears every exit the request's images pass (see `ExitSink`); with `best_effort` a
+        deadline that passes in the cascade is answered with the deepest exits reached.
+
+        Cancelling the returned future withdraws the request, even once its images are in the cascade.
         """
-        future: Future[RequestResult] = Future()
-        self._intake.put(
-            QueuedRequest(
-                images,
-                thresholds,
-                max_exit,
-                top_k,
-                deadline,
-                future,
-                replan=replan,
-                operating_point=operating_point,
-            )
+        future = RequestFuture()
+        request = QueuedRequest(
+            images,
+            thresholds,
+            max_exit,
+            top_k,
+            deadline,
+            future,
+            replan=replan,
+            operating_point=operating_point,
+            on_exit=on_exit,
+            best_effort=best_effort and deadline is not None,
         )
+        future.on_withdraw = lambda: self._withdrawn.append(request)
+        self._intake.put(request)
         return future
 
     async def infer(
@@ -194,6 +219,10 @@ class Batcher:
     def _loop(self) -> None:
         stopping = False
         while True:
+            if self._withdrawn:
+                self._drop_withdrawn()
+            if self._expiring:
+                self._expire(time.monotonic())
             idle = self._batches.idle  # no request is waiting for the worker
             stage = self._parking.ready_stage(idle or stopping)
             if stage is not None:
@@ -225,6 +254,15 @@ class Batcher:
             request.begin(now, total)
         tags = self._slots.assign(runnable)
         images = torch.cat([r.images for r in runnable]) if len(runnable) > 1 else runnable[0].images
+        watched = deadlines = None
+        if any(r.watched or r.deadline is not None for r in runnable):
+            watched = np.concatenate([np.full(r.size, r.watched) for r in runnable])
+            deadlines = np.concatenate(
+                [np.full(r.size, math.inf if r.deadline is None else r.deadline) for r in runnable]
+            )
+        for request in runnable:
+            if request.best_effort:
+                self._expiring.push(request)
         try:
             cohort = self.executor.start(
                 images,
@@ -232,6 +270,8 @@ class Batcher:
                 np.concatenate([r.max_exit for r in runnable]),
                 tags,
                 top_k=max(r.top_k for r in runnable),
+                watched=watched,
+                deadlines=deadlines,
             )
         except Exception as exc:
             self._slots.fail(tags, exc)
@@ -251,6 +291,8 @@ class Batcher:
             self._slots.fail(cohort.tags, exc)
             return
         self._meter.stepped(step)
+        if step.passed:
+            self._slots.passed(step.passed)
         if step.survivors is not None:
             self._parking.park(step.survivors)
         finished = time.monotonic()
@@ -263,6 +305,22 @@ class Batcher:
             self.agreement.offer(request.images, request.finished_results(), last_exit=last_exit)
         request.answer(finished)
 
+    def _drop_withdrawn(self) -> None:
+        """Let go of the requests whose callers withdrew them: their slots are freed (their images are
+        dropped when next met) and their futures end cancelled."""
+        while self._withdrawn:
+            request = self._withdrawn.popleft()
+            if request.future.done():
+                continue
+            self._slots.drop(request)
+            request.future.set_exception(CancelledError("withdrawn by its caller"))
+
+    def _expire(self, now: float) -> None:
+        """Answer the best-effort requests whose deadline passed (see `QueuedRequest.expire`)."""
+        for request in self._expiring.due(now):
+            request.expire(now)
+            self._slots.drop(request)
+
     def _audit_has_work(self) -> bool:
         return self.agreement is not None and self.agreement.has_work
 
@@ -272,3 +330,31 @@ class Batcher:
             self.agreement.run_slice(self.executor)
         except Exception:  # monitoring must never take the worker down
             logger.exception("exit-agreement check failed")
+
+
+class ExpiryQueue:
+    """Admitted best-effort requests by deadline; worker thread only.
+
+    Answered requests are not removed when answered but skipped when they reach the top, so the
+    queue costs one push per best-effort request and nothing per answer."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, QueuedRequest]] = []
+        self._order = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def push(self, request: QueuedRequest) -> None:
+        assert request.deadline is not None
+        heapq.heappush(self._heap, (request.deadline, next(self._order), request))
+
+    def due(self, now: float) -> list[QueuedRequest]:
+        """The unanswered requests whose deadline is past, earliest first (answered ones are dropped)."""
+        due: list[QueuedRequest] = []
+        heap = self._heap
+        while heap and (heap[0][2].future.done() or heap[0][0] <= now):
+            _, _, request = heapq.heappop(heap)
+            if not request.future.done():
+                due.append(request)
+        return due

@@ -42,6 +42,7 @@ class SlotTable:
         self._next_tag += total
         offset = 0
         for request in requests:
+            request.first_tag = int(tags[offset]) if total else 0
             for index in range(request.size):
                 self._slots[int(tags[offset + index])] = (request, index)
             offset += request.size
@@ -59,6 +60,25 @@ class SlotTable:
             if request.record(index, result):
                 complete.append(request)
         return complete
+
+    def passed(self, passed: Iterable[tuple[int, ImageResult]]) -> None:
+        """Hand each (tag, result) of a watched image that went on to its request."""
+        for tag, result in passed:
+            slot = self._slots.get(tag)
+            if slot is not None:
+                slot[0].passed(slot[1], result)
+
+    def drop(self, request: QueuedRequest) -> int:
+        """Free the slots `request` still holds (answered early, or withdrawn); returns how many.
+
+        Its images still in the cascade become dead rows, dropped when next met."""
+        dropped = 0
+        for tag in range(request.first_tag, request.first_tag + request.size):
+            slot = self._slots.get(tag)
+            if slot is not None and slot[0] is request:
+                del self._slots[tag]
+                dropped += 1
+        return dropped
 
     def fail(self, tags: np.ndarray, exc: Exception) -> None:
         """Fail every request with an image among `tags` and free all of its slots.
