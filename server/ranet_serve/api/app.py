@@ -29,6 +29,7 @@ from ranet_serve.api.dispatch import InferenceDispatch
 from ranet_serve.api.errors import install_error_handlers
 from ranet_serve.api.service import InferenceService
 from ranet_serve.api.v1 import routes as routes_v1
+from ranet_serve.api.v2 import repository as routes_repository
 from ranet_serve.api.v2 import routes as routes_v2
 from ranet_serve.engine.client import EngineClient
 from ranet_serve.metrics import RequestMetrics
@@ -90,7 +91,7 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     install_auth_handler(app)
-    for module in (routes_health, routes_v1, routes_admin, routes_v2):
+    for module in (routes_health, routes_v1, routes_admin, routes_v2, routes_repository):
         app.include_router(module.router)
     # Added first, so it runs inside the gate: only admitted inference requests reach it.
     app.add_middleware(InferenceDispatch, settings=settings)

@@ -24,6 +24,7 @@ from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,
     InvalidRequestError,
+    ModelLoadError,
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
@@ -60,6 +61,7 @@ STATUS_TABLE: tuple[tuple[type[RanetServeError], int], ...] = (
     (InvalidInputError, 400),
     (BudgetError, 422),
     (ModelNotFoundError, 404),
+    (ModelLoadError, 400),  # Triton's status for a failed load (repository extension)
     (OverloadedError, 429),
     (NotReadyError, 503),
     (DeadlineExceededError, 504),

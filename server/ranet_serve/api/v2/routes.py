@@ -93,7 +93,11 @@ _INFER_BODY: dict[str, Any] = {
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "ranet-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "ranet-serve",
+        "version": __version__,
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }
 
 
 @router.get("/health/live")
