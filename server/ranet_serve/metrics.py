@@ -9,8 +9,11 @@ Two sets, because they live in different processes when the engine runs in its o
   `/metrics` on any front-end shows every front-end's requests beside the engine's own set (fetched
   from the engine), so a scrape sees one coherent set whichever process answers it.
 
-Every label is bounded: model names come from the store, `status` is an HTTP code, `exit` and
-`stage` are small integers, `reason` is an error code; nothing request-supplied becomes a label.
+Every label is bounded: model names come from the store, `status` is an HTTP code, `protocol` is
+http or grpc, `exit` and `stage` are small integers, `reason` is an error code; nothing
+request-supplied becomes a label. A gRPC request's `status` is the HTTP status the same error answers
+over HTTP (`api.errors` maps each domain error to both), so error-ratio panels and alerts cover both
+protocols without knowing gRPC's codes.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FLOPS_BUCKETS = (*(m * 10.0**e for e in range(5, 11) for m in (1, 2, 5)), 1e11)
 
 UNKNOWN_MODEL = "unknown"
+PROTOCOLS = ("http", "grpc")  # the `protocol` label of the per-request series
 UNSERVED_STATUSES = (401, 429)  # answered without being served: not in the latency histogram
 
 
@@ -68,14 +72,14 @@ class RequestMetrics:
         r = self.registry
         self.requests = Counter(
             "ranet_requests_total",
-            "Inference requests by final HTTP status.",
-            ["model", "status"],
+            "Inference requests by final HTTP status (gRPC: the HTTP status of the same error) and protocol.",
+            ["model", "status", "protocol"],
             registry=r,
         )
         self.request_duration = Histogram(
             "ranet_request_duration_seconds",
             "Inference request time from arrival to answer, decoding included.",
-            ["model"],
+            ["model", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -93,14 +97,16 @@ class RequestMetrics:
             ["model", "reason"],
             registry=r,
         )
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram | None]] = {}
+        self._children: dict[tuple[str, int, str], tuple[Counter, Histogram | None]] = {}
         self._inflight_children: dict[str, Gauge] = {}
 
-    def request_finished(self, model: str, status: int, seconds: float, reason: str | None = None) -> None:
+    def request_finished(
+        self, model: str, status: int, seconds: float, reason: str | None = None, protocol: str = "http"
+    ) -> None:
         """Count an answered request. Shed (429) and refused (401) requests stay out of the latency
         histogram: a flood of instant 429s would otherwise pull the p99 down exactly when the server is
         overloaded, and the latency panels, alerts and objective describe requests that were served."""
-        count, duration = self._finished_children(model, status)
+        count, duration = self._finished_children(model, status, protocol)
         count.inc()
         if duration is not None:
             duration.observe(seconds)
@@ -114,20 +120,21 @@ class RequestMetrics:
             child = self._inflight_children[model] = self.inflight.labels(model)
         return child
 
-    def _finished_children(self, model: str, status: int) -> tuple[Counter, Histogram | None]:
-        """The counter and histogram children of (model, status), looked up once: `labels()` takes a
-        lock and builds a key on every call. Bounded, as the labels are (known models, our statuses)."""
-        key = (model, status)
+    def _finished_children(self, model: str, status: int, protocol: str) -> tuple[Counter, Histogram | None]:
+        """The counter and histogram children of (model, status, protocol), looked up once: `labels()`
+        takes a lock and builds a key on every call. Bounded, as the labels are (known models, our
+        statuses, two protocols)."""
+        key = (model, status, protocol)
         children = self._children.get(key)
         if children is None:
-            duration = None if status in UNSERVED_STATUSES else self.request_duration.labels(model)
-            children = self._children[key] = (self.requests.labels(model, str(status)), duration)
+            duration = None if status in UNSERVED_STATUSES else self.request_duration.labels(model, protocol)
+            children = self._children[key] = (self.requests.labels(model, str(status), protocol), duration)
         return children
 
-    def request_refused(self, model: str, status: int, reason: str) -> None:
+    def request_refused(self, model: str, status: int, reason: str, protocol: str = "http") -> None:
         """An inference request answered before it was served (bad credentials): counted by status and
         reason, but not in the latency histogram, which describes requests that were served."""
-        self.requests.labels(model, str(status)).inc()
+        self.requests.labels(model, str(status), protocol).inc()
         self.rejected.labels(model, reason).inc()
 
 

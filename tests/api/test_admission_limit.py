@@ -123,16 +123,19 @@ def test_shed_and_refused_requests_stay_out_of_the_latency_histogram() -> None:
     metrics = RequestMetrics(registry)
     for status in (429, 401, 200, 503):
         metrics.request_finished("tiny", status, 0.01)
+    metrics.request_finished("tiny", 429, 0.01, protocol="grpc")
 
-    def count(status: str | None = None) -> float:
+    def count(status: str | None = None, protocol: str = "http") -> float:
+        labels = {"model": "tiny", "protocol": protocol}
         if status is None:
-            value = registry.get_sample_value("ranet_request_duration_seconds_count", {"model": "tiny"})
+            value = registry.get_sample_value("ranet_request_duration_seconds_count", labels)
         else:
-            value = registry.get_sample_value("ranet_requests_total", {"model": "tiny", "status": status})
+            value = registry.get_sample_value("ranet_requests_total", {**labels, "status": status})
         return value or 0.0
 
     assert count() == 2  # the 200 and the 503
     assert (count("429"), count("401"), count("200")) == (1, 1, 1)
+    assert (count("429", "grpc"), count(None, "grpc")) == (1, 0)
 
 
 class FakeEngine:

@@ -190,7 +190,7 @@ def test_full_queue_answers_429_with_retry_after(
             assert queued.result().status_code == 200
             metrics = client.get("/metrics").text
             assert 'ranet_rejected_total{model="tiny",reason="queue_full"} 1.0' in metrics
-            assert 'ranet_requests_total{model="tiny",status="429"} 1.0' in metrics
+            assert 'ranet_requests_total{model="tiny",protocol="http",status="429"} 1.0' in metrics
     finally:
         server.stop()
 

@@ -66,7 +66,7 @@ def test_model_info_and_operating_point(client: httpx.Client) -> None:
 
 def test_latency_buckets_start_at_half_a_millisecond(client: httpx.Client) -> None:
     text = client.get("/metrics").text
-    assert 'ranet_request_duration_seconds_bucket{le="0.0005",model="tiny"}' in text
+    assert 'ranet_request_duration_seconds_bucket{le="0.0005",model="tiny",protocol="http"}' in text
     assert 'ranet_stage_duration_seconds_bucket{le="0.0005",model="tiny",stage="0"}' in text
 
 

@@ -25,8 +25,13 @@ def _scrape(url: str) -> Series:
 
 
 def _delta(before: Series, after: Series, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    return after.get(key, 0.0) - before.get(key, 0.0)
+    """The change of the sum of `name`'s series carrying `labels` (others, such as protocol, summed)."""
+    wanted = frozenset(labels.items())
+
+    def total(series: Series) -> float:
+        return sum(v for (n, found), v in series.items() if n == name and wanted <= found)
+
+    return total(after) - total(before)
 
 
 def test_load_report_matches_the_servers_metrics(

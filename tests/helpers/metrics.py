@@ -21,8 +21,11 @@ def scrape(client: httpx.Client) -> Samples:
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    """One series' value (0 when absent: counters with no event yet are not exported)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the series of `name` that carry `labels` (0 when none: counters with no event yet are
+    not exported). Labels left out are summed over: `ranet_requests_total` with model and status
+    counts both protocols, as a dashboard's `sum` does."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples.items() if n == name and wanted <= set(series))
 
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:

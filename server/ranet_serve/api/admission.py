@@ -15,6 +15,9 @@ so rejecting costs a small fraction of serving. Shedding through the whole FastA
 as much as a real request, and at 2-4x overload the server would spend its time saying no (goodput
 collapse). The answer has the same JSON shape, status and `Retry-After` as the batcher's 429.
 
+gRPC requests (`api/grpc`) go through the same `Admission` object of their front-end process and are
+shed with RESOURCE_EXHAUSTED at the same limits, before their tensors are decoded.
+
 Admitted requests whose client disconnects after sending the body are cancelled: a queued request is
 then skipped by the batcher instead of computed for nobody (Starlette does not cancel handlers when the
 client goes away). Clients that time out and leave are common under overload, so this keeps capacity
@@ -35,7 +38,7 @@ from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
 from ranet_serve.api.errors import error_body
 from ranet_serve.api.paths import inference_model
 from ranet_serve.engine.client import EngineClient
-from ranet_serve.errors import OVERLOAD_REASONS
+from ranet_serve.errors import OVERLOAD_REASONS, OverloadedError
 from ranet_serve.metrics import RequestMetrics, model_label
 from ranet_serve.settings import Settings
 
@@ -43,8 +46,94 @@ QUEUE_FULL, INFLIGHT_LIMIT, _ = OVERLOAD_REASONS
 RETRY_AFTER_SECONDS = 1
 
 
+class Admission:
+    """The admission state of one front-end process: its in-flight count, adaptive limit and the check
+    of the engine's queue. Both protocols admit through the same object (`AdmissionGate` for HTTP, the
+    gRPC servicer in `api/grpc`), so a process's limit counts every request it serves, whichever port it
+    came in on. Runs on the event loop only, so a plain counter suffices."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: EngineClient,
+        metrics: RequestMetrics,
+        adaptive: AdaptiveLimit | None = None,
+    ):
+        self.limit = settings.max_inflight_requests
+        self.adaptive = adaptive or adaptive_limit(settings)
+        self.queue_limit = settings.max_queue_size
+        self.engine = engine
+        self.metrics = metrics
+        self.default_model = settings.default_model
+        self.default_model_explicit = settings.default_model_explicit
+        self.active = 0
+        self.messages = {
+            INFLIGHT_LIMIT: f"too many requests in flight (adaptive limit, at most {self.limit})",
+            QUEUE_FULL: f"the engine's queue is full ({self.queue_limit} requests)",
+        }
+        self.limits = {INFLIGHT_LIMIT: self.limit, QUEUE_FULL: self.queue_limit}
+
+    def refusal(self) -> str | None:
+        """Why a request arriving now is shed (INFLIGHT_LIMIT or QUEUE_FULL), or None: admit it."""
+        if self.active >= self.adaptive.current:
+            return INFLIGHT_LIMIT
+        if self.engine.queued_requests() >= self.queue_limit:
+            return QUEUE_FULL
+        return None
+
+    def admitted(self) -> Admitted:
+        """Around an admitted request (after `refusal()` said None): counts it in flight, and feeds the
+        adaptive limit its latency if it was served."""
+        return Admitted(self)
+
+    def shed(self, model: str | None, reason: str, seconds: float, protocol: str = "http") -> None:
+        """Count a shed request (a 429 over HTTP, RESOURCE_EXHAUSTED over gRPC) and tell the engine."""
+        name = model or self.engine.catalog.default_model(
+            self.default_model, explicit=self.default_model_explicit
+        )
+        label = model_label(name, self.engine.catalog.has_model)
+        self.metrics.request_finished(label, 429, seconds, reason, protocol)
+        if label == name:
+            self.engine.shed(name)  # the load-adaptive point hears of it, as of the engine's own sheds
+
+    def overloaded(self, reason: str) -> OverloadedError:
+        """The domain error of a shed request, with the message and details of the HTTP 429 body."""
+        return OverloadedError(
+            f"{self.messages[reason]}; retry after {RETRY_AFTER_SECONDS} s",
+            retry_after_seconds=float(RETRY_AFTER_SECONDS),
+            reason=reason,
+            limit=self.limits[reason],
+        )
+
+
+class Admitted:
+    """The context of `Admission.admitted()`; `served()` marks a request that was answered normally
+    (errors answer early and would read as no load)."""
+
+    __slots__ = ("admission", "ok", "started")
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+        self.started = 0.0
+        self.ok = False
+
+    def served(self) -> None:
+        self.ok = True
+
+    def __enter__(self) -> Admitted:
+        self.admission.active += 1
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.admission.active -= 1
+        if self.ok:
+            self.admission.adaptive.observe(time.monotonic() - self.started)
+
+
 class AdmissionGate:
-    """Pure ASGI middleware; one per app. Runs on the event loop only, so a plain counter suffices."""
+    """Pure ASGI middleware; one per app, over the app's `Admission` (shared with gRPC)."""
 
     def __init__(
         self,
@@ -54,29 +143,22 @@ class AdmissionGate:
         engine: EngineClient,
         metrics: RequestMetrics,
         adaptive: AdaptiveLimit | None = None,
+        admission: Admission | None = None,
     ):
         self.app = app
-        self.limit = settings.max_inflight_requests
-        self.adaptive = adaptive or adaptive_limit(settings)
+        self.admission = admission or Admission(
+            settings=settings, engine=engine, metrics=metrics, adaptive=adaptive
+        )
         self.early_retries = EarlyRetries(RETRY_AFTER_SECONDS) if settings.hold_early_retries else None
-        self.queue_limit = settings.max_queue_size
-        self.engine = engine
-        self.metrics = metrics
-        self.default_model = settings.default_model
-        self.default_model_explicit = settings.default_model_explicit
-        self.active = 0
         self._bodies = {
-            (reason, version): _shed_body(version, reason, message, limit)
-            for reason, message, limit in (
-                (
-                    INFLIGHT_LIMIT,
-                    f"too many requests in flight (adaptive limit, at most {self.limit})",
-                    self.limit,
-                ),
-                (QUEUE_FULL, f"the engine's queue is full ({self.queue_limit} requests)", self.queue_limit),
-            )
+            (reason, version): _shed_body(version, reason, message, self.admission.limits[reason])
+            for reason, message in self.admission.messages.items()
             for version in ("v1", "v2")
         }
+
+    @property
+    def active(self) -> int:
+        return self.admission.active
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         is_inference, model = (
@@ -85,21 +167,14 @@ class AdmissionGate:
         if not is_inference:
             await self.app(scope, receive, send)
             return
-        connection = scope.get("client")
-        if self.active >= self.adaptive.current:
-            await self._shed(scope, send, model, INFLIGHT_LIMIT, connection)
+        reason = self.admission.refusal()
+        if reason is not None:
+            await self._shed(scope, send, model, reason, scope.get("client"))
             return
-        if self.engine.queued_requests() >= self.queue_limit:
-            await self._shed(scope, send, model, QUEUE_FULL, connection)
-            return
-        self.active += 1
-        started = time.monotonic()
-        try:
+        with self.admission.admitted() as admitted:
             status = await self._run_until_disconnect(scope, receive, send)
-        finally:
-            self.active -= 1
-        if status == 200:  # errors answer early and would read as no load
-            self.adaptive.observe(time.monotonic() - started)
+            if status == 200:
+                admitted.served()
 
     async def _run_until_disconnect(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Run the app; cancel it if the client disconnects after its body and before its answer.
@@ -174,13 +249,7 @@ class AdmissionGate:
         ]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        name = model or self.engine.catalog.default_model(
-            self.default_model, explicit=self.default_model_explicit
-        )
-        label = model_label(name, self.engine.catalog.has_model)
-        self.metrics.request_finished(label, 429, time.perf_counter() - started, reason)
-        if label == name:
-            self.engine.shed(name)  # the load-adaptive point hears of it, as of the engine's own sheds
+        self.admission.shed(model, reason, time.perf_counter() - started)
 
 
 class EarlyRetries:

@@ -59,7 +59,11 @@ class AdminDisabledError(RanetServeError):
 
 def bearer_token(request: Request) -> str | None:
     """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), else None."""
-    header = request.headers.get("authorization")
+    return parse_bearer(request.headers.get("authorization"))
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an `Authorization` value `Bearer <token>` (HTTP header or gRPC metadata), else None."""
     if header is None:
         return None
     scheme, _, token = header.strip().partition(" ")
@@ -70,9 +74,14 @@ def bearer_token(request: Request) -> str | None:
 
 def check_token(request: Request, expected: SecretStr | None) -> None:
     """Raise UnauthorizedError unless `expected` is unset or the request carries exactly that token."""
+    check_authorization(request.headers.get("authorization"), expected)
+
+
+def check_authorization(header: str | None, expected: SecretStr | None) -> None:
+    """`check_token` for an `Authorization` value however it came (gRPC reads it from metadata)."""
     if expected is None:
         return
-    token = bearer_token(request)
+    token = parse_bearer(header)
     if token is None:
         raise UnauthorizedError(
             "this endpoint needs an API key: send the header 'Authorization: Bearer <key>'", token_sent=False

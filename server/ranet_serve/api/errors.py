@@ -1,4 +1,5 @@
-"""The one table from domain errors to HTTP answers, and the handlers `create_app` registers once.
+"""The one table from domain errors to HTTP answers (and its gRPC twin), and the handlers `create_app`
+registers once.
 
 Every error answers JSON. v1 and the rest of the server answer `{"error": {"code", "message", ...}}`.
 Under `/v2` the Open Inference Protocol prescribes `{"error": "<message>"}` and standard clients
@@ -14,6 +15,7 @@ import math
 import uuid
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -70,6 +72,26 @@ STATUS_TABLE: tuple[tuple[type[RanetServeError], int], ...] = (
     (ClientDisconnectedError, 499),
 )
 
+# The same errors over gRPC (`api/grpc`), keyed the same way: one row per row above, in the same order
+# (tests/api/test_api_grpc.py checks both tables name the same classes). Shed requests are
+# RESOURCE_EXHAUSTED, as gRPC's own flow control says "try later"; every kind of bad input is
+# INVALID_ARGUMENT, the one code gRPC clients treat as "do not retry as is".
+GRPC_STATUS_TABLE: tuple[tuple[type[RanetServeError], grpc.StatusCode], ...] = (
+    (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnsupportedMediaTypeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BudgetError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),  # a bundle in the store that does not load
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (StageExecutionError, grpc.StatusCode.INTERNAL),
+    (BodyTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ClientDisconnectedError, grpc.StatusCode.CANCELLED),
+)
+
 _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -90,6 +112,15 @@ def status_for(exc: BaseException) -> int:
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code
     return 500
+
+
+def grpc_status_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code an exception answers with (INTERNAL for anything unexpected)."""
+    if isinstance(exc, RanetServeError):
+        for cls, code in GRPC_STATUS_TABLE:
+            if isinstance(exc, cls):
+                return code
+    return grpc.StatusCode.INTERNAL
 
 
 def error_response(

@@ -1,7 +1,7 @@
 """The inference service: the one data plane every protocol front-end calls.
 
-v1 and KServe v2 routes translate their wire formats into one `ClassifyRequest` and encode the one
-`ClassifyResult`; in between, this front-end half looks the model up in the engine's catalog,
+v1 and KServe v2 routes (REST and gRPC) translate their wire formats into one `ClassifyRequest` and
+encode the one `ClassifyResult`; in between, this front-end half looks the model up in the engine's catalog,
 validates the deadline, decodes and preprocesses the images (in a worker thread unless the request is
 small), hands the engine one `EngineRequest` and waits for it until the deadline. Per-request metrics
 are counted here. The engine (in this process or another) does everything else.
@@ -86,11 +86,12 @@ class RequestTracking:
     A class rather than an `asynccontextmanager` generator: this runs around every request, and the
     generator machinery cost several times the metric updates it wraps."""
 
-    __slots__ = ("inflight", "label", "metrics", "started")
+    __slots__ = ("inflight", "label", "metrics", "protocol", "started")
 
-    def __init__(self, metrics: RequestMetrics, label: str):
+    def __init__(self, metrics: RequestMetrics, label: str, protocol: str = "http"):
         self.metrics = metrics
         self.label = label
+        self.protocol = protocol
         self.inflight = metrics.inflight_child(label)
         self.started = 0.0
 
@@ -103,13 +104,14 @@ class RequestTracking:
     ) -> None:
         self.inflight.dec()
         seconds = time.perf_counter() - self.started
+        protocol = self.protocol
         if exc is None:
-            self.metrics.request_finished(self.label, 200, seconds)
+            self.metrics.request_finished(self.label, 200, seconds, protocol=protocol)
         elif isinstance(exc, Exception):
             status = status_for(exc)
-            self.metrics.request_finished(self.label, status, seconds, _reason(exc, status))
+            self.metrics.request_finished(self.label, status, seconds, _reason(exc, status), protocol)
         else:  # cancelled: the client went away
-            self.metrics.request_finished(self.label, 499, seconds, "cancelled")
+            self.metrics.request_finished(self.label, 499, seconds, "cancelled", protocol)
 
 
 class InferenceService:
@@ -132,13 +134,14 @@ class InferenceService:
             max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels
         )
 
-    def track(self, model: str | None) -> RequestTracking:
+    def track(self, model: str | None, protocol: str = "http") -> RequestTracking:
         """Count one inference request (status, duration, in-flight, rejections) around its handler.
 
         Wraps the whole handler, body reading, decoding and encoding included, so a request rejected
-        at the edge counts too. The model label is the requested name only if the engine serves it.
+        at the edge counts too. The model label is the requested name only if the engine serves it;
+        `protocol` ("http" or "grpc") is the front-end it came in on.
         """
-        return RequestTracking(self.metrics, self.model_label(model))
+        return RequestTracking(self.metrics, self.model_label(model), protocol)
 
     def model_label(self, model: str | None) -> str:
         return model_label(model or self.default_model(), self.engine.catalog.has_model)

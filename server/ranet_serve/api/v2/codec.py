@@ -1,5 +1,10 @@
 """The KServe v2 wire format, JSON and binary tensor data extension, to and from the service's types.
 
+REST and gRPC (`api/grpc/codec.py`) share everything past their wire: both turn a request into the
+same `InferenceRequest` fields plus each input's binary data (`validate_request`, `decode_request`), and
+answer from the same `response_outputs` and `response_parameters`, so tensors are decoded, validated and
+encoded one way and the two protocols answer the same images with the same tensors.
+
 Input: exactly one tensor, either FP32 [N, C, H, W] already in the model's input space, or BYTES [N]
 of encoded image files (base64 strings in JSON, raw elements in binary). With the binary extension the
 body is a JSON header of `Inference-Header-Content-Length` bytes followed by each binary input's bytes
@@ -36,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +52,7 @@ from ranet_serve.api.knobs import Knobs, parse_count, parse_knobs, parse_positiv
 from ranet_serve.api.service import ClassifyResult, EncodedImages
 from ranet_serve.api.v1.codec import decode_base64
 from ranet_serve.api.v2.schemas import InferenceRequest, RequestInput
+from ranet_serve.engine.catalog import Catalog, version_key
 from ranet_serve.errors import InvalidInputError, InvalidRequestError
 from ranet_serve.export.manifest import Manifest
 
@@ -119,25 +126,15 @@ class V2Input:
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> V2Input:
-    """Split header and binary part, validate the JSON, decode the one input tensor."""
+    """REST: split header and binary part, validate the JSON, decode the one input tensor."""
     header, binary = _split(body, header_length)
     try:
         document = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"inference request is not valid JSON ({exc})") from exc
-    try:
-        request = InferenceRequest.model_validate(document)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidRequestError(f"invalid inference request at {where}: {first['msg']}") from exc
-    if len(request.inputs) != 1:
-        raise InvalidRequestError(
-            f"send exactly one input tensor ({IMAGE_INPUT!r} FP32 [N,C,H,W] or {BYTES_INPUT!r} BYTES [N]), "
-            f"got {len(request.inputs)}"
-        )
+    request = validate_request(document)
     offset = 0
-    images: EncodedImages | np.ndarray | None = None
+    raw: list[bytes | None] = []
     for tensor in request.inputs:
         size = _binary_size(tensor)
         if size is not None:
@@ -146,12 +143,40 @@ def parse_infer_request(body: bytes, header_length: str | None) -> V2Input:
                     f"input {tensor.name!r} declares {size} bytes of binary data but only "
                     f"{len(binary) - offset} follow the JSON header"
                 )
-            images = _decode_input(tensor, binary[offset : offset + size])
+            raw.append(binary[offset : offset + size])
             offset += size
         else:
-            images = _decode_input(tensor, None)
+            raw.append(None)
     if offset != len(binary):
         raise InvalidInputError(f"{len(binary) - offset} bytes after the JSON header belong to no input")
+    return decode_request(request, raw)
+
+
+def validate_request(document: object) -> InferenceRequest:
+    """The request's fields (either protocol's, as JSON values) checked against the v2 schema's limits.
+
+    gRPC builds the same document from its message (`api/grpc/codec.py`), with the inputs' typed
+    contents in `data`: numbers as a float32 array, BYTES elements as `bytes`."""
+    try:
+        return InferenceRequest.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidRequestError(f"invalid inference request at {where}: {first['msg']}") from exc
+
+
+def decode_request(request: InferenceRequest, raw: Sequence[bytes | None]) -> V2Input:
+    """The one decoding of a v2 inference request, REST or gRPC: the input tensor (from its binary data
+    in `raw`, one entry per input, else from its `data`), the knobs and the outputs to return."""
+    if len(request.inputs) != 1:
+        raise InvalidRequestError(
+            f"send exactly one input tensor ({IMAGE_INPUT!r} FP32 [N,C,H,W] or {BYTES_INPUT!r} BYTES [N]), "
+            f"got {len(request.inputs)}"
+        )
+    images: EncodedImages | np.ndarray | None = None
+    for tensor, data in zip(request.inputs, raw, strict=True):
+        _refuse_shared_memory(tensor.parameters or {}, f"input {tensor.name!r}")
+        images = _decode_input(tensor, data)
     assert images is not None
     parameters = request.parameters or {}
     knobs = parse_knobs(parameters, also_known=PROTOCOL_PARAMETERS)
@@ -181,9 +206,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _binary_size(tensor: RequestInput) -> int | None:
-    parameters = tensor.parameters or {}
-    _refuse_shared_memory(parameters, f"input {tensor.name!r}")
-    value = parameters.get("binary_data_size")
+    value = (tensor.parameters or {}).get("binary_data_size")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -214,7 +237,7 @@ def _decode_input(tensor: RequestInput, raw: bytes | None) -> EncodedImages | np
             raise InvalidInputError(
                 f"input {tensor.name!r}: BYTES images take shape [N] or [N, 1], got {tensor.shape}"
             )
-        items = _bytes_elements(raw) if raw is not None else _json_bytes(tensor)
+        items = _bytes_elements(raw) if raw is not None else _listed_bytes(tensor)
         if len(items) != count:
             raise InvalidInputError(
                 f"input {tensor.name!r}: shape {tensor.shape} needs {count} elements, got {len(items)}"
@@ -234,7 +257,10 @@ def _decode_fp32(tensor: RequestInput, raw: bytes | None, count: int) -> np.ndar
             )
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(tensor.shape)
     if tensor.data is None:
-        raise InvalidRequestError(f"input {tensor.name!r} has neither 'data' nor binary_data_size")
+        raise InvalidRequestError(
+            f"input {tensor.name!r} carries no values: send 'data' or binary data (binary_data_size) "
+            "over REST, contents.fp32_contents or raw_input_contents over gRPC"
+        )
     try:
         array = np.asarray(tensor.data)
     except (ValueError, TypeError) as exc:
@@ -250,9 +276,13 @@ def _decode_fp32(tensor: RequestInput, raw: bytes | None, count: int) -> np.ndar
     return array.astype(np.float32).reshape(tensor.shape)
 
 
-def _json_bytes(tensor: RequestInput) -> list[bytes]:
+def _listed_bytes(tensor: RequestInput) -> list[bytes]:
+    """BYTES elements listed in `data`: base64 strings from JSON, raw `bytes` from gRPC's contents."""
     if not isinstance(tensor.data, list):
-        raise InvalidRequestError(f"input {tensor.name!r}: BYTES data must be a list of base64 strings")
+        raise InvalidRequestError(
+            f"input {tensor.name!r}: BYTES data must be a list of base64 strings "
+            "(over gRPC: contents.bytes_contents or raw_input_contents)"
+        )
     flat: list[object] = []
     for item in tensor.data:  # shape [N] or [N, 1]: at most one level of nesting
         if isinstance(item, list):
@@ -261,6 +291,9 @@ def _json_bytes(tensor: RequestInput) -> list[bytes]:
             flat.append(item)
     decoded = []
     for index, item in enumerate(flat):
+        if isinstance(item, bytes):  # gRPC: the element itself (JSON has no bytes)
+            decoded.append(item)
+            continue
         if isinstance(item, dict) and isinstance(item.get("b64"), str):
             item = item["b64"]
         decoded.append(decode_base64(item, f"input {tensor.name!r} element {index}"))
@@ -381,17 +414,51 @@ def _output_array(output: RequestedOutput, result: ClassifyResult, top_k: int) -
     return np.asarray(values, dtype=OUTPUTS[name][1])
 
 
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output of a response, whichever wire encodes it: `array` is numeric, or `object` of str for
+    BYTES (encoded as UTF-8 elements)."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+def response_outputs(request: V2Input, result: ClassifyResult) -> list[OutputTensor]:
+    """The requested outputs, in the order requested: per image exit, FLOPs, confidence, class..."""
+    top_k = request.knobs.top_k
+    return [
+        OutputTensor(
+            output.name,
+            "BYTES" if output.classification is not None else OUTPUTS[output.name][0],
+            _output_array(output, result, top_k),
+        )
+        for output in request.outputs
+    ]
+
+
+def response_parameters(request: V2Input, result: ClassifyResult) -> dict[str, str | float | int]:
+    """The response's `parameters`: the operating point, timings, and top_k when top-k outputs are sent."""
+    parameters: dict[str, str | float | int] = {
+        "operating_point": result.operating_point,
+        "queue_ms": 1000 * result.queue_seconds,
+        "inference_ms": 1000 * result.inference_seconds,
+        "total_ms": 1000 * result.total_seconds,
+    }
+    if any(o.name in TOP_K_OUTPUTS for o in request.outputs):
+        parameters["top_k"] = request.knobs.top_k  # what the top_k_* outputs hold per image
+    return parameters
+
+
 def encode_infer_response(request: V2Input, result: ClassifyResult) -> tuple[bytes, dict[str, str], str]:
-    """(body, headers, media type); binary outputs follow the JSON header in the order listed."""
+    """REST: (body, headers, media type); binary outputs follow the JSON header in the order listed."""
     outputs: list[dict[str, Any]] = []
     buffers: list[bytes] = []
-    top_k = request.knobs.top_k
-    for output in request.outputs:
-        array = _output_array(output, result, top_k)
-        datatype = "BYTES" if output.classification is not None else OUTPUTS[output.name][0]
-        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(array.shape)}
+    for output, tensor in zip(request.outputs, response_outputs(request, result), strict=True):
+        array = tensor.array
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(array.shape)}
         if output.binary:
-            raw = _to_bytes(array)
+            raw = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             buffers.append(raw)
         else:
@@ -399,18 +466,10 @@ def encode_infer_response(request: V2Input, result: ClassifyResult) -> tuple[byt
                 [str(v) for v in array.ravel()] if array.dtype == object else array.ravel().tolist()
             )
         outputs.append(entry)
-    parameters: dict[str, Any] = {
-        "operating_point": result.operating_point,
-        "queue_ms": 1000 * result.queue_seconds,
-        "inference_ms": 1000 * result.inference_seconds,
-        "total_ms": 1000 * result.total_seconds,
-    }
-    if any(o.name in TOP_K_OUTPUTS for o in request.outputs):
-        parameters["top_k"] = top_k  # what the top_k_* outputs hold per image
     document: dict[str, Any] = {
         "model_name": result.model,
         "model_version": result.version,
-        "parameters": parameters,
+        "parameters": response_parameters(request, result),
         "outputs": outputs,
     }
     if request.request_id is not None:
@@ -421,7 +480,9 @@ def encode_infer_response(request: V2Input, result: ClassifyResult) -> tuple[byt
     return header + b"".join(buffers), {HEADER_LENGTH: str(len(header))}, "application/octet-stream"
 
 
-def _to_bytes(array: np.ndarray) -> bytes:
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """The binary form of a tensor (REST's binary extension, gRPC's raw contents): little-endian values,
+    BYTES as elements each prefixed by its length (uint32, little-endian)."""
     if array.dtype == object:
         parts = []
         for value in array.ravel():
@@ -429,6 +490,15 @@ def _to_bytes(array: np.ndarray) -> bytes:
             parts.append(struct.pack("<I", len(encoded)) + encoded)
         return b"".join(parts)
     return np.ascontiguousarray(array).tobytes()
+
+
+def describe_model(catalog: Catalog, model: str, version: str | None) -> dict[str, Any]:
+    """Model metadata of `model` (a version of it when given): the versions that serve, else the one
+    named; raises ModelNotFoundError or NotReadyError as `Catalog.find` does."""
+    entry = catalog.find(model, version)
+    manifest = entry.require_manifest()
+    ready_versions = sorted((v.version for v in catalog.snapshot()[model] if v.ready), key=version_key)
+    return model_metadata(model, [entry.version] if version else ready_versions, manifest)
 
 
 def model_metadata(name: str, versions: list[str], manifest: Manifest) -> dict[str, Any]:

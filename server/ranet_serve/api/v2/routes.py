@@ -26,11 +26,11 @@ from ranet_serve.api.service import ClassifyRequest, InferenceService
 from ranet_serve.api.v2.codec import (
     HEADER_LENGTH,
     PROTOCOL_PARAMETERS,
+    describe_model,
     encode_infer_response,
-    model_metadata,
     parse_infer_request,
 )
-from ranet_serve.engine.catalog import Catalog, version_key
+from ranet_serve.engine.catalog import Catalog
 from ranet_serve.errors import NotReadyError
 from ranet_serve.settings import Settings
 
@@ -120,10 +120,7 @@ async def metadata(
     model: str, version: str | None = None, catalog: Catalog = Depends(get_catalog)
 ) -> dict[str, Any]:
     """Inputs (FP32 [N,C,H,W] or BYTES images) and outputs of a model version."""
-    entry = catalog.find(model, version)
-    manifest = entry.require_manifest()
-    ready_versions = sorted((v.version for v in catalog.snapshot()[model] if v.ready), key=version_key)
-    return model_metadata(model, [entry.version] if version else ready_versions, manifest)
+    return describe_model(catalog, model, version)
 
 
 _MODEL_READY: dict[int | str, dict[str, Any]] = {
