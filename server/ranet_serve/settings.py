@@ -35,6 +35,14 @@ class Settings(BaseSettings):
         description="TCP port to listen on; every manifest, probe and scrape config of the deployment files "
         "assumes 8080",
     )
+    grpc_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="TCP port of the KServe v2 gRPC API (inference.GRPCInferenceService, its repository "
+        "RPCs and grpc.health.v1), on the same host; 8081 as KServe; 0 turns gRPC off. Every front-end "
+        "process serves it (they share the port through SO_REUSEPORT)",
+    )
     model_store: Path = Field(
         Path("model_store"),
         description="folder of bundles, one <model>/<version>/manifest.json each (a relative path starts "

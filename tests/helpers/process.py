@@ -37,8 +37,14 @@ class ServeProcess:
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # A free gRPC port too, unless the test names one: servers of parallel tests must not share 8081.
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
-        command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(self.port), *args]
+        port_args = ["--port", str(self.port)]
+        if "--grpc-port" not in args:
+            port_args += ["--grpc-port", str(self.grpc_port)]
+        command = [sys.executable, "-m", "ranet_serve.cli", "serve", *port_args, *args]
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ), cwd=cwd

@@ -106,6 +106,13 @@ class RunningServer:
             self.wait_ready()
         return self
 
+    @property
+    def grpc_target(self) -> str:
+        """`127.0.0.1:PORT` of the gRPC front-end (started with the app when settings give a port)."""
+        frontend = self.app.state.grpc
+        assert frontend is not None, "this server has no gRPC port (settings_for(..., grpc_port=free_port()))"
+        return f"127.0.0.1:{frontend.port}"
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url) as client:
@@ -141,6 +148,8 @@ def settings_for(store: Path, **overrides: object) -> Settings:
         # Test clients resend at once after a 429 (their Retry-After waits are skipped or faked); the
         # hold itself is tested in test_admission_limit.py.
         "hold_early_retries": False,
+        # gRPC off unless a test asks for a port: test servers must not all bind the default 8081.
+        "grpc_port": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

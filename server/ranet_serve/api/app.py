@@ -7,6 +7,10 @@ front-end process of a multi-process server passes its `RemoteEngine` instead. S
 store through the same path as `POST /v1/admin/reload` (main thread only: signal handlers cannot be
 installed elsewhere). On shutdown (SIGTERM under uvicorn) uvicorn first lets in-flight requests
 finish, then the lifespan closes the engine client (in process: drains every scheduler).
+
+With `RANET_GRPC_PORT` set (8081 by default) the lifespan also serves KServe v2 over gRPC (`api/grpc`)
+from the same service, engine client and admission; on shutdown its calls in flight finish before the
+engine client closes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from fastapi import FastAPI
 
 from ranet_serve import __version__
 from ranet_serve.api import routes_admin, routes_health
-from ranet_serve.api.admission import AdmissionGate, adaptive_limit
+from ranet_serve.api.admission import Admission, AdmissionGate, adaptive_limit
 from ranet_serve.api.auth import install_auth_handler
 from ranet_serve.api.dispatch import InferenceDispatch
 from ranet_serve.api.errors import install_error_handlers
@@ -47,11 +51,13 @@ def create_app(
     runtime_factory: RuntimeFactory | None = None,
     engine: EngineClient | None = None,
     request_metrics: RequestMetrics | None = None,
+    grpc_reuse_port: bool = False,
 ) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts.
 
     `runtime_factory` replaces how stage runtimes are created (tests inject slow or failing ones);
-    `engine` and `request_metrics` come from a front-end process of a multi-process server.
+    `engine` and `request_metrics` come from a front-end process of a multi-process server, which
+    shares the gRPC port with its siblings (`grpc_reuse_port`).
     """
     settings = settings or get_settings()
     if engine is None:
@@ -64,6 +70,7 @@ def create_app(
     metrics = request_metrics or RequestMetrics()
     limit = adaptive_limit(settings)
     service = InferenceService(settings, engine, metrics, on_served=limit.observe_service)
+    admission = Admission(settings=settings, engine=engine, metrics=metrics, adaptive=limit)
     client = engine
 
     @asynccontextmanager
@@ -71,11 +78,21 @@ def create_app(
         await client.start()
         reloads: set[asyncio.Task[None]] = set()
         hangup = _install_sighup(client, reloads)
+        grpc_frontend = None
         try:
+            if settings.grpc_port:
+                # Imported here: a server without gRPC never loads grpc's C core.
+                from ranet_serve.api.grpc.server import GrpcFrontend
+
+                grpc_frontend = GrpcFrontend(service, admission, reuse_port=grpc_reuse_port)
+                await grpc_frontend.start()
+            app.state.grpc = grpc_frontend
             yield
         finally:
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if grpc_frontend is not None:
+                await grpc_frontend.stop()  # lets calls in flight finish, as uvicorn did for HTTP
             await asyncio.gather(*reloads, return_exceptions=True)
             await client.close()
 
@@ -89,13 +106,17 @@ def create_app(
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.service = service
+    app.state.admission = admission  # one per process: HTTP's gate and the gRPC servicer share it
+    app.state.grpc = None  # the GrpcFrontend while the lifespan runs with a gRPC port
     install_error_handlers(app)
     install_auth_handler(app)
     for module in (routes_health, routes_v1, routes_admin, routes_v2, routes_repository):
         app.include_router(module.router)
     # Added first, so it runs inside the gate: only admitted inference requests reach it.
     app.add_middleware(InferenceDispatch, settings=settings)
-    app.add_middleware(AdmissionGate, settings=settings, engine=engine, metrics=metrics, adaptive=limit)
+    app.add_middleware(
+        AdmissionGate, settings=settings, engine=engine, metrics=metrics, adaptive=limit, admission=admission
+    )
     return app
 
 

@@ -11,6 +11,10 @@ files), starts the engine and the front-ends, replaces a front-end that dies, re
 (front-ends answer 503 meanwhile), and on SIGTERM/SIGINT stops the front-ends first (uvicorn lets
 their requests finish) and the engine last (it drains its queues). SIGHUP is passed to the engine,
 which reloads the model store.
+
+gRPC (`api/grpc`, `RANET_GRPC_PORT`) is served by every front-end process too: grpc binds its own
+listening sockets, so each front-end binds the port with SO_REUSEPORT, and the supervisor holds a
+bound, non-listening socket on it (`_reserve_grpc_port`).
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
     configure_logging(settings.log_level)
     (run_dir / f"frontend-{os.getpid()}.pid").write_text(f"{os.getpid()}\n")  # for operators and tests
     engine = RemoteEngine(run_dir, settings.shared_memory_mib << 20)
-    app = create_app(settings, engine=engine, request_metrics=RequestMetrics())
+    app = create_app(settings, engine=engine, request_metrics=RequestMetrics(), grpc_reuse_port=True)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -140,10 +144,13 @@ class Supervisor:
     def run(self) -> None:
         run_dir = _make_run_dir(self.settings.run_dir)
         sock = _bind(self.settings.host, self.settings.port)
+        grpc_reservation = _reserve_grpc_port(self.settings)
         try:
             self._run(run_dir, sock)
         finally:
             sock.close()
+            if grpc_reservation is not None:
+                grpc_reservation.close()
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def _run(self, run_dir: Path, sock: socket.socket) -> None:
@@ -155,11 +162,12 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hangup)
         host, port = sock.getsockname()[:2]
         logger.info(
-            "supervisor %d: %d front-end processes on http://%s:%d, one engine process (run dir %s)",
+            "supervisor %d: %d front-end processes on http://%s:%d%s, one engine process (run dir %s)",
             os.getpid(),
             self.count,
             host,
             port,
+            f" and gRPC port {self.settings.grpc_port}" if self.settings.grpc_port else "",
             run_dir,
         )
         self.engine = self._start_engine(run_dir)
@@ -269,6 +277,31 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _reserve_grpc_port(settings: Settings) -> socket.socket | None:
+    """Hold the gRPC port for the server's life: bound with SO_REUSEPORT but not listening.
+
+    grpc cannot serve an inherited listening socket, so each front-end binds the port itself with
+    SO_REUSEPORT and the kernel spreads connections over them. A socket that only binds takes no
+    connections, but a port already taken by another program fails here, once, with a clear message,
+    instead of in every front-end as it is (re)started; and the port stays ours while a front-end is
+    being replaced.
+    """
+    if not settings.grpc_port:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    reservation = socket.socket(family, socket.SOCK_STREAM)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reservation.bind((settings.host, settings.grpc_port))
+    except OSError as exc:
+        reservation.close()
+        raise SystemExit(
+            f"cannot use port {settings.grpc_port} for gRPC on {settings.host} ({exc.strerror}); "
+            "set RANET_GRPC_PORT (ranet serve --grpc-port), or 0 to serve without gRPC"
+        ) from exc
+    return reservation
 
 
 @contextmanager

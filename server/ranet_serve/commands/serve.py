@@ -1,4 +1,4 @@
-"""`ranet serve`: serve the bundles of a model store over HTTP (v1 and KServe v2)."""
+"""`ranet serve`: serve the bundles of a model store over HTTP (v1 and KServe v2) and gRPC (KServe v2)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ class ServeCommand(TyperCommand):
 def serve_command(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="port of the KServe v2 gRPC API (default 8081; 0: no gRPC)")
+    ] = None,
     model_store: Annotated[Path | None, typer.Option(help="directory of <name>/<version>/ bundles")] = None,
     default_model: Annotated[
         str | None,
@@ -84,6 +87,7 @@ def serve_command(
     options = {
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "model_store": model_store,
         "default_model": default_model,
         "frontends": frontends,
@@ -121,9 +125,10 @@ def serve_command(
             "--model-store (RANET_MODEL_STORE) at a store."
         )
         raise typer.Exit(1)
+    grpc = f" and gRPC {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""
     console.print(
-        f"serving {', '.join(bundles)} from {settings.model_store} on http://{settings.host}:{settings.port} "
-        f"({settings.backend}, device {settings.device})"
+        f"serving {', '.join(bundles)} from {settings.model_store} on http://{settings.host}:{settings.port}"
+        f"{grpc} ({settings.backend}, device {settings.device})"
     )
     if settings.api_key is not None or settings.admin_api_key is not None:
         guarded = "inference and admin" if settings.api_key is not None else "admin"
