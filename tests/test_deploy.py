@@ -71,6 +71,7 @@ from deploy_helpers import (
 
 T = TypeVar("T")
 CONTAINER_PORT = 8080
+GRPC_PORT = 8081  # KServe v2 over gRPC (RANET_GRPC_PORT)
 RUN_AS_UID = 10001
 # Fallback when the server's settings module is not importable; the real list comes from Settings.
 KNOWN_SETTINGS = {
@@ -204,6 +205,13 @@ def constraint_pins() -> dict[str, str]:
             assert match, f"not an exact pin without a local label: {line!r}"
             pins[canonicalize_name(match.group(1))] = match.group(2)
     return pins
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_expose_http_and_grpc(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    assert re.search(rf"^EXPOSE {CONTAINER_PORT} {GRPC_PORT}$", text, re.MULTILINE)
+    assert f"RANET_GRPC_PORT={GRPC_PORT}" in text
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -418,16 +426,19 @@ def test_compose_bind_mounts_exist_and_match_the_configs_they_feed() -> None:
 
 def test_compose_publishes_gateway_prometheus_grafana_but_not_replicas() -> None:
     services = compose()["services"]
-    published = {}
+    published: dict[str, list[tuple[list[str], int]]] = {}
     for name, service in services.items():
         for port in service.get("ports", []):
             host, container = compose_default(str(port)).rsplit(":", 1)
-            published[name] = (host.split(":"), int(container))
+            published.setdefault(name, []).append((host.split(":"), int(container)))
     assert "server" not in published, "a published server port would stop `--scale server=N`"
-    assert services["server"]["expose"] == [str(CONTAINER_PORT)]
-    assert published["gateway"] == (["127.0.0.1", "8080"], CONTAINER_PORT)
-    assert published["prometheus"] == (["127.0.0.1", "9090"], 9090)
-    assert published["grafana"] == (["127.0.0.1", "3000"], 3000)
+    assert services["server"]["expose"] == [str(CONTAINER_PORT), str(GRPC_PORT)]
+    assert published["gateway"] == [
+        (["127.0.0.1", "8080"], CONTAINER_PORT),
+        (["127.0.0.1", "8081"], GRPC_PORT),
+    ]
+    assert published["prometheus"] == [(["127.0.0.1", "9090"], 9090)]
+    assert published["grafana"] == [(["127.0.0.1", "3000"], 3000)]
     depends = services["gateway"]["depends_on"]["server"]
     assert depends["condition"] == "service_healthy"
 
@@ -438,6 +449,8 @@ def test_gateway_proxies_to_every_server_replica() -> None:
     assert f"set $ranet_upstream http://server:{CONTAINER_PORT};" in conf
     assert "proxy_pass $ranet_upstream;" in conf
     assert "listen 8080;" in conf
+    assert f"set $ranet_grpc_upstream grpc://server:{GRPC_PORT};" in conf
+    assert "grpc_pass $ranet_grpc_upstream;" in conf and f"listen {GRPC_PORT} http2;" in conf
 
 
 def test_gateway_nginx_config_is_valid() -> None:
@@ -777,7 +790,7 @@ def test_dashboard_has_the_operator_panels() -> None:
     )
     assert "histogram_quantile(0.95" in panel_exprs(flops)
     find(r"1 - sum\(rate\(ranet_flops_total.*\)\) / sum\(rate\(ranet_full_depth_flops_total")
-    find(r"sum by \(status\) \(rate\(ranet_requests_total")
+    find(r"sum by \(protocol, status\) \(rate\(ranet_requests_total")  # both protocols, told apart
     queue = find(r"histogram_quantile\(0\.5, .*ranet_queue_duration_seconds_bucket")
     assert "histogram_quantile(0.99" in panel_exprs(queue)
     find(r"sum by \(stage\) \(rate\(ranet_batch_size_sum")
@@ -931,8 +944,9 @@ def test_deployment_probes_readyz_and_healthz_on_the_server_port() -> None:
     deployment = objects_by_kind()["Deployment"]
     container = server_container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": CONTAINER_PORT}
+    assert ports == {"http": CONTAINER_PORT, "grpc": GRPC_PORT}
     assert configmap_settings()["RANET_PORT"] == str(CONTAINER_PORT)
+    assert configmap_settings()["RANET_GRPC_PORT"] == str(GRPC_PORT)
     assert configmap_settings()["RANET_HOST"] == "0.0.0.0"
     for probe, path in (
         ("readinessProbe", "/readyz"),
@@ -968,8 +982,12 @@ def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment() -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    (service_port,) = service["spec"]["ports"]
-    assert probe_port(server_container(deployment), service_port["targetPort"]) == CONTAINER_PORT
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(service_ports) == {"http", "grpc"}
+    container = server_container(deployment)
+    assert probe_port(container, service_ports["http"]["targetPort"]) == CONTAINER_PORT
+    assert probe_port(container, service_ports["grpc"]["targetPort"]) == GRPC_PORT
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # HTTP/2 without TLS
 
     hpa = objects["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -986,7 +1004,7 @@ def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment() -> None:
     monitor = operator_overlay_objects()["ServiceMonitor"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == service_port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     # The job label defaults to the Service's name; the alerts select job="ranet-serve".
     assert service["metadata"]["name"] == "ranet-serve"
     assert all('job="ranet-serve"' in r["expr"] for r in alert_rules() if "up{" in r["expr"])

@@ -11,9 +11,10 @@ other block must be something this module can run, or the first test fails namin
   server exports.
 
 Substitutions, and the only ones: `http://127.0.0.1:8080` and `http://localhost:8080` become the live
-server's URL; lines that start the server (`make serve &`, `ranet serve`) are dropped, because that
-server is the one the `live_server` fixture starts: `ranet serve` from the repository root, on the
-committed model store, on a free port (one front-end and one runtime thread, to spare the test machine).
+server's URL, `127.0.0.1:8081` and `localhost:8081` its gRPC address; lines that start the server
+(`make serve &`, `ranet serve`) are dropped, because that server is the one the `live_server` fixture
+starts: `ranet serve` from the repository root, on the committed model store, on free ports (one
+front-end and one runtime thread, to spare the test machine).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ PROGRAMS = {"curl", "ranet", "python"}  # what a shell block may run
 FILTERS = {"grep", "head", "python"}  # and pipe its output through
 SERVER_LINES = {"make serve &", "ranet serve", "ranet serve &"}  # the live server stands for these
 DOCUMENTED_URLS = ("http://127.0.0.1:8080", "http://localhost:8080")
+DOCUMENTED_GRPC = ("127.0.0.1:8081", "localhost:8081")
 BLOCK_SECONDS = 120
 
 
@@ -122,9 +124,11 @@ ALL_BLOCKS = [block for path in DOCUMENTS for block in code_blocks(path)]
 RUNNABLE = [block for block in ALL_BLOCKS if block.not_run is None and why_not_runnable(block) is None]
 
 
-def with_server(code: str, url: str) -> str:
+def with_server(code: str, url: str, grpc_target: str | None = None) -> str:
     for documented in DOCUMENTED_URLS:
         code = code.replace(documented, url)
+    for documented in DOCUMENTED_GRPC if grpc_target is not None else ():
+        code = code.replace(documented, grpc_target)
     return code
 
 
@@ -160,10 +164,11 @@ def test_the_block_parser_sees_markers_commands_and_substitutions(tmp_path: Path
     assert why_not_runnable(shell) is None
     assert why_not_runnable(marked) is not None and why_not_runnable(other) == "a yaml block"
     assert "http://127.0.0.1:9/readyz" in with_server(shell.code, "http://127.0.0.1:9")
+    assert with_server('Client("127.0.0.1:8081")', "http://x", "127.0.0.1:9") == 'Client("127.0.0.1:9")'
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """`ranet serve` from the repository root (the committed model store) on a free port."""
     log = tmp_path_factory.mktemp("docs-server") / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANET_")}
@@ -174,9 +179,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # One classification first, so every per-request series exists for the PromQL checks.
         answer = httpx.post(f"{server.url}/v1/classify", files={"file": SAMPLE.read_bytes()}, timeout=30)
         assert answer.status_code == 200, answer.text
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_server(live_process: ServeProcess) -> str:
+    return live_process.url
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +203,15 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[block.where for block in RUNNABLE])
-def test_documented_example_runs(block: Block, live_server: str, tools: Path) -> None:
+def test_documented_example_runs(
+    block: Block, live_server: str, live_process: ServeProcess, tools: Path
+) -> None:
     if block.language == "promql":
         check_promql(block, live_server)
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANET_")}
     env["PATH"] = os.pathsep.join([str(tools), str(Path(sys.executable).parent), env.get("PATH", "")])
-    code = with_server(block.code, live_server)
+    code = with_server(block.code, live_server, live_process.grpc_target)
     if block.language in SHELL:
         script = "\n".join(
             line for line in code.splitlines() if line.split("#")[0].strip() not in SERVER_LINES
