@@ -139,9 +139,11 @@ def test_answers_without_the_key_conform_to_the_schema(
     with keyed_server.client() as client:
         published = client.get("/openapi.json").json()
     operation = published["paths"][path][method.lower()]
-    # Everything under /v1 (admin with its own key), v2 model metadata and inference; not health.
-    guarded = path.startswith(("/v1/", "/v2/models/")) and not path.endswith("/ready")
-    expected = [{"adminKey": []}] if path.startswith("/v1/admin") else [{"apiKey": []}]
+    # Everything under /v1 (admin with its own key), v2 model metadata and inference, the v2 model
+    # repository (admin); not health.
+    guarded = path.startswith(("/v1/", "/v2/models/", "/v2/repository/")) and not path.endswith("/ready")
+    admin = path.startswith(("/v1/admin", "/v2/repository/"))
+    expected = [{"adminKey": []}] if admin else [{"apiKey": []}]
     assert operation.get("security") == (expected if guarded else None), (method, path)
     schema = schemathesis.openapi.from_dict(published)
     seen: list[int] = []

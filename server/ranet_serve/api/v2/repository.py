@@ -79,6 +79,7 @@ _COMMON = {
     "_400": "malformed body, or an unsupported parameter",
     "_401": "admin key (or API key) missing or wrong, when the server has one",
     "_403": "no admin key is set and the request did not come from loopback (admin_disabled)",
+    "_422": "a path parameter failed FastAPI's validation (in the v2 error shape)",
     "_503": "the engine is not running (starting or restarting), or the server is shutting down",
 }
 INDEX_ERRORS = _errors(**_COMMON)
