@@ -208,8 +208,9 @@ def test_client_disconnects_leak_nothing(
 ) -> None:
     """Clients close their connections while their request runs, while it is queued, and while the body
     is still uploading: each ends as 499 at once (the handlers are cancelled), the queued one is skipped
-    rather than computed for nobody, the in-flight gauge returns to 0, the queue empties, nothing is
-    logged as an error, and later requests are fine."""
+    and the running one withdrawn at its next stage boundary rather than computed for nobody, the
+    in-flight gauge returns to 0, the queue empties, nothing is logged as an error, and later requests
+    are fine."""
     server = start()
     faults = server.faults
     faults.gate.clear()
@@ -237,11 +238,18 @@ def test_client_disconnects_leak_nothing(
         assert metric(client, "ranet_rejected_total", model="tiny", reason="cancelled") == 2
         assert metric(client, "ranet_rejected_total", model="tiny", reason="client_disconnected") == 1
         faults.blocking = False
-        faults.gate.set()  # the running batch finishes; the queued request is skipped
+        faults.gate.set()  # the running stage ends and its image is dropped; the queued request is skipped
         wait_for(lambda: entry.batcher.queued == 0, what="an empty queue")
-        wait_for(lambda: metric(client, "ranet_images_total", model="tiny") == 1, what="the running batch")
+        wait_for(
+            lambda: metric(client, "ranet_cancelled_total", model="tiny", where="cascade") == 1,
+            what="the running request withdrawn",
+        )
+        assert metric(client, "ranet_cancelled_total", model="tiny", where="queue") == 1
+        assert entry.batcher.in_flight_images == 0
         assert [post_image(client, images[i]).status_code for i in range(3)] == [200, 200, 200]
-        assert metric(client, "ranet_images_total", model="tiny") == 4  # the queued image never ran
+        assert (
+            metric(client, "ranet_images_total", model="tiny") == 3
+        )  # the gone clients' images never reached an exit
         assert metric(client, "ranet_requests_total", model="tiny", status="500") == 0
     assert errors_logged(caplog) == []
 

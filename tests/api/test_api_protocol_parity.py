@@ -26,6 +26,7 @@ VALID: dict[str, object] = {
     "top_k": 3,
     "version": "1",
     "deadline_ms": 5000,
+    "on_deadline": "best",
 }
 
 
@@ -106,14 +107,21 @@ def test_an_unknown_knob_is_refused_alike_by_both(
         assert message.startswith(f"unknown parameter {name!r}; known: ")
         listed = message.split("; known: ", 1)[1].split(", ")
         assert listed[: len(KNOBS)] == list(KNOBS)  # every knob, in the table's order
-    # v2 lists its standard parameters after the knobs; v1, which has none, lists only the knobs.
-    assert v1_error["message"].split("; known: ", 1)[1].split(", ") == list(KNOBS)
+    # Each protocol lists its own parameters after the knobs: v1 only `stream`, v2 Triton's.
+    assert v1_error["message"].split("; known: ", 1)[1].split(", ") == [*KNOBS, "stream"]
     assert "binary_data_output" in v2_error["error"]
 
 
 @pytest.mark.parametrize(
     ("knob", "value"),
-    [("top_k", "many"), ("top_k", 0), ("deadline_ms", -1), ("version", "../1"), ("max_flops", "abc")],
+    [
+        ("top_k", "many"),
+        ("top_k", 0),
+        ("deadline_ms", -1),
+        ("version", "../1"),
+        ("max_flops", "abc"),
+        ("on_deadline", "later"),
+    ],
 )
 def test_a_wrong_knob_value_gets_the_same_message_on_both(
     client: httpx.Client, images: list[bytes], knob: str, value: object

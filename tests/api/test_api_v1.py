@@ -380,6 +380,7 @@ def test_the_response_body_is_the_documented_model(client: httpx.Client, images:
         "exit",
         "flops",
         "budget_limited",
+        "deadline_limited",
     ]
 
 

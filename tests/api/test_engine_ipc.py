@@ -17,12 +17,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from helpers.bundles import make_store
+from helpers.server import Faults, controlled_factory
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.core import Engine, EngineRequest
 from ranet_serve.engine.process import STATUS_NAME, EngineServer, _Connection
-from ranet_serve.engine.records import EngineResult
-from ranet_serve.engine.registry import default_runtime_factory
+from ranet_serve.engine.records import EngineResult, ExitEvent
+from ranet_serve.engine.registry import RuntimeFactory, default_runtime_factory
 from ranet_serve.engine.remote import RemoteEngine
 from ranet_serve.engine.shm import PagePool, PoolReader, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol, frame
@@ -62,11 +63,15 @@ def test_page_pool_hands_out_pages_until_full_and_the_engine_reads_them_back(tmp
 
 @asynccontextmanager
 async def engine_pair(
-    store: Path, run_dir: Path, pool_bytes: int, **overrides: object
+    store: Path,
+    run_dir: Path,
+    pool_bytes: int,
+    runtime_factory: RuntimeFactory = default_runtime_factory,
+    **overrides: object,
 ) -> AsyncIterator[tuple[EngineServer, RemoteEngine]]:
     settings = Settings(model_store=store, default_model="tiny", device="cpu", threads=1, **overrides)
     StatusBlock(run_dir / STATUS_NAME, create=True)
-    engine = Engine(settings, EngineMetrics(CollectorRegistry()), default_runtime_factory)
+    engine = Engine(settings, EngineMetrics(CollectorRegistry()), runtime_factory)
     server = EngineServer(engine, CollectorRegistry(), run_dir)
     await server.start()
     remote = RemoteEngine(run_dir, pool_bytes)
@@ -108,6 +113,68 @@ def test_remote_results_equal_the_engine_run_in_process(
             if pool_bytes:  # every page came back with the answer
                 (pool,) = remote._pools.values()
                 assert pool.free_pages == pool.pages
+
+    asyncio.run(scenario())
+
+
+def test_a_streamed_request_hears_every_exit_across_processes_before_its_answer(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, 1 << 20) as (_, remote):
+            images = images_for(remote, 3)
+            heard: list[tuple[ExitEvent, bool]] = []
+            request = EngineRequest(model="tiny", budget=Budget(confidence=1.0), stream=True)
+            waiting = asyncio.ensure_future(
+                remote.infer(request, images, lambda e: heard.append((e, waiting.done())))
+            )
+            result = await waiting
+            assert not any(answered for _, answered in heard)  # every event came before the answer
+            last = 5  # the tiny bundle's last exit
+            for image in range(3):
+                mine = [(e.result.exit, e.final) for e, _ in heard if e.image == image]
+                assert mine == [(k, k == last) for k in range(last + 1)]
+            finals = [e.result for e, _ in sorted(heard, key=lambda h: h[0].image) if e.final]
+            assert finals == list(result.images)
+            assert remote._listeners == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_withdrawn_request_stops_in_the_engine_process_at_the_next_stage(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "store", tiny_bundle_dir)
+    faults = Faults()
+
+    async def scenario() -> None:
+        async with engine_pair(store, tmp_path, 1 << 20, controlled_factory(faults)) as (server, remote):
+            faults.gate.clear()
+            faults.hold_stage = 2  # after the warm-up, which runs every stage at load
+            request = EngineRequest(model="tiny", budget=Budget(confidence=1.0), stream=True)
+            heard: list[ExitEvent] = []
+            waiting = asyncio.ensure_future(remote.infer(request, images_for(remote, 2), heard.append))
+            assert await asyncio.to_thread(faults.held.wait, 30)
+            waiting.cancel()
+            (connection,) = server.connections
+            while not all(future.cancelled() for future in connection.pending.values()):
+                await asyncio.sleep(0.005)  # until the engine has read the Cancel message
+            faults.gate.set()
+            metrics = server.engine.metrics
+            while metrics.cancelled.labels("tiny", "cascade")._value.get() < 1:
+                await asyncio.sleep(0.005)
+            stages = {
+                s.labels["stage"]: s.value
+                for family in metrics.batch_size.collect()
+                for s in family.samples
+                if s.name.endswith("_count")
+            }
+            assert stages["2"] == 1 and stages.get("3", 0) == 0
+            assert sorted({e.result.exit for e in heard}) == [0, 1]
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
 
     asyncio.run(scenario())
 

@@ -36,11 +36,14 @@ class Faults:
     entered: threading.Event = field(default_factory=threading.Event)  # set when a stage starts
     load_gate: threading.Event | None = None  # runtime creation waits for it (readiness tests)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hold_stage: int | None = None  # this stage (only) waits for `gate`...
+    held: threading.Event = field(default_factory=threading.Event)  # ...and sets this when it starts
 
     def reset(self) -> None:
-        self.stage_delay, self.fail_next, self.blocking = 0.0, 0, False
+        self.stage_delay, self.fail_next, self.blocking, self.hold_stage = 0.0, 0, False, None
         self.gate.set()
         self.entered.clear()
+        self.held.clear()
 
 
 class ControlledRuntime(StageRuntime):
@@ -57,6 +60,9 @@ class ControlledRuntime(StageRuntime):
     def run(self, stage: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         faults = self.faults
         faults.entered.set()
+        if faults.hold_stage == stage:
+            faults.held.set()
+            faults.gate.wait(30)
         if faults.blocking:
             faults.gate.wait(30)
         if faults.stage_delay:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ranet_serve.api.budget import parse_confidence, parse_flops, parse_thresholds
 from ranet_serve.cascade.policy import Budget
+from ranet_serve.engine.records import ON_DEADLINE, OnDeadline
 from ranet_serve.errors import InvalidRequestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,63}$")
@@ -40,6 +41,28 @@ class Knobs:
     top_k: int = 1
     version: str | None = None
     deadline_ms: float | None = None
+    on_deadline: OnDeadline = "error"
+
+
+def parse_on_deadline(value: object) -> OnDeadline:
+    """What a passed deadline does: "error" (504, the default) or "best" (the deepest exit so far)."""
+    for choice in ON_DEADLINE:
+        if value == choice:
+            return choice
+    raise InvalidRequestError(f"on_deadline must be one of {', '.join(ON_DEADLINE)}, got {str(value)[:40]!r}")
+
+
+def parse_flag(value: object, key: str) -> bool:
+    """A boolean, as JSON true/false or a string (true/false, 1/0, yes/no), as query and form values are."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+    raise InvalidRequestError(f"{key} must be true or false, got {str(value)[:40]!r}")
 
 
 def parse_count(value: object, key: str) -> int:
@@ -125,7 +148,17 @@ KNOB_TABLE: tuple[Knob, ...] = (
     Knob(
         "deadline_ms",
         lambda v: parse_positive(v, "deadline_ms"),
-        {"type": "number", "description": "answer within this many ms of arrival, else 504"},
+        {"type": "number", "description": "answer within this many ms of arrival, else see on_deadline"},
+    ),
+    Knob(
+        "on_deadline",
+        parse_on_deadline,
+        {
+            "type": "string",
+            "enum": list(ON_DEADLINE),
+            "description": "when the deadline passes mid-cascade: 'error' (504) or 'best' (the deepest "
+            "exit so far, deadline_limited: true; 504 if no exit was reached)",
+        },
     ),
 )
 KNOBS = tuple(knob.name for knob in KNOB_TABLE)
@@ -169,4 +202,5 @@ def parse_knobs(raw: Mapping[str, object], also_known: Collection[str] = ()) -> 
         top_k=values.get("top_k", 1),
         version=values.get("version"),
         deadline_ms=values.get("deadline_ms"),
+        on_deadline=values.get("on_deadline", "error"),
     )

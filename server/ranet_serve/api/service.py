@@ -5,6 +5,9 @@ encode the one `ClassifyResult`; in between, this front-end half looks the model
 validates the deadline, decodes and preprocesses the images (in a worker thread unless the request is
 small), hands the engine one `EngineRequest` and waits for it until the deadline. Per-request metrics
 are counted here. The engine (in this process or another) does everything else.
+
+`stream` is the same request as anytime prediction: it yields every exit each image passes as the
+engine reports it, then the result; closing the stream withdraws the request from the engine.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import numpy as np
@@ -23,8 +26,9 @@ from ranet_serve.api.errors import status_for
 from ranet_serve.api.images import ImageLimits, declared_pixels, preprocess_batch
 from ranet_serve.cascade.policy import Budget
 from ranet_serve.cascade.results import ImageResult
+from ranet_serve.engine.catalog import CatalogEntry
 from ranet_serve.engine.client import EngineClient
-from ranet_serve.engine.records import EngineRequest, EngineResult
+from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, OnDeadline
 from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -38,6 +42,11 @@ from ranet_serve.settings import Settings
 
 # Encoded bytes beyond which a request is always decoded in a worker thread (see `_decodes_inline`).
 INLINE_DECODE_MAX_BYTES = 64 * 1024
+
+# How long past its deadline an `on_deadline=best` request waits for the engine's best answer: the
+# engine answers at the first stage boundary after the deadline, so this covers one stage run (a few
+# ms on the default model; a batch of the ImageNet-sized configs takes tens of ms on a CPU).
+BEST_EFFORT_GRACE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,18 @@ class ClassifyRequest:
     top_k: int = 1
     all_probabilities: bool = False  # return every class's probability (top_k = number of classes)
     deadline_ms: float | None = None
+    on_deadline: OnDeadline = "error"  # "best": a passed deadline answers with the deepest exits so far
     received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ExitUpdate:
+    """One exit an image of a streamed request passed (`final`: the exit that answers it)."""
+
+    image: int
+    result: ImageResult
+    final: bool
+    labels: tuple[str, ...]  # class index -> label of the model version that computed it
 
 
 @dataclass(frozen=True)
@@ -84,9 +104,12 @@ class RequestTracking:
     """The async context of `InferenceService.track`: in-flight gauge, then status, duration and reason.
 
     A class rather than an `asynccontextmanager` generator: this runs around every request, and the
-    generator machinery cost several times the metric updates it wraps."""
+    generator machinery cost several times the metric updates it wraps.
 
-    __slots__ = ("inflight", "label", "metrics", "protocol", "started")
+    A streamed response outlives its handler: the handler calls `hand_over()` and the stream calls
+    `finish` when it ends, so duration and status cover the whole stream."""
+
+    __slots__ = ("handed_over", "inflight", "label", "metrics", "protocol", "started")
 
     def __init__(self, metrics: RequestMetrics, label: str, protocol: str = "http"):
         self.metrics = metrics
@@ -94,6 +117,7 @@ class RequestTracking:
         self.protocol = protocol
         self.inflight = metrics.inflight_child(label)
         self.started = 0.0
+        self.handed_over = False
 
     async def __aenter__(self) -> None:
         self.started = time.perf_counter()
@@ -102,6 +126,15 @@ class RequestTracking:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if not self.handed_over:
+            self.finish(exc)
+
+    def hand_over(self) -> None:
+        """Leaving the `async with` no longer ends the request: whoever took it over calls `finish`."""
+        self.handed_over = True
+
+    def finish(self, exc: BaseException | None) -> None:
+        """The request ended: with `exc` None it answered 200; otherwise the status `exc` maps to."""
         self.inflight.dec()
         seconds = time.perf_counter() - self.started
         protocol = self.protocol
@@ -154,44 +187,78 @@ class InferenceService:
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """Run one request; raises the domain errors the API maps to statuses."""
+        entry = self._lookup(request)
+        deadline = request.received + self.timeout_seconds(request.deadline_ms)
+        # While this request is decoded the scheduler knows it is coming, so an open batch waits for
+        # it; with nothing on its way a batch closes without waiting out the queue delay.
+        with self.engine.arriving(entry.name, request.version):
+            images = await self._decode(request, entry, deadline)
+            waiting = self.engine.infer(self._engine_request(request, entry, deadline), images)
+            result = await _wait(waiting, deadline, request.on_deadline)
+        return self._result(request, entry, result)
+
+    async def stream(self, request: ClassifyRequest) -> AsyncIterator[ExitUpdate | ClassifyResult]:
+        """Anytime prediction: every exit each image passes, in order, as the engine reports it, then
+        the `ClassifyResult` last. Raises what `classify` raises, at the point it happens; closing
+        the iterator early (the client left) withdraws the request, and its images stop at their next
+        stage boundary."""
+        entry = self._lookup(request)
+        deadline = request.received + self.timeout_seconds(request.deadline_ms)
+        labels = entry.require_manifest().labels
+        updates: asyncio.Queue[ExitEvent | None] = asyncio.Queue()
+        with self.engine.arriving(entry.name, request.version):
+            images = await self._decode(request, entry, deadline)
+            engine_request = replace(self._engine_request(request, entry, deadline), stream=True)
+            waiting = self.engine.infer(engine_request, images, updates.put_nowait)
+            task = asyncio.ensure_future(_wait(waiting, deadline, request.on_deadline))
+        # The engine hands every exit event over before the answer, so this marker comes last.
+        task.add_done_callback(lambda _: updates.put_nowait(None))
+        try:
+            while (event := await updates.get()) is not None:
+                yield ExitUpdate(event.image, event.result, event.final, labels)
+            yield self._result(request, entry, task.result())
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _lookup(self, request: ClassifyRequest) -> CatalogEntry:
+        """The ready catalog entry the request names (or the default model's)."""
         if request.model is None:
-            entry = self.engine.catalog.find_default(
+            return self.engine.catalog.find_default(
                 self.settings.default_model,
                 explicit=self.settings.default_model_explicit,
                 version=request.version,
             )
+        return self.engine.catalog.find_ready(request.model, request.version)
+
+    async def _decode(self, request: ClassifyRequest, entry: CatalogEntry, deadline: float) -> np.ndarray:
+        """The request's images in the model's input space (see `_decodes_inline`), before the deadline."""
+        spec = entry.require_manifest().input
+        if self._decodes_inline(request.images):
+            images = self._prepare(request.images, spec)
         else:
-            entry = self.engine.catalog.find_ready(request.model, request.version)
-        name = entry.name
-        manifest = entry.require_manifest()
-        deadline = request.received + self.timeout_seconds(request.deadline_ms)
-        # While this request is decoded the scheduler knows it is coming, so an open batch waits for
-        # it; with nothing on its way a batch closes without waiting out the queue delay.
-        with self.engine.arriving(name, request.version):
-            if self._decodes_inline(request.images):
-                images = self._prepare(request.images, manifest.input)
-            else:
-                images = await run_in_threadpool(self._prepare, request.images, manifest.input)
-            if deadline - time.monotonic() <= 0:
-                raise DeadlineExceededError(
-                    "deadline passed before inference started (decoding took too long)"
-                )
-            waiting = self.engine.infer(
-                EngineRequest(
-                    model=name,
-                    version=request.version,
-                    budget=request.budget,
-                    top_k=request.top_k,
-                    all_probabilities=request.all_probabilities,
-                    received=request.received,
-                    deadline=deadline,
-                ),
-                images,
-            )
-            result = await _wait(waiting, deadline)
+            images = await run_in_threadpool(self._prepare, request.images, spec)
+        if deadline - time.monotonic() <= 0:
+            raise DeadlineExceededError("deadline passed before inference started (decoding took too long)")
+        return images
+
+    @staticmethod
+    def _engine_request(request: ClassifyRequest, entry: CatalogEntry, deadline: float) -> EngineRequest:
+        return EngineRequest(
+            model=entry.name,
+            version=request.version,
+            budget=request.budget,
+            top_k=request.top_k,
+            all_probabilities=request.all_probabilities,
+            received=request.received,
+            deadline=deadline,
+            on_deadline=request.on_deadline,
+        )
+
+    def _result(self, request: ClassifyRequest, entry: CatalogEntry, result: EngineResult) -> ClassifyResult:
         if self.on_served is not None:
             self.on_served(result.inference_seconds)
-        labels = manifest.labels
+        labels = entry.require_manifest().labels
         if result.version != entry.version:  # a reload swapped the latest version meanwhile
             labels = self.engine.catalog.find(result.model, result.version).require_manifest().labels
         return ClassifyResult(
@@ -269,12 +336,17 @@ def _reason(exc: Exception, status: int) -> str:
     return "internal_error" if status >= 500 else "invalid_request"
 
 
-async def _wait(waiting: Awaitable[EngineResult], deadline: float) -> EngineResult:
-    """The engine's answer, or DeadlineExceededError at the deadline (the engine then skips the request
-    if its batch has not started: cancelling the wait cancels it there too).
+async def _wait(waiting: Awaitable[EngineResult], deadline: float, on_deadline: OnDeadline) -> EngineResult:
+    """The engine's answer, or DeadlineExceededError at the deadline (cancelling the wait withdraws the
+    request from the engine too: skipped if queued, its images dropped if in the cascade).
+
+    With `on_deadline="best"` the engine itself answers at the deadline, with the deepest exits so
+    far; the wait lasts `BEST_EFFORT_GRACE_SECONDS` longer for that answer to arrive.
 
     `asyncio.timeout` cancels this task's own await at the deadline; `wait_for` (Python 3.11) wrapped
     the wait in a task of its own for every request."""
+    if on_deadline == "best":
+        deadline += BEST_EFFORT_GRACE_SECONDS
     remaining = deadline - time.monotonic()
     try:
         async with asyncio.timeout(max(remaining, 0.0)):

@@ -7,13 +7,14 @@ talks to the engine process over a Unix socket with images in shared memory. Fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 import numpy as np
 
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
+from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, ReloadReport, RepositoryEntry
 
 
 class EngineClient(Protocol):
@@ -48,8 +49,12 @@ class EngineClient(Protocol):
     def arriving(self, model: str, version: str | None) -> AbstractContextManager[None]:
         """Around a request's decoding: lets an open batch wait for it (a no-op across processes)."""
 
-    async def infer(self, request: EngineRequest, images: np.ndarray) -> EngineResult:
-        """Run `images` [N, C, H, W] float32; cancelling the awaiting task withdraws the request."""
+    async def infer(
+        self, request: EngineRequest, images: np.ndarray, on_exit: Callable[[ExitEvent], None] | None = None
+    ) -> EngineResult:
+        """Run `images` [N, C, H, W] float32; cancelling the awaiting task withdraws the request, even
+        once its images are in the cascade. With `on_exit` (and `request.stream`), every exit each
+        image passes is reported on the caller's loop, in order, before the result."""
 
     def shed(self, model: str) -> None:
         """A request for `model` was shed before its body was read (a load signal for the engine)."""

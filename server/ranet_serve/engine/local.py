@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 
 import numpy as np
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
+from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, ReloadReport, RepositoryEntry
 from ranet_serve.engine.registry import RuntimeFactory
 from ranet_serve.errors import RanetServeError
 from ranet_serve.metrics import EngineMetrics
@@ -106,9 +106,16 @@ class LocalEngine:
         finally:
             self.engine.store.release(entry)
 
-    async def infer(self, request: EngineRequest, images: np.ndarray) -> EngineResult:
-        """Cancelling the awaiting task skips the request if its batch has not started."""
-        future = self.engine.submit(request, torch.from_numpy(images))
+    async def infer(
+        self, request: EngineRequest, images: np.ndarray, on_exit: Callable[[ExitEvent], None] | None = None
+    ) -> EngineResult:
+        """Cancelling the awaiting task withdraws the request (see `Engine.submit`); `on_exit` is called
+        on this loop, ahead of the answer."""
+        listener = None
+        if on_exit is not None:
+            loop = asyncio.get_running_loop()
+            listener = partial(_call_soon, loop, on_exit)
+        future = self.engine.submit(request, torch.from_numpy(images), listener)
         return await asyncio.wrap_future(future)
 
     def shed(self, model: str) -> None:
@@ -119,6 +126,14 @@ class LocalEngine:
 
     async def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[ExitEvent], None], event: ExitEvent
+) -> None:
+    """Hand an exit event from the worker thread to the loop (FIFO with the answer's own hand-over)."""
+    with suppress(RuntimeError):  # the loop has closed: nobody is listening
+        loop.call_soon_threadsafe(callback, event)
 
 
 def freeze_heap() -> int:

@@ -89,6 +89,16 @@ class Answer(msgspec.Struct, frozen=True, tag=True, array_like=True):
     inference_seconds: float
 
 
+class Exited(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """An image of a streamed request passed an exit (`final`: the one that answers it). Sent before
+    the request's `Answer`, in the order the exits happened."""
+
+    id: int
+    image: int
+    result: ImageResult
+    final: bool
+
+
 class Failure(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """A domain error raised in the engine, rebuilt in the front-end by class name."""
 
@@ -131,7 +141,7 @@ class RepositoryIndex(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 ToEngine = Infer | Cancel | Reload | Shed | MetricsRequest | IndexRequest | LoadModel | UnloadModel
-ToFrontend = Catalog | Answer | Failure | Reloaded | MetricsText | RepositoryIndex
+ToFrontend = Catalog | Answer | Exited | Failure | Reloaded | MetricsText | RepositoryIndex
 
 encoder = msgspec.msgpack.Encoder()
 to_engine = msgspec.msgpack.Decoder(ToEngine)

@@ -35,7 +35,7 @@ from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
 from ranet_serve.engine.local import freeze_heap
-from ranet_serve.engine.records import EngineResult, ReloadReport
+from ranet_serve.engine.records import EngineResult, ExitEvent, ReloadReport
 from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.engine.shm import PID_NAME, SOCKET_NAME, STATUS_NAME, PoolReader, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
@@ -183,7 +183,8 @@ class _Connection:
         self.loop = asyncio.get_running_loop()
         # Finished requests on their way from the worker thread to this loop: one wake-up of the loop
         # (a write to its self-pipe) per burst of answers, not per answer.
-        self._finished: deque[tuple[int, Future[EngineResult]]] = deque()
+        # Exit events of streamed requests travel the same way, ahead of their request's answer.
+        self._finished: deque[tuple[int, Future[EngineResult] | ExitEvent]] = deque()
         self._drain_lock = threading.Lock()
         self._drain_scheduled = False
 
@@ -218,7 +219,8 @@ class _Connection:
     def _infer(self, message: m.Infer) -> None:
         try:
             images = self._images(message.images)
-            future = self.engine.submit(message.request, torch.from_numpy(images))
+            on_exit = partial(self._finish, message.id) if message.request.stream else None
+            future = self.engine.submit(message.request, torch.from_numpy(images), on_exit)
         except Exception as exc:
             self._send(failure(message.id, exc))
             return
@@ -226,9 +228,10 @@ class _Connection:
         future.add_done_callback(lambda done: self._finish(message.id, done))
         self.server.publish_status(STATUS_EVENT_SECONDS)
 
-    def _finish(self, request_id: int, future: Future[EngineResult]) -> None:
-        """Any thread: queue the answer, and wake the loop unless a drain is already on its way."""
-        self._finished.append((request_id, future))
+    def _finish(self, request_id: int, outcome: Future[EngineResult] | ExitEvent) -> None:
+        """Any thread: queue the answer (or exit event), and wake the loop unless a drain is already on
+        its way."""
+        self._finished.append((request_id, outcome))
         with self._drain_lock:
             if self._drain_scheduled:
                 return
@@ -242,7 +245,11 @@ class _Connection:
         with self._drain_lock:
             self._drain_scheduled = False
         while self._finished:
-            self._answer(*self._finished.popleft())
+            request_id, outcome = self._finished.popleft()
+            if isinstance(outcome, ExitEvent):
+                self._send(m.Exited(request_id, outcome.image, outcome.result, outcome.final))
+            else:
+                self._answer(request_id, outcome)
 
     def _images(self, ref: m.ImageRef) -> np.ndarray:
         if ref.pool is not None:

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
-from ranet_serve.engine.records import EngineRequest, EngineResult, ReloadReport, RepositoryEntry
+from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, ReloadReport, RepositoryEntry
 from ranet_serve.engine.shm import SOCKET_NAME, STATUS_NAME, PagePool, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
 from ranet_serve.errors import NotReadyError, RanetServeError, StageExecutionError
@@ -45,6 +45,7 @@ class RemoteEngine:
         self._lost = asyncio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[object], PagePool | None, tuple[int, ...]]] = {}
+        self._listeners: dict[int, Callable[[ExitEvent], None]] = {}  # streamed requests in flight
         self._pools: dict[int, PagePool] = {}
         self._status: StatusBlock | None = None
         self._sheds: dict[str, int] = {}
@@ -107,6 +108,11 @@ class RemoteEngine:
         message = m.to_frontend.decode(payload)
         if isinstance(message, m.Catalog):
             self.catalog = self._catalog(message)
+            return
+        if isinstance(message, m.Exited):
+            listener = self._listeners.get(message.id)
+            if listener is not None:
+                listener(ExitEvent(message.image, message.result, message.final))
             return
         slot = self._pending.pop(message.id, None)
         if slot is None:
@@ -176,7 +182,9 @@ class RemoteEngine:
                     self._send(m.Cancel(message_id))
             raise
 
-    async def infer(self, request: EngineRequest, images: np.ndarray) -> EngineResult:
+    async def infer(
+        self, request: EngineRequest, images: np.ndarray, on_exit: Callable[[ExitEvent], None] | None = None
+    ) -> EngineResult:
         message_id = next(self._ids)
         pool = self._pool(int(np.prod(images.shape[1:])))
         pages = pool.put(images) if pool is not None else None
@@ -185,7 +193,13 @@ class RemoteEngine:
             ref = m.ImageRef(shape=images.shape, data=images.tobytes())
         else:
             ref = m.ImageRef(shape=images.shape, pool=pool.path.name, pages=pages)
-        result = await self._call(message_id, m.Infer(message_id, request, ref), pool, pages or ())
+        if on_exit is not None:
+            self._listeners[message_id] = on_exit
+        try:
+            result = await self._call(message_id, m.Infer(message_id, request, ref), pool, pages or ())
+        finally:
+            if on_exit is not None:
+                del self._listeners[message_id]
         assert isinstance(result, EngineResult)
         return result
 

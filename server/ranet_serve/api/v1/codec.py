@@ -19,6 +19,7 @@ from ranet_serve.api.body import read_body, receive_chunks
 from ranet_serve.api.knobs import KNOBS
 from ranet_serve.api.multipart import read_form
 from ranet_serve.api.service import ClassifyResult
+from ranet_serve.cascade.results import ImageResult
 from ranet_serve.errors import (
     InvalidInputError,
     InvalidRequestError,
@@ -161,30 +162,40 @@ def encode_v1(result: ClassifyResult) -> bytes:
     `tests/api/test_api_v1.py` checks the body against `ClassifyResponse`. Non-finite numbers raise
     (`allow_nan=False`), as they did: JSON has no NaN, so a NaN confidence is a server error.
     """
-    labels = result.labels
     document = {
         "model": result.model,
         "version": result.version,
         "operating_point": result.operating_point,
-        "results": [
-            {
-                "label": labels[image.class_index],
-                "class_index": int(image.class_index),
-                "confidence": float(image.confidence),
-                "top_k": [
-                    {"label": labels[c], "class_index": int(c), "probability": float(p)}
-                    for c, p in image.top_k
-                ],
-                "exit": int(image.exit),
-                "flops": int(image.flops),
-                "budget_limited": bool(image.budget_limited),
-            }
-            for image in result.images
-        ],
-        "timings": {
-            "queue_ms": 1000 * float(result.queue_seconds),
-            "inference_ms": 1000 * float(result.inference_seconds),
-            "total_ms": 1000 * float(result.total_seconds),
-        },
+        "results": [image_fields(image, result.labels) for image in result.images],
+        "timings": timings(result),
     }
+    return dump_json(document)
+
+
+def image_fields(image: ImageResult, labels: tuple[str, ...]) -> dict[str, object]:
+    """One image's v1 result fields (`ImagePrediction`'s, in its order)."""
+    return {
+        "label": labels[image.class_index],
+        "class_index": int(image.class_index),
+        "confidence": float(image.confidence),
+        "top_k": [
+            {"label": labels[c], "class_index": int(c), "probability": float(p)} for c, p in image.top_k
+        ],
+        "exit": int(image.exit),
+        "flops": int(image.flops),
+        "budget_limited": bool(image.budget_limited),
+        "deadline_limited": bool(image.deadline_limited),
+    }
+
+
+def timings(result: ClassifyResult) -> dict[str, float]:
+    return {
+        "queue_ms": 1000 * float(result.queue_seconds),
+        "inference_ms": 1000 * float(result.inference_seconds),
+        "total_ms": 1000 * float(result.total_seconds),
+    }
+
+
+def dump_json(document: object) -> bytes:
+    """JSON as Starlette's `JSONResponse` writes it; NaN raises (JSON has none)."""
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

@@ -15,6 +15,7 @@ from ranet_serve.api.schemas_errors import INFERENCE, METADATA, v1_errors
 from ranet_serve.api.service import ClassifyRequest, EncodedImages, InferenceService
 from ranet_serve.api.v1.codec import encode_v1, read_v1_input
 from ranet_serve.api.v1.schemas import ClassifyResponse, ModelInfo, ModelsResponse
+from ranet_serve.api.v1.stream import STREAM_PARAMETER, stream_response, wants_stream
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.errors import ModelNotFoundError
 from ranet_serve.settings import Settings
@@ -22,7 +23,21 @@ from ranet_serve.settings import Settings
 # Every /v1 route but /v1/admin (its own router, its own key) needs the inference key when one is set.
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
-_KNOB_DOC = knob_schemas()
+_KNOB_DOC = {
+    **knob_schemas(),
+    STREAM_PARAMETER: {
+        "type": "boolean",
+        "description": "answer with Server-Sent Events, one per exit each image passes (anytime "
+        "prediction); also chosen by `Accept: text/event-stream`",
+    },
+}
+_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or with `stream` a text/event-stream of `exit` events (ExitEventData) "
+        "ending with a `done` (StreamDone) or `error` event",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -57,7 +72,7 @@ _CLASSIFY_BODY: dict[str, Any] = {
     "/classify",
     response_model=ClassifyResponse,
     openapi_extra=_CLASSIFY_BODY,
-    responses=v1_errors(*INFERENCE),
+    responses={**_STREAM_RESPONSE, **v1_errors(*INFERENCE)},
 )
 async def classify_default(request: Request) -> Response:
     """Classify images with the server's default model."""
@@ -68,7 +83,7 @@ async def classify_default(request: Request) -> Response:
     "/models/{model}/classify",
     response_model=ClassifyResponse,
     openapi_extra=_CLASSIFY_BODY,
-    responses=v1_errors(*INFERENCE),
+    responses={**_STREAM_RESPONSE, **v1_errors(*INFERENCE)},
 )
 async def classify_model(model: str, request: Request) -> Response:
     """Classify images with a named model (its latest version unless `version` is given)."""
@@ -86,21 +101,26 @@ async def classify(request: Request, model: str | None) -> Response:
     state = request.app.state
     service: InferenceService = state.service
     settings: Settings = state.settings
-    async with service.track(model):
+    tracking = service.track(model)
+    async with tracking:
         data = await read_v1_input(request, settings.max_body_bytes, settings.max_images_per_request)
-        knobs = parse_knobs(data.knobs)
-        result = await service.classify(
-            ClassifyRequest(
-                images=EncodedImages(data.images),
-                model=model,
-                version=knobs.version,
-                budget=knobs.budget,
-                top_k=knobs.top_k,
-                deadline_ms=knobs.deadline_ms,
-                received=received,
-            )
+        streamed = wants_stream(request, data.knobs)
+        knobs = parse_knobs(data.knobs, also_known=(STREAM_PARAMETER,))
+        classify_request = ClassifyRequest(
+            images=EncodedImages(data.images),
+            model=model,
+            version=knobs.version,
+            budget=knobs.budget,
+            top_k=knobs.top_k,
+            deadline_ms=knobs.deadline_ms,
+            on_deadline=knobs.on_deadline,
+            received=received,
         )
-        body = encode_v1(result)
+        if streamed:
+            updates = service.stream(classify_request)
+            first = await anext(updates)  # what fails before the first exit is an ordinary answer
+            return stream_response(first, updates, tracking, request.url.path)
+        body = encode_v1(await service.classify(classify_request))
     return Response(body, media_type="application/json")
 
 

@@ -21,6 +21,26 @@ class ImagePrediction(BaseModel):
     exit: int = Field(description="zero-based index of the exit that answered")
     flops: int = Field(description="cumulative FLOPs spent on this image")
     budget_limited: bool = Field(description="max_flops stopped the cascade before the image was confident")
+    deadline_limited: bool = Field(
+        default=False,
+        description="on_deadline=best: the deadline passed first, and this is the deepest exit reached",
+    )
+
+
+class ExitEventData(ImagePrediction):
+    """One Server-Sent Event of a streamed classification (`event: exit`)."""
+
+    image: int = Field(description="index of the image in the request")
+    final: bool = Field(description="true on the exit that answers the image; earlier ones are provisional")
+
+
+class StreamDone(BaseModel):
+    """The last Server-Sent Event of a streamed classification (`event: done`)."""
+
+    model: str
+    version: str
+    operating_point: str
+    timings: Timings
 
 
 class Timings(BaseModel):

@@ -178,6 +178,7 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
                 top_k=decoded.top_k,
                 all_probabilities=decoded.wants_probabilities,
                 deadline_ms=decoded.deadline_ms,
+                on_deadline=decoded.knobs.on_deadline,
                 received=received,
             )
         )
