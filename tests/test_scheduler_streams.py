@@ -206,3 +206,28 @@ def test_parked_survivors_run_earliest_deadline_first_across_stages(bundle, imag
         order.append((stage, int(taken.tags[0])))
     # Deadline 20 first (the deeper of the two stages holding one on a tie), then 50, then none.
     assert order == [(3, 3), (2, 2), (2, 1), (4, 0)]
+
+
+def test_streamed_and_plain_requests_ride_the_same_batches(bundle, images) -> None:
+    gate = StageGate(OnnxRuntime(bundle, threads=1), hold_stage=0)
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=8, max_queue_delay=0.0, rebatch_delay=10.0)
+    heard: list[tuple[int, int, bool]] = []
+    try:
+        blocker = batcher.submit(images[:1], never_confident(1), np.zeros(1, dtype=np.int64))
+        assert gate.entered.wait(10)
+        streamed = batcher.submit(
+            images[1:3],
+            never_confident(2),
+            last_exit(2),
+            on_exit=lambda i, r, f: heard.append((i, r.exit, f)),
+        )
+        plain = batcher.submit(images[3:5], never_confident(2), last_exit(2))
+        gate.hold_stage = None
+        gate.release.set()
+        blocker.result(10)
+        assert [r.exit for r in streamed.result(10).images + plain.result(10).images] == [EXITS - 1] * 4
+    finally:
+        batcher.close()
+    # After the blocker's one stage, every stage ran once on the four images of both requests.
+    assert gate.calls[1:] == [(k, 4) for k in range(EXITS)]
+    assert len(heard) == 2 * EXITS and sum(final for _, _, final in heard) == 2
