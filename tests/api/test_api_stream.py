@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -211,3 +212,25 @@ def _wait_for(condition: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_v2_reports_deadline_limited_as_an_output_when_on_deadline_is_best(
+    server: RunningServer, client: httpx.Client, images: list[bytes]
+) -> None:
+    def infer(parameters: dict[str, object]) -> httpx.Response:
+        encoded = [base64.b64encode(data).decode() for data in images[:2]]
+        tensor = {"name": "image_bytes", "shape": [2], "datatype": "BYTES", "data": encoded}
+        return client.post("/v2/models/tiny/infer", json={"inputs": [tensor], "parameters": parameters})
+
+    plain = {o["name"] for o in infer({"confidence": 1}).json()["outputs"]}
+    assert "deadline_limited" not in plain  # only a best-effort request can be deadline-limited
+    server.faults.gate.clear()
+    server.faults.hold_stage = 2
+    deadline_ms = 400.0
+    releaser = threading.Thread(target=hold_past_deadline, args=(server, time.monotonic(), deadline_ms))
+    releaser.start()
+    response = infer({"confidence": 1, "deadline_ms": deadline_ms, "on_deadline": "best"})
+    releaser.join()
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    assert outputs["deadline_limited"] == [True, True] and outputs["exit"] == [2, 2]

@@ -65,6 +65,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "exit": ("INT32", "<i4"),
     "flops": ("INT64", "<i8"),
     "budget_limited": ("BOOL", "?"),
+    "deadline_limited": ("BOOL", "?"),
     "probabilities": ("FP32", "<f4"),
     "top_k_label": ("BYTES", "object"),
     "top_k_class_index": ("INT64", "<i8"),
@@ -187,7 +188,12 @@ def decode_request(request: InferenceRequest, raw: Sequence[bytes | None]) -> V2
         images=images,
         knobs=knobs,
         deadline_ms=_deadline_ms(knobs, parameters),
-        outputs=_requested_outputs(request, binary_default, top_k_given=parameters.get("top_k") is not None),
+        outputs=_requested_outputs(
+            request,
+            binary_default,
+            top_k_given=parameters.get("top_k") is not None,
+            best_effort=knobs.on_deadline == "best",
+        ),
     )
 
 
@@ -347,11 +353,16 @@ def _flag(value: object, key: str) -> bool:
 
 
 def _requested_outputs(
-    request: InferenceRequest, binary_default: bool, top_k_given: bool
+    request: InferenceRequest, binary_default: bool, top_k_given: bool, best_effort: bool
 ) -> tuple[RequestedOutput, ...]:
-    """The outputs to return; without a list, the defaults (and the top-k ones when top_k is set)."""
+    """The outputs to return; without a list, the defaults (and the top-k ones when top_k is set, and
+    `deadline_limited` when on_deadline=best could set it)."""
     if not request.outputs:
-        names = (*DEFAULT_OUTPUTS, *TOP_K_OUTPUTS) if top_k_given else DEFAULT_OUTPUTS
+        names = (
+            *DEFAULT_OUTPUTS,
+            *(("deadline_limited",) if best_effort else ()),
+            *(TOP_K_OUTPUTS if top_k_given else ()),
+        )
         return tuple(RequestedOutput(name, binary_default) for name in names)
     chosen = []
     for output in request.outputs:
