@@ -198,6 +198,93 @@ def test_typed_contents_answer_as_raw_contents(
         assert np.allclose(np.frombuffer(by_name["confidence"], "<f4"), expected["confidence"], atol=1e-5)
 
 
+def stream_infer(served: RunningServer, requests: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """Send `requests` (keyword arguments of `async_stream_infer`) on one ModelStreamInfer stream and
+    collect (result, error) until every request has sent its triton_final_response."""
+    client = tritonclient_grpc.InferenceServerClient(served.grpc_target)
+    heard: list[tuple[Any, Any]] = []
+    done = threading.Event()
+    finals = 0
+
+    def callback(result: Any, error: Any) -> None:
+        nonlocal finals
+        heard.append((result, error))
+        if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+            finals += 1
+            if finals == len(requests):
+                done.set()
+
+    client.start_stream(callback)
+    try:
+        for request in requests:
+            client.async_stream_infer("tiny", **request)
+        assert done.wait(30)
+    finally:
+        client.stop_stream()
+        client.close()
+    return heard
+
+
+def test_model_stream_infer_answers_every_exit_in_order_then_final(
+    served: RunningServer, tensor: np.ndarray
+) -> None:
+    heard = stream_infer(
+        served,
+        [
+            {"inputs": [image_input(tensor[:2])], "request_id": "deep", "parameters": {"confidence": 1}},
+            {"inputs": [image_input(tensor[2:3])], "request_id": "early", "parameters": {"confidence": 0}},
+        ],
+    )
+    assert all(error is None for _, error in heard)
+    by_request: dict[str, list[tuple[int, int, bool, bool]]] = {"deep": [], "early": []}
+    for result, _ in heard:
+        response = result.get_response()
+        parameters = response.parameters
+        (exit_index,) = result.as_numpy("exit").tolist()
+        by_request[response.id].append(
+            (
+                parameters["image"].int64_param,
+                exit_index,
+                parameters["final"].bool_param,
+                parameters["triton_final_response"].bool_param,
+            )
+        )
+    for image in (0, 1):  # every exit in order; the image's last one final
+        mine = [(e, f) for i, e, f, _ in by_request["deep"] if i == image]
+        assert mine == [(k, k == len(FLOPS) - 1) for k in range(len(FLOPS))]
+    assert [last for *_, last in by_request["deep"]] == [False] * (2 * len(FLOPS) - 1) + [True]
+    assert by_request["early"] == [(0, 0, True, True)]
+    # The finals equal what ModelInfer answers for the same images.
+    finals = [
+        r
+        for r, _ in heard
+        if r.get_response().id == "deep" and r.get_response().parameters["final"].bool_param
+    ]
+    finals.sort(key=lambda r: r.get_response().parameters["image"].int64_param)
+    unary = outputs_of(
+        tritonclient_grpc.InferenceServerClient(served.grpc_target).infer(
+            "tiny", [image_input(tensor[:2])], parameters={"confidence": 1}
+        )
+    )
+    assert [int(r.as_numpy("class_index")[0]) for r in finals] == unary["class_index"].tolist()
+
+
+def test_model_stream_infer_reports_a_bad_request_and_goes_on(
+    served: RunningServer, tensor: np.ndarray
+) -> None:
+    heard = stream_infer(
+        served,
+        [
+            {"inputs": [image_input(tensor[:1])], "request_id": "bad", "parameters": {"top_k": 0}},
+            {"inputs": [image_input(tensor[:1])], "request_id": "good", "parameters": {"confidence": 0}},
+        ],
+    )
+    errors = [error for _, error in heard if error is not None]
+    assert len(errors) == 1 and "INVALID_ARGUMENT: top_k must be at least 1, got 0" in str(errors[0])
+    good = [result for result, error in heard if error is None]
+    assert [r.get_response().id for r in good] == ["good"]
+
+
 def test_budget_parameters_as_in_rest(triton: Any, tensor: np.ndarray) -> None:
     capped = outputs_of(
         triton.infer("tiny", [image_input(tensor)], parameters={"max_flops": "3M", "confidence": 1.0})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
@@ -84,6 +84,8 @@ class ExitUpdate:
     result: ImageResult
     final: bool
     labels: tuple[str, ...]  # class index -> label of the model version that computed it
+    model: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class InferenceService:
             result = await _wait(waiting, deadline, request.on_deadline)
         return self._result(request, entry, result)
 
-    async def stream(self, request: ClassifyRequest) -> AsyncIterator[ExitUpdate | ClassifyResult]:
+    async def stream(self, request: ClassifyRequest) -> AsyncGenerator[ExitUpdate | ClassifyResult, None]:
         """Anytime prediction: every exit each image passes, in order, as the engine reports it, then
         the `ClassifyResult` last. Raises what `classify` raises, at the point it happens; closing
         the iterator early (the client left) withdraws the request, and its images stop at their next
@@ -215,7 +217,7 @@ class InferenceService:
         task.add_done_callback(lambda _: updates.put_nowait(None))
         try:
             while (event := await updates.get()) is not None:
-                yield ExitUpdate(event.image, event.result, event.final, labels)
+                yield ExitUpdate(event.image, event.result, event.final, labels, entry.name, entry.version)
             yield self._result(request, entry, task.result())
         finally:
             if not task.done():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
-from ranet_serve.api.service import ClassifyResult
+from ranet_serve.api.service import ClassifyResult, ExitUpdate
 from ranet_serve.api.v2.codec import (
     V2Input,
     decode_request,
@@ -122,6 +122,31 @@ def encode_model_infer(request: V2Input, result: ClassifyResult) -> pb.ModelInfe
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.array.shape))
         response.raw_output_contents.append(tensor_bytes(tensor.array))
     return response
+
+
+def encode_exit_response(request: V2Input, update: ExitUpdate, last: bool) -> pb.ModelStreamInferResponse:
+    """One exit of one image of a streamed request: the request's outputs for that image alone
+    (shape [1, ...]) and parameters `image`, `final` (the exit that answers the image) and Triton's
+    `triton_final_response` (true on the request's last response)."""
+    result = ClassifyResult(
+        model=update.model,
+        version=update.version,
+        operating_point="",
+        labels=update.labels,
+        images=(update.result,),
+        queue_seconds=0.0,
+        inference_seconds=0.0,
+        total_seconds=0.0,
+    )
+    response = pb.ModelInferResponse(
+        model_name=update.model, model_version=update.version, id=request.request_id or ""
+    )
+    for key, value in (("image", update.image), ("final", update.final), ("triton_final_response", last)):
+        set_parameter(response.parameters[key], value)
+    for tensor in response_outputs(request, result):
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.array.shape))
+        response.raw_output_contents.append(tensor_bytes(tensor.array))
+    return pb.ModelStreamInferResponse(infer_response=response)
 
 
 def model_metadata_response(metadata: Mapping[str, Any]) -> pb.ModelMetadataResponse:

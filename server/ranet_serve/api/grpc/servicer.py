@@ -14,11 +14,13 @@ nobody waits for any more.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
@@ -35,14 +37,16 @@ from ranet_serve.api.auth import (
 )
 from ranet_serve.api.errors import grpc_status_for, status_for
 from ranet_serve.api.grpc.codec import (
+    encode_exit_response,
     encode_model_infer,
     model_metadata_response,
     parse_model_infer,
     payload_bytes,
+    set_parameter,
 )
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
 from ranet_serve.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
-from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, ClassifyRequest, InferenceService
+from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, ClassifyRequest, ExitUpdate, InferenceService
 from ranet_serve.api.v2.codec import describe_model
 from ranet_serve.errors import (
     DeadlineExceededError,
@@ -149,10 +153,88 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 top_k=decoded.top_k,
                 all_probabilities=decoded.wants_probabilities,
                 deadline_ms=_deadline_ms(decoded.deadline_ms, context.time_remaining()),
+                on_deadline=decoded.knobs.on_deadline,
                 received=received,
             )
         )
         return encode_model_infer(decoded, result)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Anytime prediction: every request on the stream runs as it arrives (concurrently), and each
+        answers one response per exit its images pass, in exit order per image. A request that fails
+        answers one response carrying `error_message`; the stream goes on. Closing the stream
+        withdraws the requests still running (their images stop at the next stage boundary)."""
+        try:
+            self._authorize(context)
+        except UnauthorizedError as exc:
+            await _abort(context, exc)
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(self._stream_one(request, context, responses.put_nowait))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+            responses.put_nowait(None)  # every request answered and the client sent its last
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader  # its error, if reading the stream failed
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _stream_one(
+        self,
+        request: pb.ModelInferRequest,
+        context: Any,
+        send: Callable[[pb.ModelStreamInferResponse], None],
+    ) -> None:
+        """One request of a stream: its exit responses, or one error response."""
+        received = time.monotonic()
+        model = request.model_name
+        reason = self.admission.refusal()
+        if reason is not None:
+            self.admission.shed(model or None, reason, time.monotonic() - received, PROTOCOL)
+            send(_stream_error(request, self.admission.overloaded(reason)))
+            return
+        with self.admission.admitted() as admitted:
+            try:
+                async with self.service.track(model or None, PROTOCOL):
+                    if not model:
+                        raise InvalidRequestError("model_name is empty: name the model to run")
+                    decoded = parse_model_infer(request)
+                    updates = self.service.stream(
+                        ClassifyRequest(
+                            images=decoded.images,
+                            model=model,
+                            version=decoded.version(request.model_version or None),
+                            budget=decoded.knobs.budget,
+                            top_k=decoded.top_k,
+                            all_probabilities=decoded.wants_probabilities,
+                            deadline_ms=_deadline_ms(decoded.deadline_ms, context.time_remaining()),
+                            on_deadline=decoded.knobs.on_deadline,
+                            received=received,
+                        )
+                    )
+                    finals = 0
+                    async with aclosing(updates):  # a cancelled stream withdraws the request at once
+                        async for update in updates:
+                            if isinstance(update, ExitUpdate):
+                                finals += update.final
+                                last = finals == decoded.image_count
+                                send(encode_exit_response(decoded, update, last=last))
+            except Exception as exc:
+                send(_stream_error(request, exc))
+                return
+            admitted.served()
 
     # -- the model repository extension (admin) -----------------------------------------------------
 
@@ -289,6 +371,20 @@ def _deadline_ms(requested_ms: float | None, remaining_seconds: float | None) ->
         raise DeadlineExceededError("the call's gRPC deadline passed before inference started")
     remaining_ms = 1000.0 * remaining_seconds
     return remaining_ms if requested_ms is None else min(requested_ms, remaining_ms)
+
+
+def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    """A failed request of a stream: its id and the message REST gives (unexpected ones are logged)."""
+    if isinstance(exc, RanetServeError):
+        message = exc.message
+    else:
+        error_id = uuid.uuid4().hex[:16]
+        logger.error("error %s on gRPC ModelStreamInfer", error_id, exc_info=exc)
+        message = f"internal error (error id {error_id})"
+    code = grpc_status_for(exc).name
+    response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    set_parameter(response.parameters["triton_final_response"], True)
+    return pb.ModelStreamInferResponse(error_message=f"{code}: {message}", infer_response=response)
 
 
 async def _answer(context: Any, call: Callable[[], Awaitable[R]]) -> R:

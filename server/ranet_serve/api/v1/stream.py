@@ -15,7 +15,7 @@ A client that closes the stream withdraws its request: its images stop at their 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -44,7 +44,7 @@ def wants_stream(request: Request, parameters: MutableMapping[str, object]) -> b
 
 
 def stream_response(
-    first: Update, updates: AsyncIterator[Update], tracking: RequestTracking, path: str
+    first: Update, updates: AsyncGenerator[Update, None], tracking: RequestTracking, path: str
 ) -> StreamingResponse:
     """The response that sends `first` and then the rest of `updates` as events; it ends `tracking`."""
     tracking.hand_over()
@@ -54,7 +54,7 @@ def stream_response(
 
 
 async def _events(
-    first: Update, updates: AsyncIterator[Update], tracking: RequestTracking, path: str
+    first: Update, updates: AsyncGenerator[Update, None], tracking: RequestTracking, path: str
 ) -> AsyncIterator[bytes]:
     ended: BaseException | None = None
     try:
@@ -70,9 +70,7 @@ async def _events(
         ended = exc
         raise
     finally:
-        aclose = getattr(updates, "aclose", None)
-        if aclose is not None:
-            await aclose()  # withdraws the request from the engine if it is still running
+        await updates.aclose()  # withdraws the request from the engine if it is still running
         tracking.finish(ended)
 
 

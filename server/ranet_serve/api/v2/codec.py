@@ -107,6 +107,10 @@ class V2Input:
     outputs: tuple[RequestedOutput, ...]
 
     @property
+    def image_count(self) -> int:
+        return len(self.images.items) if isinstance(self.images, EncodedImages) else int(self.images.shape[0])
+
+    @property
     def wants_probabilities(self) -> bool:
         """A dense `probabilities` output needs every class's probability from the engine."""
         return any(o.name == "probabilities" and o.classification is None for o in self.outputs)

@@ -64,6 +64,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
@@ -124,6 +129,15 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStreamInfer(self, request_iterator, context):
+        """Anytime prediction (Triton's streaming RPC): for every request on the stream, one response per
+        exit each image passes, in order (parameters `image`, `final`), the request's last one marked
+        `triton_final_response`. A request that fails answers one response with `error_message`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Triton's model repository extension.
         """
@@ -175,6 +189,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -354,6 +373,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            ranet__serve_dot_api_dot_grpc_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
