@@ -7,8 +7,9 @@
         for result in answer.results:
             print(result.label, result.confidence, result.exit, result.mflops)
 
-`AsyncRanetClient` offers the same calls for asyncio; `ranet_client.load` is the load generator behind
-`ranet-client load`.
+`classify_stream` answers anytime: an `ExitEvent` per exit each image passes, as it is computed, then a
+`StreamSummary`. `AsyncRanetClient` offers the same calls for asyncio; `ranet_client.load` is the load
+generator behind `ranet-client load`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ranet_client.image_sets import Sample, bundled_samples, folder_samples
 from ranet_client.images import EncodedImage, encode_image, encode_png
 from ranet_client.results import (
     ClassifyResponse,
+    ExitEvent,
     ExitInfo,
     Health,
     ImageResult,
@@ -49,18 +51,23 @@ from ranet_client.results import (
     ModelVersion,
     OperatingPoint,
     Readiness,
+    StreamSummary,
     Timings,
     TopK,
 )
 from ranet_client.retry import RetryPolicy
+from ranet_client.streams import AsyncClassifyStream, ClassifyStream
 
 __all__ = [
+    "AsyncClassifyStream",
     "AsyncRanetClient",
     "BudgetError",
     "ClassifyResponse",
+    "ClassifyStream",
     "ConnectionFailedError",
     "DeadlineExceededError",
     "EncodedImage",
+    "ExitEvent",
     "ExitInfo",
     "Health",
     "ImageResult",
@@ -82,6 +89,7 @@ __all__ = [
     "RetryPolicy",
     "Sample",
     "ServerError",
+    "StreamSummary",
     "Timings",
     "TopK",
     "TransportError",

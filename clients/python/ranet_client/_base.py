@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import httpx
 
 from ranet_client._protocol import DEFAULT_URL, ENCODINGS, Encoding, Prepared, normalize_url, prepare_classify
-from ranet_client.budget import FlopsValue, Knobs
+from ranet_client.budget import FlopsValue, Knobs, OnDeadline
 from ranet_client.images import ImageInput, encode_images
 from ranet_client.retry import RetryPolicy
 
@@ -78,6 +78,8 @@ class ClientBase:
         top_k: int | None,
         version: str | None,
         deadline_ms: float | None,
+        on_deadline: OnDeadline | None = None,
+        stream: bool = False,
     ) -> Prepared:
         knobs = Knobs(
             max_flops=max_flops,
@@ -88,6 +90,9 @@ class ClientBase:
             top_k=top_k,
             version=version,
             deadline_ms=deadline_ms,
+            on_deadline=on_deadline,
         )
         chosen_model = model or self.default_model
-        return prepare_classify(encode_images(images), knobs, chosen_model, encoding or self.encoding)
+        return prepare_classify(
+            encode_images(images), knobs, chosen_model, encoding or self.encoding, stream=stream
+        )

@@ -27,6 +27,7 @@ from ranet_client.retry import parse_retry_after
 Encoding = Literal["multipart", "json", "raw"]
 ENCODINGS: tuple[str, ...] = ("multipart", "json", "raw")
 DEFAULT_URL = "http://127.0.0.1:8080"
+EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -54,24 +55,30 @@ def classify_path(model: str | None) -> str:
 
 
 def prepare_classify(
-    images: list[EncodedImage], knobs: Knobs, model: str | None, encoding: Encoding
+    images: list[EncodedImage], knobs: Knobs, model: str | None, encoding: Encoding, *, stream: bool = False
 ) -> Prepared:
     """The request for one classify call in the chosen wire encoding.
 
     multipart (default): files as repeated `files` parts, knobs as form fields; smallest and streamable.
     json: base64 images and typed knobs in one JSON document (for proxies that only pass JSON).
     raw: one image as the body with its image Content-Type, knobs in the query string (what curl sends).
+    `stream`: ask for Server-Sent Events (one per exit each image passes): the `stream` parameter beside
+    the knobs, in the same place, and `Accept: text/event-stream`.
     """
     path = classify_path(model)
+    strings = knobs.as_strings() | ({"stream": "true"} if stream else {})
+    headers = {"Accept": EVENT_STREAM} if stream else {}
     if encoding == "multipart":
         files = [("files", (image.name, image.data, image.content_type)) for image in images]
-        return Prepared("POST", path, {"files": files, "data": knobs.as_strings()})
+        return Prepared("POST", path, {"files": files, "data": strings, **_headers(headers)})
     if encoding == "json":
         document: dict[str, Any] = {
             "images": [base64.b64encode(image.data).decode("ascii") for image in images]
         }
         document.update(knobs.as_json())
-        return Prepared("POST", path, {"json": document})
+        if stream:
+            document["stream"] = True
+        return Prepared("POST", path, {"json": document, **_headers(headers)})
     if encoding == "raw":
         if len(images) != 1:
             raise ValueError(f"the raw encoding sends exactly one image per request, got {len(images)}")
@@ -82,9 +89,13 @@ def prepare_classify(
         return Prepared(
             "POST",
             path,
-            {"content": image.data, "headers": {"Content-Type": content_type}, "params": knobs.as_strings()},
+            {"content": image.data, "headers": {"Content-Type": content_type, **headers}, "params": strings},
         )
     raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+
+
+def _headers(headers: dict[str, str]) -> dict[str, Any]:
+    return {"headers": headers} if headers else {}
 
 
 def error_from_response(response: httpx.Response, attempts: int = 1) -> RanetError:
@@ -94,15 +105,36 @@ def error_from_response(response: httpx.Response, attempts: int = 1) -> RanetErr
     under /v2 the Open Inference Protocol shape `{"error": "<message>", "code": ...}` is used.
     Anything else (a proxy's HTML page) still yields an error with the status and the text.
     """
-    status = response.status_code
-    code: str | None = None
-    message = ""
-    details: dict[str, Any] = {}
-    error_id: str | None = None
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
         body = None
+    return error_from_document(
+        response.status_code,
+        body,
+        fallback=response.text[:500].strip() or response.reason_phrase or "request failed",
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        attempts=attempts,
+    )
+
+
+def error_from_document(
+    status: int,
+    body: object,
+    *,
+    fallback: str = "request failed",
+    retry_after: float | None = None,
+    attempts: int = 1,
+) -> RanetError:
+    """The exception for an error status and the server's error document (`body`, parsed JSON or None).
+
+    Shared by error answers and a stream's `error` event (whose document is the v1 error body plus the
+    HTTP `status` the request would have had), so both map to the same classes.
+    """
+    code: str | None = None
+    message = ""
+    details: dict[str, Any] = {}
+    error_id: str | None = None
     if isinstance(body, dict):
         inner = body.get("error")
         if isinstance(inner, dict):
@@ -117,15 +149,13 @@ def error_from_response(response: httpx.Response, attempts: int = 1) -> RanetErr
             error_id = _str_or_none(body.get("error_id"))
         elif "detail" in body:  # a plain FastAPI/Starlette answer
             message = str(body["detail"])
-    if not message:
-        message = response.text[:500].strip() or response.reason_phrase or "request failed"
     cls = error_class(status, code)
     return cls(
-        message,
+        message or fallback,
         status=status,
         code=code or f"http_{status}",
         details=details,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=retry_after,
         error_id=error_id,
         attempts=attempts,
     )

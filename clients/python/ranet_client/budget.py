@@ -12,8 +12,13 @@ import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 FlopsValue = int | float | str
+# What a passed `deadline_ms` does: "error" (504, the server's default) or "best" (200 with each
+# image's deepest exit so far, `deadline_limited: true`; an image that reached no exit is still 504).
+OnDeadline = Literal["error", "best"]
+ON_DEADLINE: tuple[str, ...] = ("error", "best")
 
 _FLOPS = re.compile(
     r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*(?:flops?)?\s*$", re.IGNORECASE
@@ -50,7 +55,9 @@ class Knobs:
 
     Budget: `max_flops` (hard cap per image), `target_flops` (average budget: picks an operating point),
     `confidence` (one threshold for all exits), `thresholds` (one per exit), `operating_point` (by name).
-    Others: `top_k` (classes returned per image), `version` (model version), `deadline_ms`.
+    Others: `top_k` (classes returned per image), `version` (model version), `deadline_ms` (the
+    server-side deadline) and `on_deadline` (what a passed deadline does: "error", the server's default,
+    answers 504; "best" answers with each image's deepest exit so far).
     """
 
     max_flops: FlopsValue | None = None
@@ -61,6 +68,7 @@ class Knobs:
     top_k: int | None = None
     version: str | None = None
     deadline_ms: float | None = None
+    on_deadline: OnDeadline | None = None
 
     def as_json(self) -> dict[str, object]:
         """Knobs as JSON values (for a JSON body): numbers stay numbers, thresholds a list."""

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ranet_client import __version__
 from ranet_client._protocol import DEFAULT_URL, ENCODINGS, Encoding
+from ranet_client.budget import ON_DEADLINE
 from ranet_client.client import RanetClient
 from ranet_client.errors import RanetError
 from ranet_client.image_sets import Sample, bundled_samples, folder_samples
@@ -28,7 +29,7 @@ from ranet_client.load import (
     run_load_sync,
 )
 from ranet_client.render import classify_table, model_tables, models_table, print_load_report
-from ranet_client.results import ClassifyResponse
+from ranet_client.results import ClassifyResponse, ExitEvent
 from ranet_client.targets import PLAIN_BODIES
 
 app = typer.Typer(
@@ -109,32 +110,52 @@ def classify(
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Classes per image.")] = None,
     deadline_ms: Annotated[float | None, typer.Option("--deadline-ms", help="Server-side deadline.")] = None,
+    on_deadline: Annotated[
+        str | None,
+        typer.Option(
+            "--on-deadline", help="When --deadline-ms passes: error (504) or best (the deepest exit so far)."
+        ),
+    ] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Print every exit's answer as it arrives (Server-Sent Events).")
+    ] = False,
     batch: Annotated[int, typer.Option(min=1, max=256, help="Images per request.")] = 16,
     encoding: Annotated[str, typer.Option(help="multipart, json or raw.")] = "multipart",
     timeout: TimeoutOption = 30.0,
     retries: Annotated[int, typer.Option(min=1, help="Attempts per request (429/503 are retried).")] = 4,
     as_json: JsonFlag = False,
 ) -> None:
-    """Classify images; prints label, confidence, exit, MFLOPs and whether the budget cut it short."""
+    """Classify images; prints label, confidence, exit, MFLOPs and whether the budget cut it short.
+
+    With --stream, one line per exit each image passes, as the server computes it (the last one of an
+    image, marked final, is its answer), then the operating point and server time of each request.
+    """
     wire = _check_encoding(encoding)
+    if on_deadline is not None and on_deadline not in ON_DEADLINE:
+        raise typer.BadParameter(f"use one of {', '.join(ON_DEADLINE)}", param_hint="--on-deadline")
     if wire == "raw":
         batch = 1
+    knobs: dict[str, Any] = {
+        "version": version,
+        "max_flops": max_flops,
+        "target_flops": target_flops,
+        "confidence": confidence,
+        "thresholds": thresholds,
+        "operating_point": operating_point,
+        "top_k": top_k,
+        "deadline_ms": deadline_ms,
+        "on_deadline": on_deadline,
+    }
     responses: list[ClassifyResponse] = []
     with _errors(), RanetClient(url, model=model, timeout=timeout, retry=retries, encoding=wire) as client:
         for start in range(0, len(images), batch):
-            responses.append(
-                client.classify(
-                    list(images[start : start + batch]),
-                    version=version,
-                    max_flops=max_flops,
-                    target_flops=target_flops,
-                    confidence=confidence,
-                    thresholds=thresholds,
-                    operating_point=operating_point,
-                    top_k=top_k,
-                    deadline_ms=deadline_ms,
-                )
-            )
+            chunk = list(images[start : start + batch])
+            if stream:
+                _print_stream(client, chunk, knobs, as_json)
+            else:
+                responses.append(client.classify(chunk, **knobs))
+    if stream:
+        return
     names = [str(path) for path in images]
     if as_json:
         first = responses[0].raw
@@ -150,6 +171,32 @@ def classify(
         )
         return
     Console().print(classify_table([path.name for path in images], responses))
+
+
+def _print_stream(client: RanetClient, paths: list[Path], knobs: dict[str, Any], as_json: bool) -> None:
+    """One request's events as they arrive: a line per exit (JSON lines with --json), then its summary."""
+    with client.classify_stream(paths, **knobs) as events:
+        for item in events:
+            if isinstance(item, ExitEvent):
+                name = str(paths[item.image])
+                if as_json:
+                    typer.echo(json.dumps({"event": "exit", **item.raw, "image": name}))
+                else:
+                    typer.echo(
+                        f"{name}  exit {item.exit}  {item.label}  {item.confidence:.3f}  "
+                        f"{item.mflops:.2f} MFLOPs"
+                        + ("  final" if item.final else "")
+                        + ("  budget-limited" if item.final and item.budget_limited else "")
+                        + ("  deadline-limited" if item.final and item.deadline_limited else "")
+                    )
+            elif as_json:
+                done = {k: v for k, v in item.raw.items() if k != "results"}
+                typer.echo(json.dumps({"event": "done", **done}))
+            else:
+                typer.echo(
+                    f"done: {item.model} v{item.version} ({item.operating_point}), "
+                    f"server time {item.timings.total_ms:.1f} ms"
+                )
 
 
 @app.command()

@@ -21,11 +21,12 @@ from ranet_client._protocol import (
     json_body,
     json_or_empty,
 )
-from ranet_client.budget import FlopsValue
+from ranet_client.budget import FlopsValue, OnDeadline
 from ranet_client.errors import RanetError, UnavailableError
 from ranet_client.images import ImageInput
 from ranet_client.results import ClassifyResponse, Health, ModelInfo, ModelList, Readiness
 from ranet_client.retry import RetryPolicy
+from ranet_client.streams import ClassifyStream
 
 
 class RanetClient(ClientBase):
@@ -93,6 +94,7 @@ class RanetClient(ClientBase):
         top_k: int | None = None,
         version: str | None = None,
         deadline_ms: float | None = None,
+        on_deadline: OnDeadline | None = None,
         encoding: Encoding | None = None,
     ) -> ClassifyResponse:
         """Classify one image or a list of images in one request.
@@ -101,6 +103,8 @@ class RanetClient(ClientBase):
         Budget knobs (all optional, see the server's budget semantics): `max_flops` caps each image's
         cost (a number or "20M"); `target_flops` picks the best operating point within an average cost;
         `confidence`/`thresholds` override the exit thresholds; `operating_point` picks one by name.
+        `deadline_ms` is the server-side deadline; `on_deadline="best"` answers a deadline that passes
+        mid-cascade with each image's deepest exit (`deadline_limited`) instead of a 504.
         Raises a `RanetError` subclass (e.g. `BudgetError` when `max_flops` is below the cheapest exit).
         """
         prepared = self._prepare_classify(
@@ -115,8 +119,54 @@ class RanetClient(ClientBase):
             top_k=top_k,
             version=version,
             deadline_ms=deadline_ms,
+            on_deadline=on_deadline,
         )
         return ClassifyResponse.from_dict(json_body(self._send(prepared)))
+
+    def classify_stream(
+        self,
+        images: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
+        *,
+        model: str | None = None,
+        max_flops: FlopsValue | None = None,
+        target_flops: FlopsValue | None = None,
+        confidence: float | None = None,
+        thresholds: Sequence[float] | str | None = None,
+        operating_point: str | None = None,
+        top_k: int | None = None,
+        version: str | None = None,
+        deadline_ms: float | None = None,
+        on_deadline: OnDeadline | None = None,
+        encoding: Encoding | None = None,
+    ) -> ClassifyStream:
+        """Classify with anytime answers: one `ExitEvent` per exit each image passes, as it is computed,
+        then a `StreamSummary` (the answer `classify` gives). Same arguments as `classify`.
+
+        The request is sent on entering the `with` block or at the first item; errors before the stream
+        raise (and are retried) as for `classify`, an `error` event inside it raises the same classes.
+        Closing the stream early closes the connection, and the server stops the request's images::
+
+            with client.classify_stream("shoe.png", confidence=1) as stream:
+                for item in stream:
+                    if isinstance(item, ExitEvent):
+                        print(item.exit, item.label, item.confidence, item.final)
+        """
+        prepared = self._prepare_classify(
+            images,
+            model=model,
+            encoding=encoding,
+            max_flops=max_flops,
+            target_flops=target_flops,
+            confidence=confidence,
+            thresholds=thresholds,
+            operating_point=operating_point,
+            top_k=top_k,
+            version=version,
+            deadline_ms=deadline_ms,
+            on_deadline=on_deadline,
+            stream=True,
+        )
+        return ClassifyStream(lambda: self._send(prepared, stream=True), self.url)
 
     # -- catalogue and health -----------------------------------------------------------------------
 
@@ -165,8 +215,14 @@ class RanetClient(ClientBase):
 
     # -- transport ------------------------------------------------------------------------------------
 
-    def _send(self, prepared: Prepared, *, retry: bool = True, accept_errors: bool = False) -> httpx.Response:
-        """Send with the retry policy; return a 2xx answer (any answer with `accept_errors`) or raise."""
+    def _send(
+        self, prepared: Prepared, *, retry: bool = True, accept_errors: bool = False, stream: bool = False
+    ) -> httpx.Response:
+        """Send with the retry policy; return a 2xx answer (any answer with `accept_errors`) or raise.
+
+        `stream`: the answer's body is not read yet (the caller reads and closes it); an error answer's
+        body is read, and the response closed, before it becomes an exception.
+        """
         policy = self.retry if retry else RetryPolicy.never()
         attempt = 0
         while True:
@@ -174,13 +230,24 @@ class RanetClient(ClientBase):
             error: RanetError
             cause: Exception | None = None
             try:
-                response = self._http.request(prepared.method, prepared.path, **prepared.kwargs)
+                if stream:
+                    request = self._http.build_request(prepared.method, prepared.path, **prepared.kwargs)
+                    response = self._http.send(request, stream=True)
+                else:
+                    response = self._http.request(prepared.method, prepared.path, **prepared.kwargs)
             except TRANSPORT_ERRORS as exc:
                 error, cause = error_from_exception(exc, self.url, attempt), exc
             else:
                 if response.is_success or accept_errors:
                     return response
-                error = error_from_response(response, attempt)
+                try:
+                    if stream:
+                        response.read()
+                        response.close()
+                    error = error_from_response(response, attempt)
+                except TRANSPORT_ERRORS as exc:  # the error answer's body did not arrive
+                    response.close()
+                    error, cause = error_from_exception(exc, self.url, attempt), exc
             wait = policy.delay(attempt, error, self.rng)
             if wait is None:
                 raise error from cause

@@ -37,7 +37,9 @@ class ImageResult:
     """The answer for one image: the class, which exit answered and what it cost.
 
     `exit` is zero-based; `flops` is the cumulative cost of the exits run for this image; `budget_limited`
-    is true when `max_flops` stopped the cascade before any exit was confident enough.
+    is true when `max_flops` stopped the cascade before any exit was confident enough; `deadline_limited`
+    when the request's deadline passed first and `on_deadline="best"` answered with the deepest exit
+    reached (False from servers that do not send it).
     """
 
     label: str
@@ -47,6 +49,7 @@ class ImageResult:
     exit: int
     flops: int
     budget_limited: bool
+    deadline_limited: bool = False
 
     @property
     def mflops(self) -> float:
@@ -63,6 +66,7 @@ class ImageResult:
             exit=int(data["exit"]),
             flops=int(data["flops"]),
             budget_limited=bool(data.get("budget_limited", False)),
+            deadline_limited=bool(data.get("deadline_limited", False)),
         )
 
 
@@ -112,6 +116,108 @@ class ClassifyResponse:
             results=tuple(ImageResult.from_dict(item) for item in data["results"]),
             timings=Timings.from_dict(data.get("timings") or {}),
             raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """One exit an image passed in a streamed classification (`classify_stream`), as soon as it is computed.
+
+    `image` is the image's index in the request; `exit`, `label`, `confidence`... are that exit's
+    prediction (the fields of `ImageResult`). Events of one image come in exit order; `final` is true on
+    the exit that answers it (the last event of that image), earlier ones are provisional.
+    """
+
+    image: int
+    exit: int
+    label: str
+    class_index: int
+    confidence: float
+    top_k: tuple[TopK, ...]
+    flops: int
+    budget_limited: bool
+    deadline_limited: bool
+    final: bool
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def mflops(self) -> float:
+        return self.flops / 1e6
+
+    @property
+    def result(self) -> ImageResult:
+        """This exit's prediction as a plain result (what `classify` answers when `final` is true)."""
+        return ImageResult(
+            label=self.label,
+            class_index=self.class_index,
+            confidence=self.confidence,
+            top_k=self.top_k,
+            exit=self.exit,
+            flops=self.flops,
+            budget_limited=self.budget_limited,
+            deadline_limited=self.deadline_limited,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExitEvent:
+        result = ImageResult.from_dict(data)
+        return cls(
+            image=int(data["image"]),
+            exit=result.exit,
+            label=result.label,
+            class_index=result.class_index,
+            confidence=result.confidence,
+            top_k=result.top_k,
+            flops=result.flops,
+            budget_limited=result.budget_limited,
+            deadline_limited=result.deadline_limited,
+            final=bool(data["final"]),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """The end of a streamed classification: what `classify` would have answered.
+
+    `results` holds each image's final exit, in request order, gathered from the stream's events;
+    model, version, operating point and timings come from the server's closing `done` event (`raw`).
+    """
+
+    model: str
+    version: str
+    operating_point: str
+    results: tuple[ImageResult, ...]
+    timings: Timings
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def result(self) -> ImageResult:
+        """The first (for a single-image request, the only) result."""
+        return self.results[0]
+
+    def as_response(self) -> ClassifyResponse:
+        """The same answer as the `ClassifyResponse` a plain `classify` returns."""
+        return ClassifyResponse(
+            self.model, self.version, self.operating_point, self.results, self.timings, self.raw
+        )
+
+    @classmethod
+    def from_done(cls, data: dict[str, Any], finals: dict[int, ExitEvent]) -> StreamSummary:
+        """From the `done` event's document and each image's final event (keyed by image index).
+
+        `raw` is the `done` document plus `results`: the final events' fields without `image` and
+        `final`, i.e. the plain answer's JSON.
+        """
+        ordered = [finals[i] for i in sorted(finals)]
+        results = [{k: v for k, v in e.raw.items() if k not in ("image", "final")} for e in ordered]
+        return cls(
+            model=str(data["model"]),
+            version=str(data["version"]),
+            operating_point=str(data.get("operating_point", "")),
+            results=tuple(e.result for e in ordered),
+            timings=Timings.from_dict(data.get("timings") or {}),
+            raw={**data, "results": results},
         )
 
 
