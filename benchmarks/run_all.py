@@ -14,17 +14,21 @@ Runs, one after the other on this machine and the same bundle and images:
                                  processes and the one-process server, 400 clients of overload at
                                  full depth (default settings, then RANET_HOLD_EARLY_RETRIES=false)
                                  and with RANET_SLO_P99_MS (issue 17); its parts
-                                 `efficiency`, `frontends`, `overload` can be skipped one by one.
+                                 `efficiency`, `frontends`, `overload` can be skipped one by one;
+  10.  benchmarks/anytime.py     streamed exits (time to the first event vs the answer, exit order)
+                                 and deadlines under 2x overload: on_deadline=best vs error vs the
+                                 fixed full-depth point (issue 18).
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
 report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores (step 9
-adds about 3); the knobs below shrink them (the test suite runs a smoke version). Usage:
+adds about 3, step 10 about 1); the knobs below shrink them (the test suite runs a smoke version). Usage:
 
     .venv/bin/python benchmarks/run_all.py [--skip inprocess] [--http-requests 400]
         [--peer-requests 800] [--concurrency 1 4 16 64] [--rounds 1] [--hey-requests 1000]
         [--hey-concurrency 16 64] [--batch-requests 100] [--batch-hey-requests 400] [--serving-seconds 5]
         [--frontends one 1 2 4] [--overload-clients 400] [--overload-seconds 15]
-        [--overload-rounds 2] [--overload-no-hold-rounds 1] [--slo-objective-ms 80] [--out DIR]
+        [--overload-rounds 2] [--overload-no-hold-rounds 1] [--slo-objective-ms 80]
+        [--anytime-stream-images 1000] [--anytime-phase-seconds 5] [--anytime-rounds 1] [--out DIR]
         [--report FILE]
 """
 
@@ -45,7 +49,7 @@ from typing import Any
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving")
+STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving", "anytime")
 # serving.py's parts: each can be skipped (`--skip overload`) without skipping the others.
 SERVING_PARTS = ("efficiency", "frontends", "overload")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
@@ -106,6 +110,7 @@ def goals(
     rebatch: dict[str, Any] | None = None,
     slo: dict[str, Any] | None = None,
     serving: dict[str, Any] | None = None,
+    anytime: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Each goal of the issues with the measured figure and whether it is met (None: not measured)."""
     rows: list[dict[str, Any]] = []
@@ -179,6 +184,73 @@ def goals(
     rows += slo_goals(slo)
     rows += litserve_goals(peers)
     rows += overload_goals(serving)
+    rows += anytime_goals(anytime)
+    return rows
+
+
+def anytime_goals(anytime: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 18: streamed events in exit order, an early answer for the images that go deep, and what
+    on_deadline=best answers under 2x overload against on_deadline=error (full depth, same deadline)."""
+    names = (
+        ("streaming: events in exit order, every streamed image", "all in order"),
+        (
+            "streaming, default point, images that go deep: time to first event / time to the answer, p50",
+            "< 1",
+        ),
+        (
+            "deadline under 2x overload, full depth: requests answered (200), on_deadline=best vs error",
+            ">= error's",
+        ),
+    )
+    if not anytime:
+        return [{"goal": n, "target": t, "measured": None, "met": None} for n, t in names]
+    streaming, deadlines = anytime["streaming"], anytime["deadlines"]
+    streamed = sum(streaming[p]["images"] for p in ("full_depth", "default_point"))
+    out_of_order = sum(streaming[p]["out_of_order"] for p in ("full_depth", "default_point"))
+    rows = [
+        {
+            "goal": names[0][0],
+            "target": names[0][1],
+            "measured": f"{out_of_order} of {streamed} images out of order",
+            "met": bool(streaming["in_order"]),
+        }
+    ]
+    deep = streaming["default_point"]["deep"]
+    ratio = deep.get("first_over_final_p50")
+    rows.append(
+        {
+            "goal": names[1][0].replace("go deep", f"go deep (final exit >= {streaming['deep_exit']})"),
+            "target": names[1][1],
+            "measured": None
+            if ratio is None
+            else f"{ratio:.2f} ({deep['first_event_ms']['p50']} vs {deep['final_event_ms']['p50']} ms, "
+            f"{deep['images']} images; full depth {streaming['full_depth']['first_over_final_p50']:.2f})",
+            "met": None if ratio is None else ratio < 1,
+        }
+    )
+    by_name = {c["name"]: c for c in deadlines["configs"]}
+    best, error = by_name.get("full depth, on_deadline=best"), by_name.get("full depth, on_deadline=error")
+    if not (best and error):
+        rows.append({"goal": names[2][0], "target": names[2][1], "measured": None, "met": None})
+        return rows
+
+    def answered(config: dict[str, Any]) -> float:
+        return float(config["shares"]["within_deadline"] + config["shares"]["late_200"])
+
+    def shown(config: dict[str, Any]) -> str:
+        return (
+            f"{100 * answered(config):.1f}% ({100 * config['shares']['within_deadline']:.1f}% within D, "
+            f"accuracy {100 * (config['accuracy_answered'] or 0):.1f}%)"
+        )
+
+    rows.append(
+        {
+            "goal": names[2][0].replace("deadline", f"deadline D = {deadlines['deadline_ms']:g} ms"),
+            "target": names[2][1],
+            "measured": f"best {shown(best)}, error {shown(error)}",
+            "met": answered(best) >= answered(error),
+        }
+    )
     return rows
 
 
@@ -539,6 +611,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("slo", "slo.md", "Operating points that follow load (issue 11)"),
         ("agreement", "agreement.md", "Live exit-quality monitoring (issue 11)"),
         ("serving", "serving.md", "Serving: efficiency, front-end processes, overload (issue 17)"),
+        ("anytime", "anytime.md", "Anytime prediction: streaming and deadlines (issue 18)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -634,6 +707,11 @@ def main() -> None:
         help="overload rounds with RANET_HOLD_EARLY_RETRIES=false (report only; 0: none)",
     )
     parser.add_argument("--slo-objective-ms", type=float, default=80.0, help="0: no RANET_SLO_P99_MS run")
+    parser.add_argument("--anytime-stream-images", type=int, default=1000, help="images streamed per point")
+    parser.add_argument(
+        "--anytime-phase-seconds", type=float, default=5.0, help="anytime.py: open loop per configuration"
+    )
+    parser.add_argument("--anytime-rounds", type=int, default=1, help="anytime.py: interleaved rounds")
     parser.add_argument("--require-torchserve", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -689,6 +767,10 @@ def main() -> None:
     commands["serving"] += ["--slo-objective-ms", str(args.slo_objective_ms)]
     if not parts:
         args.skip.append("serving")
+    commands["anytime"] = [str(HERE / "anytime.py"), "--bundle", bundle, "--threads", str(args.ranet_threads)]
+    commands["anytime"] += ["--stream-images", str(args.anytime_stream_images)]
+    commands["anytime"] += ["--phase-seconds", str(args.anytime_phase_seconds)]
+    commands["anytime"] += ["--rounds", str(args.anytime_rounds)]
     machine = machine_facts()
     steps: dict[str, Any] = {}
     for name in STEPS:
@@ -704,6 +786,7 @@ def main() -> None:
     rebatch = _load(out / "rebatch.json") if "rebatch" in ran else None
     slo = _load(out / "slo.json") if "slo" in ran else None
     serving = _load(out / "serving.json") if "serving" in ran else None
+    anytime = _load(out / "anytime.json") if "anytime" in ran else None
     plots = [str(p) for p in plot_peers(peers, out)] if peers and peers.get("summary") else []
     context: dict[str, Any] = {
         "command": shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]),
@@ -713,7 +796,7 @@ def main() -> None:
         "machine": machine,
         "versions": versions(),
         "steps": steps,
-        "goals": goals(inprocess, peers, rebatch, slo, serving),
+        "goals": goals(inprocess, peers, rebatch, slo, serving, anytime),
         "plots": plots,
     }
     (out / "summary.json").write_text(json.dumps(context, indent=2) + "\n")

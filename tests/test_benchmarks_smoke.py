@@ -18,6 +18,9 @@ numbers, and the peers serve exactly the model and preprocessing ranet serve doe
   installed; its front-end scaling and objective runs (more servers to start) are `slow`. hey's CSV
   parser, the overload goals and table, the 16-images-per-request summary, table and goal (both
   clients) and the client-CPU columns are checked on fixed inputs.
+- Issue 18's anytime benchmark (streamed exits, deadlines under 2x overload) runs alone for a few
+  seconds: events in exit order, shares that sum to 1, accuracies in [0, 1], on_deadline=best answering
+  where error answers 504; its goals and report section through run_all.py's functions.
 
 Nothing here asserts a timing threshold: the machines are shared and timings are noise-bound.
 """
@@ -103,8 +106,13 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     args += ["--hey-concurrency", str(HEY_CONCURRENCY), "--batch-requests", str(BATCH_REQUESTS)]
     args += ["--batch-hey-requests", str(BATCH_HEY_REQUESTS)]
     # The in-process step has no size knob small enough. Issue 17's serving step: efficiency and
-    # overload on one server; no objective run, no front-end scaling (more servers to start).
-    args += ["--skip", "inprocess", "frontends"] if HAS_HEY else ["--skip", "inprocess", "serving"]
+    # overload on one server; no objective run, no front-end scaling (more servers to start). Issue 18's
+    # anytime step has a test of its own (test_anytime_streams_in_exit_order_and_judges_deadlines).
+    args += (
+        ["--skip", "inprocess", "frontends", "anytime"]
+        if HAS_HEY
+        else ["--skip", "inprocess", "serving", "anytime"]
+    )
     args += [
         "--serving-seconds",
         "1",
@@ -260,7 +268,8 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
 
     # Issue 17: server efficiency and overload, one server, hey's CSV (when hey is installed).
     overload_goals = context["goals"][13:19]
-    assert len(context["goals"]) == 19
+    assert len(context["goals"]) == 22  # the last three: issue 18's anytime step, skipped here
+    assert [g["met"] for g in context["goals"][19:]] == [None] * 3 and "anytime" not in context["steps"]
     if not HAS_HEY:
         assert "serving" not in context["steps"] and [g["met"] for g in overload_goals] == [None] * 6
         return
@@ -500,6 +509,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
         *(False, True, False, False, True, True, False, False, True),
         *(True, False, None, False),
         *(True, False, True, True, True, True),
+        *(None, None, None),  # issue 18's anytime step: not run
     ]
     assert rows[9]["goal"].startswith("HTTP throughput at 16 clients, ranet serve (default point) / LitServe")
     assert rows[9]["measured"] == "load generator c=16: 2.60x, hey c=16: 2.50x"
@@ -515,7 +525,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "-0.30 points" in rows[4]["measured"]
     skipped = {"torchserve": "missing java", "litserve": "missing litserve"}
     missing = goals(None, {"summary": {}, "skipped": skipped})
-    assert [row["met"] for row in missing] == [None] * 18
+    assert [row["met"] for row in missing] == [None] * 21
     assert missing[5]["measured"] == "missing java"
     assert missing[8]["measured"] == "missing litserve" and missing[11]["measured"] is None
 
@@ -930,6 +940,89 @@ def test_hey_csv_parser_splits_admitted_from_rejected_latency() -> None:
     for bad in ("Summary:\n  Total: 1 secs", HEY_CSV + "\n0.1,200", HEY_CSV + "\n0.1,0,0,0,0,0,abc,0"):
         with pytest.raises(ValueError):
             hey.parse_csv(bad)
+
+
+def test_anytime_streams_in_exit_order_and_judges_deadlines(tmp_path: Path) -> None:
+    """benchmarks/anytime.py in a few seconds: a server on the default bundle, 12 images streamed at
+    each point, then every deadline configuration for under a second of open-loop overload."""
+    out = tmp_path / "results"
+    args = [str(BENCH / "anytime.py"), "--stream-images", "12", "--stream-clients", "2", "--images", "200"]
+    args += ["--warmup-seconds", "0.3", "--capacity-seconds", "1", "--unloaded-seconds", "0.5"]
+    args += ["--phase-seconds", "0.7", "--settle-seconds", "0.2", "--timeout", "5", "--out", str(out)]
+    done = _run(args, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "anytime.json").read_text())
+    last = len(load_bundle(BUNDLE).manifest.exits) - 1
+
+    # Part A: every image's events in exit order; at full depth every image passes every exit.
+    streaming = report["streaming"]
+    assert streaming["in_order"] is True and streaming["order_problems"] == []
+    full, default = streaming["full_depth"], streaming["default_point"]
+    for point in (full, default):
+        assert point["images"] == 12 and point["out_of_order"] == 0
+        assert (
+            point["first_event_ms"]["p50"] <= point["final_event_ms"]["p50"] <= point["done_event_ms"]["p50"]
+        )
+        assert 0 < point["first_over_final_p50"] <= 1
+        assert 0.0 <= point["accuracy_first_event"] <= 1.0 and 0.0 <= point["accuracy_final_event"] <= 1.0
+    assert full["final_exit_counts"] == {str(last): 12} and full["mean_events_per_image"] == last + 1
+    assert default["mean_events_per_image"] == pytest.approx(default["mean_final_exit"] + 1)
+    deep = default["deep"]
+    assert 0.0 <= deep["share"] <= 1.0 and deep["images"] == round(deep["share"] * 12)
+
+    # Part B: the deadline follows the unloaded latency; every configuration's shares sum to 1.
+    deadlines = report["deadlines"]
+    assert deadlines["capacity_rps"] > 0 and deadlines["offered_rps"] == pytest.approx(
+        2 * deadlines["capacity_rps"], rel=0.01
+    )
+    # D = 2.5 x the unloaded p50 (the report rounds both to 0.1 and 0.01 ms).
+    assert deadlines["deadline_ms"] == pytest.approx(2.5 * deadlines["unloaded_p50_ms"], abs=0.06)
+    configs = {c["name"]: c for c in deadlines["configs"]}
+    assert len(configs) == 5
+    for config in configs.values():
+        assert config["requests"] > 0 and sum(config["counts"].values()) == config["requests"]
+        assert sum(config["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+        for key in ("accuracy_answered", "accuracy_within_deadline", "accuracy_all_requests"):
+            assert config[key] is None or 0.0 <= config[key] <= 1.0
+        assert config["accuracy_all_requests"] <= config["shares"]["within_deadline"] + 1e-4
+    error = configs["full depth, on_deadline=error"]
+    best = configs["full depth, on_deadline=best"]
+    reference = configs["full depth, no deadline (reference)"]
+    assert error["deadline_limited_share"] in (None, 0.0) and error["mean_exit"] in (None, float(last))
+    assert reference["counts"]["deadline_504"] == 0 and reference["deadline_limited_share"] in (None, 0.0)
+    assert reference["mean_exit"] in (None, float(last))
+
+    def answered(config: dict[str, Any]) -> float:
+        return float(config["shares"]["within_deadline"] + config["shares"]["late_200"])
+
+    # What best is for: under the same deadline it answers (a shallower exit) where error answers 504.
+    assert answered(best) >= answered(error) - 0.02
+    assert best["counts"]["deadline_504"] <= error["counts"]["deadline_504"]
+    text = (out / "anytime.md").read_text()
+    assert "Events in exit order for every image: **yes**" in text
+    assert "| full depth, on_deadline=best |" in text
+
+    # run_all.py: the step's goals and its section of the report.
+    _importable_benchmarks()
+    from run_all import anytime_goals, render_report
+
+    rows = anytime_goals(report)
+    assert [row["met"] for row in rows][:1] == [True] and rows[0]["measured"] == "0 of 24 images out of order"
+    assert rows[2]["met"] is (answered(best) >= answered(error))
+    context = {
+        "command": "benchmarks/run_all.py",
+        "finished": "now",
+        "wall_s": report["wall_s"],
+        "bundle": "model_store/ranet-fmnist/1",
+        "machine": report["machine"],
+        "versions": report["versions"],
+        "steps": {"anytime": {"command": "benchmarks/anytime.py", "returncode": 0, "wall_s": 1.0}},
+        "goals": rows,
+        "plots": [],
+    }
+    rendered = render_report(context, out, tmp_path / "REPORT.md")
+    assert "# Anytime prediction: streaming and deadlines (issue 18)" in rendered
+    assert text.strip() in rendered and "streaming: events in exit order" in rendered
 
 
 def test_process_tree_rss_covers_children(tmp_path: Path) -> None:
