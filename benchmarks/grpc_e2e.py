@@ -6,7 +6,7 @@ with the project's load generator (`POST /v1/classify`), and over gRPC with a gr
 clients, each on its own channel (one HTTP/2 connection per client, as the HTTP clients have), sending
 `ModelInfer` with the PNG as a BYTES tensor in `raw_input_contents` (what tritonclient.grpc sends).
 Both at the default operating point and at full depth (`confidence=1`). Loopback only; every run is
-bounded in requests. Not part of `make bench` (run_all.py); usage:
+bounded in requests. Step 11 of `make bench` (run_all.py); alone:
 
     .venv/bin/python benchmarks/grpc_e2e.py [--requests 400] [--concurrency 1 4 16] [--bundle DIR]
 """

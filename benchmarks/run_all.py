@@ -17,7 +17,9 @@ Runs, one after the other on this machine and the same bundle and images:
                                  `efficiency`, `frontends`, `overload` can be skipped one by one;
   10.  benchmarks/anytime.py     streamed exits (time to the first event vs the answer, exit order)
                                  and deadlines under 2x overload: on_deadline=best vs error vs the
-                                 fixed full-depth point (issue 18).
+                                 fixed full-depth point (issue 18);
+  11.  benchmarks/grpc_e2e.py    KServe v2 over gRPC beside HTTP v1 on one server, default point and
+                                 full depth at 1, 4 and 16 clients (issue 18).
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
 report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores (step 9
@@ -28,8 +30,8 @@ adds about 3, step 10 about 1); the knobs below shrink them (the test suite runs
         [--hey-concurrency 16 64] [--batch-requests 100] [--batch-hey-requests 400] [--serving-seconds 5]
         [--frontends one 1 2 4] [--overload-clients 400] [--overload-seconds 15]
         [--overload-rounds 2] [--overload-no-hold-rounds 1] [--slo-objective-ms 80]
-        [--anytime-stream-images 1000] [--anytime-phase-seconds 5] [--anytime-rounds 1] [--out DIR]
-        [--report FILE]
+        [--anytime-stream-images 1000] [--anytime-phase-seconds 5] [--anytime-rounds 1]
+        [--grpc-requests 400] [--out DIR] [--report FILE]
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Any
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving", "anytime")
+STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving", "anytime", "grpc")
 # serving.py's parts: each can be skipped (`--skip overload`) without skipping the others.
 SERVING_PARTS = ("efficiency", "frontends", "overload")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
@@ -612,6 +614,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("agreement", "agreement.md", "Live exit-quality monitoring (issue 11)"),
         ("serving", "serving.md", "Serving: efficiency, front-end processes, overload (issue 17)"),
         ("anytime", "anytime.md", "Anytime prediction: streaming and deadlines (issue 18)"),
+        ("grpc", "grpc.md", "KServe v2 over gRPC beside HTTP (issue 18)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -712,6 +715,7 @@ def main() -> None:
         "--anytime-phase-seconds", type=float, default=5.0, help="anytime.py: open loop per configuration"
     )
     parser.add_argument("--anytime-rounds", type=int, default=1, help="anytime.py: interleaved rounds")
+    parser.add_argument("--grpc-requests", type=int, default=400, help="grpc_e2e.py: requests per run")
     parser.add_argument("--require-torchserve", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -771,6 +775,8 @@ def main() -> None:
     commands["anytime"] += ["--stream-images", str(args.anytime_stream_images)]
     commands["anytime"] += ["--phase-seconds", str(args.anytime_phase_seconds)]
     commands["anytime"] += ["--rounds", str(args.anytime_rounds)]
+    commands["grpc"] = [str(HERE / "grpc_e2e.py"), "--bundle", bundle, "--threads", str(args.ranet_threads)]
+    commands["grpc"] += ["--requests", str(args.grpc_requests)]
     machine = machine_facts()
     steps: dict[str, Any] = {}
     for name in STEPS:

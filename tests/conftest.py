@@ -24,6 +24,11 @@ from ranet_serve.model.registry import get_config
 # core make a 30 ms forward take seconds, so tests run single-threaded unless told otherwise.
 torch.set_num_threads(int(os.environ.get("RANET_TEST_THREADS", "1")))
 
+# Servers that tests build from their own Settings would all listen for gRPC on the default 8081, and
+# fail to start whenever anything else holds it (a benchmark, a dev server, a parallel test): gRPC is
+# off in tests unless a test gives a port (`settings_for(..., grpc_port=free_port())`).
+os.environ.setdefault("RANET_GRPC_PORT", "0")
+
 _DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-ranet"
 
 

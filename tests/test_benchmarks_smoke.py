@@ -107,11 +107,12 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     args += ["--batch-hey-requests", str(BATCH_HEY_REQUESTS)]
     # The in-process step has no size knob small enough. Issue 17's serving step: efficiency and
     # overload on one server; no objective run, no front-end scaling (more servers to start). Issue 18's
-    # anytime step has a test of its own (test_anytime_streams_in_exit_order_and_judges_deadlines).
+    # anytime step has a test of its own (test_anytime_streams_in_exit_order_and_judges_deadlines), the
+    # gRPC step one below (test_grpc_beside_http_answers_alike).
     args += (
-        ["--skip", "inprocess", "frontends", "anytime"]
+        ["--skip", "inprocess", "frontends", "anytime", "grpc"]
         if HAS_HEY
-        else ["--skip", "inprocess", "serving", "anytime"]
+        else ["--skip", "inprocess", "serving", "anytime", "grpc"]
     )
     args += [
         "--serving-seconds",
@@ -1121,3 +1122,24 @@ def test_litserve_leg_serves_the_same_model_to_both_clients(tmp_path: Path) -> N
             )
             assert ratios["ranet_default"] > 0
     assert not (ROOT / "client.py").exists()  # LitServe wrote no client file into the checkout
+
+
+def test_grpc_beside_http_answers_alike(tmp_path: Path) -> None:
+    """benchmarks/grpc_e2e.py (make bench step 11) in seconds: both protocols, both points, no failures,
+    the same FLOPs per image and accuracy on the same images (the same server answers both)."""
+    out = tmp_path / "results"
+    args = [str(BENCH / "grpc_e2e.py"), "--requests", "30", "--concurrency", "2", "--images", "60"]
+    done = _run([*args, "--out", str(out)], timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((out / "grpc.json").read_text())
+    by = {(row["protocol"], row["budget"]): row for row in rows}
+    assert set(by) == {(p, b) for p in ("http (v1)", "grpc (v2)") for b in ("default point", "full depth")}
+    for budget in ("default point", "full depth"):
+        http, grpc = by[("http (v1)", budget)], by[("grpc (v2)", budget)]
+        assert http["requests_failed"] == grpc["requests_failed"] == 0
+        assert http["throughput_rps"] > 0 and grpc["throughput_rps"] > 0
+        assert grpc["mean_flops_per_image"] == pytest.approx(http["mean_flops_per_image"])
+        assert grpc["accuracy"] == pytest.approx(http["accuracy"])
+    last_exit_flops = load_bundle(BUNDLE).manifest.cumulative_flops[-1]
+    assert by[("grpc (v2)", "full depth")]["mean_flops_per_image"] == last_exit_flops
+    assert "grpc (v2)" in (out / "grpc.md").read_text()
