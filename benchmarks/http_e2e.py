@@ -54,6 +54,7 @@ def start_server(port: int, threads: int, bundle: Path) -> subprocess.Popen[byte
     """`ranet serve` on the bundle's model store, the bundle's model as the default model."""
     env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
     command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
+    command += ["--grpc-port", "0"]  # HTTP only: the default 8081 may be taken on the machine
     command += ["--threads", str(threads)]
     command += ["--model-store", str(bundle.parents[1]), "--default-model", bundle.parent.name]
     process = subprocess.Popen(

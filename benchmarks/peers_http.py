@@ -112,6 +112,7 @@ class Variant:
 def start_ranet(bundle: Path, threads: int, log: Path) -> ManagedServer:
     port = free_port()
     command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--port", str(port)]
+    command += ["--grpc-port", "0"]  # HTTP only: the default 8081 may be taken on the machine
     if threads > 0:  # else the server's own split of the cores (ranet_serve/cpus.py)
         command += ["--threads", str(threads)]
     command += ["--model-store", str(bundle.parents[1])]

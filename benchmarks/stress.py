@@ -535,6 +535,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "passive", "RANET_HOST": "127.0.0.1", "RANET_PORT": str(port)}
+    env["RANET_GRPC_PORT"] = "0"  # HTTP only: 8081 may be taken
     env["RANET_MODEL_STORE"] = str(args.model_store)
     if args.model:
         env["RANET_DEFAULT_MODEL"] = args.model

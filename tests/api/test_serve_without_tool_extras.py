@@ -96,6 +96,7 @@ def test_serve_runs_with_the_tool_only_packages_unimportable(tiny_bundle_dir: Pa
     port = free_port()
     command = [sys.executable, "-m", "ranet_serve.cli", "serve", "--model-store", str(store)]
     command += ["--port", str(port), "--default-model", "tiny", "--threads", "1", "--frontends", "1"]
+    command += ["--grpc-port", str(free_port())]  # gRPC is core too: it must serve without the extras
     log = tmp_path / "server.log"
     process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
