@@ -157,6 +157,30 @@ def test_sigterm_stops_every_process_and_removes_the_run_directory(served: Serve
     assert "model store closed" in served.log.read_text()
 
 
+def test_a_supervisor_killed_outright_takes_its_children_with_it(served: Served) -> None:
+    children = served.frontend_pids() | {served.engine_pid()}
+    served.process.kill()  # SIGKILL: the supervisor cannot stop anyone
+    served.process.wait(30)
+    deadline = time.monotonic() + 30
+    alive = set(children)
+    while alive:  # each child hears SIGTERM from the kernel and drains
+        assert time.monotonic() < deadline, f"still running after their supervisor died: {alive}"
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waits for its reaper, it no longer runs
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_front_ends_default_to_the_cpus_a_container_may_use(tmp_path: Path) -> None:
     from ranet_serve.cpus import available_cpus
 

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 METRICS_DIR = "metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_PAUSE_SECONDS = 0.5  # between restarts of a process that keeps dying
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def find_bundles(settings: Settings) -> list[str]:
@@ -104,6 +105,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
     from ranet_serve.metrics import RequestMetrics
 
     configure_logging(settings.log_level)
+    stop_with_parent()
     (run_dir / f"frontend-{os.getpid()}.pid").write_text(f"{os.getpid()}\n")  # for operators and tests
     engine = RemoteEngine(run_dir, settings.shared_memory_mib << 20)
     app = create_app(settings, engine=engine, request_metrics=RequestMetrics(), grpc_reuse_port=True)
@@ -127,7 +129,28 @@ def run_engine(settings: Settings, run_dir: Path) -> None:
     onnxruntime (it holds 2 MB instead of about 280 MB)."""
     from ranet_serve.engine.process import run_engine as run
 
+    stop_with_parent()
     run(settings, run_dir)
+
+
+def stop_with_parent() -> None:
+    """Ask Linux for SIGTERM when the supervisor dies (`PR_SET_PDEATHSIG`), whatever kills it.
+
+    A supervisor killed with SIGKILL (an OOM kill, `kill -9`, a test's cleanup) cannot stop its
+    children; without this, front-ends kept serving the port with no engine behind them and no one to
+    replace them. SIGTERM lets them drain as on an ordinary stop. The engine also polls its parent
+    (`engine.process`), which covers systems without prctl.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the engine's poll is all there is
+        return
+    if os.getppid() != parent:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
