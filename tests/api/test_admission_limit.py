@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ranet_serve.api.admission import AdmissionGate, EarlyRetries
-from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings, LoopLag
+from ranet_serve.api.concurrency import AdaptiveLimit, LimitSettings
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
 from ranet_serve.metrics import RequestMetrics
 from ranet_serve.settings import Settings
@@ -102,40 +102,6 @@ def test_the_limit_starts_low_and_climbs_to_its_ceiling_while_latency_is_low() -
     assert limit.current == 32
     run_closed_loop(limit, clock, clients=400, per_second=100_000.0, seconds=5.0)  # a very fast server
     assert limit.current == 256
-
-
-def test_a_lagging_event_loop_shrinks_the_limit_and_small_lags_do_not() -> None:
-    clock = FakeClock()
-    limit = AdaptiveLimit(LimitSettings(maximum=256, initial=256, minimum=4), clock)
-    for _ in range(100):  # lags under half the 100 ms target: a busy loop, not a backlog
-        limit.observe_lag(0.049)
-    assert limit.current == 256
-    for _ in range(7):  # 70 ms of ticks 60 ms late: requests wait in front of every handler
-        limit.observe_lag(0.06)
-    assert limit.current == int(256 * 0.9**7) == 122
-    for _ in range(200):
-        limit.observe_lag(1.0)
-    assert limit.current == 4  # never below the minimum
-
-
-def test_loop_lag_measures_how_late_the_loop_runs_its_timer() -> None:
-    heard: list[float] = []
-
-    async def scenario() -> None:
-        monitor = LoopLag(heard.append, tick=0.005)
-        task = asyncio.create_task(monitor.run())
-        while len(heard) < 2:  # ticks of an idle loop
-            await asyncio.sleep(0.001)
-        quiet = len(heard)
-        blocked_at = asyncio.get_running_loop().time()
-        while asyncio.get_running_loop().time() - blocked_at < 0.08:
-            pass  # the loop is busy for 80 ms: the next tick runs late by most of that
-        while len(heard) == quiet:
-            await asyncio.sleep(0.001)
-        task.cancel()
-
-    asyncio.run(scenario())
-    assert heard[-1] >= 0.07  # the tick after the busy stretch
 
 
 def test_the_limit_never_leaves_its_bounds() -> None:

@@ -29,7 +29,6 @@ from ranet_serve import __version__
 from ranet_serve.api import routes_admin, routes_health
 from ranet_serve.api.admission import Admission, AdmissionGate, adaptive_limit
 from ranet_serve.api.auth import install_auth_handler
-from ranet_serve.api.concurrency import LoopLag
 from ranet_serve.api.dispatch import InferenceDispatch
 from ranet_serve.api.errors import install_error_handlers
 from ranet_serve.api.service import InferenceService
@@ -80,7 +79,6 @@ def create_app(
         reloads: set[asyncio.Task[None]] = set()
         hangup = _install_sighup(client, reloads)
         grpc_frontend = None
-        lag = asyncio.create_task(LoopLag(limit.observe_lag).run())
         try:
             if settings.grpc_port:
                 # Imported here: a server without gRPC never loads grpc's C core.
@@ -93,7 +91,6 @@ def create_app(
         finally:
             if hangup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            lag.cancel()
             if grpc_frontend is not None:
                 await grpc_frontend.stop()  # lets calls in flight finish, as uvicorn did for HTTP
             await asyncio.gather(*reloads, return_exceptions=True)

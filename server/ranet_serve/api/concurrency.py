@@ -14,19 +14,11 @@ four times the engine's recent shortest inference time (a model that takes 130 m
 held to 100 ms). Inference time, not latency: under a sustained overload every latency includes the
 queue, so the lowest latency seen says nothing about the model.
 
-Latency measured in the handler misses the wait in front of it: when the front-end's event loop
-cannot keep up (an open-loop overload, a burst of new connections), requests wait in socket buffers
-and in the loop's ready queue before the handler starts, and a deadline answered with 504 is no
-served latency at all. `LoopLag` measures that wait (how late the loop runs a timer) and hands it to
-`observe_lag`: while it exceeds half the target, the limit shrinks by a tenth per tick, so the excess
-is shed with cheap 429s before it is parsed any further and the loop catches up.
-
 Only the front-end's event loop calls this (no locking). Time comes from a clock the tests replace.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -39,9 +31,6 @@ from dataclasses import dataclass
 # of it in the first second's burst of 400 new connections).
 DEFAULT_TARGET_SECONDS = 0.10
 SERVICE_MULTIPLE = 4.0
-LAG_SHARE = 0.5  # loop lag beyond this share of the target shrinks the limit
-LAG_DECREASE = 0.9  # the limit's factor per lagging tick (halves in 7 ticks, 70 ms at 10 ms ticks)
-LAG_TICK_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -106,14 +95,6 @@ class AdaptiveLimit:
             self._update(window[min(len(window) - 1, int(self.settings.window_quantile * len(window)))])
             self._window, self._window_start = [], now
 
-    def observe_lag(self, lag_seconds: float) -> None:
-        """The event loop ran a timer `lag_seconds` late: requests wait that long before any handler.
-
-        Beyond `LAG_SHARE` of the target, shrink the limit multiplicatively (requests that end in 504
-        or 429 feed `observe` nothing, so this signal must act on its own)."""
-        if lag_seconds > LAG_SHARE * self.target_seconds:
-            self.limit = max(self.settings.minimum, self.limit * LAG_DECREASE)
-
     def _update(self, recent_seconds: float) -> None:
         s = self.settings
         gradient = self.target_seconds / max(recent_seconds, 1e-9)
@@ -121,25 +102,3 @@ class AdaptiveLimit:
         target = self.limit + math.sqrt(self.limit) if grow else self.limit * max(0.5, gradient)
         self.limit = (1 - s.smoothing) * self.limit + s.smoothing * target
         self.limit = min(max(self.limit, s.minimum), s.maximum)
-
-
-class LoopLag:
-    """How late the front-end's event loop runs a periodic timer: the wait in front of every handler.
-
-    `run()` (a task of the app's lifespan) wakes every `tick` seconds and reports how late it woke to
-    `on_lag`. A loop that keeps up wakes within a fraction of a millisecond; one that lags is busy with
-    work queued ahead of the timer, which is what requests arriving now queue behind too.
-    """
-
-    def __init__(self, on_lag: Callable[[float], None], tick: float = LAG_TICK_SECONDS):
-        self.on_lag = on_lag
-        self.tick = tick
-        self.lag = 0.0  # the last measured lag, seconds
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            expected = loop.time() + self.tick
-            await asyncio.sleep(self.tick)
-            self.lag = max(0.0, loop.time() - expected)
-            self.on_lag(self.lag)
