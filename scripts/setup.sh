@@ -58,6 +58,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# KServe's Python client, for the test that it works with our gRPC front-end unchanged. A venv of its
+# own: kserve pins what our constraints pin differently (python-dateutil < 3) and pulls a model-server
+# stack (pandas, kubernetes, cloudevents) that ranet-serve must not depend on. About 450 MB, 30 s.
+KSERVE_CLIENT=.deploy-tools/kserve-client
+if [ ! -x "$KSERVE_CLIENT/bin/python" ] || ! "$KSERVE_CLIENT/bin/python" -c "import kserve" 2>/dev/null; then
+  echo "setup: installing KServe's Python client into $KSERVE_CLIENT"
+  "$PYTHON" -m venv "$KSERVE_CLIENT"
+  "$KSERVE_CLIENT/bin/pip" install -q "kserve==0.21.0"
+fi
+
 # Grafana's TypeScript types for the dashboard check, pinned in tests/deploy_helpers.py, into the
 # project's .deploy-tools/ (gitignored) when missing.
 "$VENV/bin/python" tests/deploy_helpers.py grafana-schema-setup
