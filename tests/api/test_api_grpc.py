@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -283,6 +284,57 @@ def test_model_stream_infer_reports_a_bad_request_and_goes_on(
     assert len(errors) == 1 and "INVALID_ARGUMENT: top_k must be at least 1, got 0" in str(errors[0])
     good = [result for result, error in heard if error is None]
     assert [r.get_response().id for r in good] == ["good"]
+
+
+def test_closing_a_model_stream_withdraws_its_requests_at_the_next_stage(
+    served: RunningServer, tensor: np.ndarray
+) -> None:
+    faults = served.faults
+    faults.gate.clear()
+    faults.hold_stage = 2
+    engine_metrics = served.app.state.engine.engine.metrics
+    cancelled = engine_metrics.cancelled.labels("tiny", "cascade")
+    before = cancelled._value.get()
+    stages_before = _stage_runs(engine_metrics)
+    with served.client() as http:
+        gone_before = metric(http, "ranet_requests_total", model="tiny", status="499", protocol="grpc")
+        client = tritonclient_grpc.InferenceServerClient(served.grpc_target)
+        try:
+            client.start_stream(lambda result, error: None)
+            client.async_stream_infer("tiny", [image_input(tensor[:2])], parameters={"confidence": 1})
+            assert faults.held.wait(30)
+            client.stop_stream(cancel_requests=True)  # the client goes away mid-cascade
+        finally:
+            client.close()
+        # The server saw the call end (its request counts as 499) while stage 2 still runs...
+        assert wait_until(
+            lambda: (
+                metric(http, "ranet_requests_total", model="tiny", status="499", protocol="grpc")
+                > gone_before
+            )
+        )
+    faults.gate.set()  # ...so when stage 2 ends, its survivors are dropped instead of running stage 3
+    assert wait_until(lambda: cancelled._value.get() > before)
+    stages = _stage_runs(engine_metrics)
+    assert stages["2"] - stages_before["2"] == 1 and stages["3"] == stages_before["3"]
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _stage_runs(metrics: Any) -> dict[str, float]:
+    return {
+        sample.labels["stage"]: sample.value
+        for family in metrics.batch_size.collect()
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.labels["model"] == "tiny"
+    }
 
 
 def test_budget_parameters_as_in_rest(triton: Any, tensor: np.ndarray) -> None:
