@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +26,7 @@ from helpers.bundles import make_store
 from helpers.metrics import metric
 from helpers.process import ServeProcess, free_port
 from helpers.server import Faults, RunningServer, settings_for
+from helpers.waiting import wait_until
 from ranet_serve.api.errors import GRPC_STATUS_TABLE, STATUS_TABLE
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
 from ranet_serve.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
@@ -317,15 +317,6 @@ def test_closing_a_model_stream_withdraws_its_requests_at_the_next_stage(
     assert wait_until(lambda: cancelled._value.get() > before)
     stages = _stage_runs(engine_metrics)
     assert stages["2"] - stages_before["2"] == 1 and stages["3"] == stages_before["3"]
-
-
-def wait_until(condition: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _stage_runs(metrics: Any) -> dict[str, float]:

@@ -13,6 +13,7 @@ import pytest
 
 from helpers.metrics import delta, scrape, value
 from helpers.server import RunningServer
+from helpers.waiting import wait_until
 from ranet_serve.api.v1.schemas import ExitEventData, StreamDone
 
 LAST = 5  # the tiny bundle's last exit
@@ -182,14 +183,14 @@ def test_closing_a_stream_withdraws_its_images_at_the_next_stage_boundary(
             received += next(lines) + "\n"
         assert server.faults.held.is_set()
     # The client is gone; the server answers 499 for it once it has noticed and withdrawn the request.
-    assert _wait_for(
+    assert wait_until(
         lambda: (
             value(scrape(client), "ranet_requests_total", model="tiny", status="499", protocol="http")
             > value(before, "ranet_requests_total", model="tiny", status="499", protocol="http")
         )
     )
     server.faults.gate.set()  # stage 2 ends; its survivors are dropped instead of running stage 3
-    assert _wait_for(
+    assert wait_until(
         lambda: delta(before, scrape(client), "ranet_cancelled_total", model="tiny", where="cascade") == 1
     )
     after = scrape(client)
@@ -202,16 +203,6 @@ def test_closing_a_stream_withdraws_its_images_at_the_next_stage_boundary(
         ]
         == LAST
     )
-
-
-def _wait_for(condition: Any, timeout: float = 20.0) -> bool:
-    """Poll `condition` (a metrics read over HTTP) until it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_v2_reports_deadline_limited_as_an_output_when_on_deadline_is_best(

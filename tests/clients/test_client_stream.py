@@ -40,6 +40,7 @@ from typer.testing import CliRunner
 
 from helpers.metrics import delta, scrape, value
 from helpers.server import RunningServer
+from helpers.waiting import wait_until
 
 LAST = 5  # the tiny bundle's last exit
 
@@ -233,27 +234,18 @@ def test_on_deadline_best_answers_the_deepest_exit_reached(
 # -- closing early ----------------------------------------------------------------------------------------
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _check_withdrawn(server: RunningServer, before: dict) -> None:  # type: ignore[type-arg]
     """The server saw the client leave (499), and the images never ran past stage 2."""
     with httpx.Client(base_url=server.url) as metrics:
         labels = {"model": "tiny", "status": "499", "protocol": "http"}
-        assert _wait_for(
+        assert wait_until(
             lambda: (
                 value(scrape(metrics), "ranet_requests_total", **labels)
                 > value(before, "ranet_requests_total", **labels)
             )
         )
         server.faults.gate.set()  # stage 2 ends; its survivors are dropped instead of running stage 3
-        assert _wait_for(
+        assert wait_until(
             lambda: (
                 delta(before, scrape(metrics), "ranet_cancelled_total", model="tiny", where="cascade") == 1
             )

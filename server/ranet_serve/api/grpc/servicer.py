@@ -46,7 +46,7 @@ from ranet_serve.api.grpc.codec import (
 )
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
 from ranet_serve.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
-from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, ClassifyRequest, ExitUpdate, InferenceService
+from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, ExitUpdate, InferenceService
 from ranet_serve.api.v2.codec import describe_model
 from ranet_serve.errors import (
     DeadlineExceededError,
@@ -144,18 +144,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = await run_in_threadpool(parse_model_infer, request)
         else:
             decoded = parse_model_infer(request)
+        deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
         result = await self.service.classify(
-            ClassifyRequest(
-                images=decoded.images,
-                model=request.model_name,
-                version=decoded.version(request.model_version or None),
-                budget=decoded.knobs.budget,
-                top_k=decoded.top_k,
-                all_probabilities=decoded.wants_probabilities,
-                deadline_ms=_deadline_ms(decoded.deadline_ms, context.time_remaining()),
-                on_deadline=decoded.knobs.on_deadline,
-                received=received,
-            )
+            decoded.classify_request(request.model_name, request.model_version or None, received, deadline_ms)
         )
         return encode_model_infer(decoded, result)
 
@@ -211,18 +202,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if not model:
                         raise InvalidRequestError("model_name is empty: name the model to run")
                     decoded = parse_model_infer(request)
+                    deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
                     updates = self.service.stream(
-                        ClassifyRequest(
-                            images=decoded.images,
-                            model=model,
-                            version=decoded.version(request.model_version or None),
-                            budget=decoded.knobs.budget,
-                            top_k=decoded.top_k,
-                            all_probabilities=decoded.wants_probabilities,
-                            deadline_ms=_deadline_ms(decoded.deadline_ms, context.time_remaining()),
-                            on_deadline=decoded.knobs.on_deadline,
-                            received=received,
-                        )
+                        decoded.classify_request(model, request.model_version or None, received, deadline_ms)
                     )
                     finals = 0
                     async with aclosing(updates):  # a cancelled stream withdraws the request at once

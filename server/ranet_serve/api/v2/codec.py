@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ranet_serve.api.knobs import Knobs, parse_count, parse_knobs, parse_positive, unknown_parameter
-from ranet_serve.api.service import ClassifyResult, EncodedImages
+from ranet_serve.api.service import ClassifyRequest, ClassifyResult, EncodedImages
 from ranet_serve.api.v1.codec import decode_base64
 from ranet_serve.api.v2.schemas import InferenceRequest, RequestInput
 from ranet_serve.engine.catalog import Catalog, version_key
@@ -105,6 +105,22 @@ class V2Input:
     knobs: Knobs
     deadline_ms: float | None  # `deadline_ms` or Triton's `timeout`
     outputs: tuple[RequestedOutput, ...]
+
+    def classify_request(
+        self, model: str, path_version: str | None, received: float, deadline_ms: float | None
+    ) -> ClassifyRequest:
+        """The service's request for this decoded one (`deadline_ms`: the deadline the wire settled on)."""
+        return ClassifyRequest(
+            images=self.images,
+            model=model,
+            version=self.version(path_version),
+            budget=self.knobs.budget,
+            top_k=self.top_k,
+            all_probabilities=self.wants_probabilities,
+            deadline_ms=deadline_ms,
+            on_deadline=self.knobs.on_deadline,
+            received=received,
+        )
 
     @property
     def image_count(self) -> int:

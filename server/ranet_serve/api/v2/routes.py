@@ -22,7 +22,7 @@ from ranet_serve.api.schemas_errors import (
     V2Readiness,
     v2_errors,
 )
-from ranet_serve.api.service import ClassifyRequest, InferenceService
+from ranet_serve.api.service import InferenceService
 from ranet_serve.api.v2.codec import (
     HEADER_LENGTH,
     PROTOCOL_PARAMETERS,
@@ -170,17 +170,7 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
         body = await read_body(request, settings.max_body_bytes)
         decoded = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
         result = await service.classify(
-            ClassifyRequest(
-                images=decoded.images,
-                model=model,
-                version=decoded.version(version),
-                budget=decoded.knobs.budget,
-                top_k=decoded.top_k,
-                all_probabilities=decoded.wants_probabilities,
-                deadline_ms=decoded.deadline_ms,
-                on_deadline=decoded.knobs.on_deadline,
-                received=received,
-            )
+            decoded.classify_request(model, version, received, decoded.deadline_ms)
         )
         content, headers, media_type = encode_infer_response(decoded, result)
     return Response(content, headers=headers, media_type=media_type)
