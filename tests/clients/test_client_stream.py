@@ -189,11 +189,12 @@ def held_stage_2(ranet_server: RunningServer, server_url: str) -> Iterator[Runni
 def test_a_deadline_passing_inside_the_stream_is_an_error_event_raised_as_504(
     held_stage_2: RunningServer, samples: list[Sample]
 ) -> None:
-    releaser = threading.Thread(target=_release_after, args=(held_stage_2, 0.4))
+    # A deadline long enough for the request to reach stage 2 on a busy machine; released past it.
+    releaser = threading.Thread(target=_release_after, args=(held_stage_2, 1.1))
     releaser.start()
     items: list[StreamItem] = []
     with RanetClient(held_stage_2.url) as client, pytest.raises(DeadlineExceededError) as caught:
-        for item in client.classify_stream(samples[0].data, confidence=1, deadline_ms=200):
+        for item in client.classify_stream(samples[0].data, confidence=1, deadline_ms=1000):
             items.append(item)
     releaser.join()
     assert caught.value.status == 504 and caught.value.code == "deadline_exceeded"
@@ -219,11 +220,11 @@ def test_a_stage_failing_inside_the_stream_is_an_error_event_raised_as_a_server_
 def test_on_deadline_best_answers_the_deepest_exit_reached(
     held_stage_2: RunningServer, samples: list[Sample]
 ) -> None:
-    releaser = threading.Thread(target=_release_after, args=(held_stage_2, 0.4))
+    releaser = threading.Thread(target=_release_after, args=(held_stage_2, 1.1))
     releaser.start()
     with RanetClient(held_stage_2.url) as client:
         answer = client.classify(
-            [s.data for s in samples[:2]], confidence=1, deadline_ms=200, on_deadline="best"
+            [s.data for s in samples[:2]], confidence=1, deadline_ms=1000, on_deadline="best"
         )
     releaser.join()
     assert [(r.exit, r.deadline_limited, r.budget_limited) for r in answer.results] == [(2, True, False)] * 2
