@@ -52,7 +52,7 @@ from urllib.parse import urlencode
 
 import httpx
 from ranet_client.image_sets import Sample
-from ranet_client.load import BudgetChoice, LoadConfig, run_load_sync
+from ranet_client.load import BudgetChoice, LoadConfig, Wire, run_load_sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from full_depth import export_onnx
@@ -87,7 +87,9 @@ class Variant:
     # network, i.e. the bundle's last-exit cumulative FLOPs. Quoted so the table compares like with like.
     model_flops: int | None = None
 
-    def config(self, requests: int, concurrency: int, timeout: float, batch: int = 1) -> LoadConfig:
+    def config(
+        self, requests: int, concurrency: int, timeout: float, batch: int = 1, wire: Wire = "raw"
+    ) -> LoadConfig:
         return LoadConfig(
             url=self.url,
             requests=requests,
@@ -97,6 +99,7 @@ class Variant:
             timeout=timeout,
             plain_path=self.plain_path,
             plain_body="multipart" if self.plain_body == "multipart" else "raw",
+            wire=wire,
         )
 
     @property
@@ -708,6 +711,12 @@ def main() -> None:
     parser.add_argument("--require-torchserve", action="store_true", help="fail instead of skipping it")
     parser.add_argument("--require-litserve", action="store_true", help="fail instead of skipping it")
     parser.add_argument("--hey-requests", type=int, default=1000, help="requests per hey run (0: no hey)")
+    parser.add_argument(
+        "--wire",
+        choices=("raw", "aiohttp", "httpx"),
+        default="raw",
+        help="the load generator's wire: raw (pre-encoded requests, about hey's client CPU) by default",
+    )
     parser.add_argument("--hey-concurrency", type=int, nargs="+", default=list(VERSUS_LITSERVE_CONCURRENCY))
     parser.add_argument(
         "--batch-requests", type=int, default=100, help="requests per many-images run (0: none)"
@@ -820,7 +829,7 @@ def main() -> None:
                     )
                 )
             for variant in variants:  # warm-up, discarded: first calls pay for lazy init everywhere
-                warm = variant.config(args.warmup, max(args.concurrency), args.timeout)
+                warm = variant.config(args.warmup, max(args.concurrency), args.timeout, wire=args.wire)
                 run_load_sync(warm, samples)
 
             # 1. The project's load generator, every server, every concurrency.
@@ -829,7 +838,7 @@ def main() -> None:
                     run_index = round_index * len(args.concurrency) + k
                     run_samples = rotated(samples, run_index * args.requests)
                     for variant in variants:
-                        config = variant.config(args.requests, concurrency, args.timeout)
+                        config = variant.config(args.requests, concurrency, args.timeout, wire=args.wire)
                         report = run_one(variant, config, run_samples)
                         runs.append(
                             {
@@ -901,7 +910,11 @@ def main() -> None:
             for round_index in range(args.rounds):
                 for variant in load_variants:
                     config = variant.config(
-                        args.batch_requests, args.batch_concurrency, args.timeout, batch=args.batch_images
+                        args.batch_requests,
+                        args.batch_concurrency,
+                        args.timeout,
+                        batch=args.batch_images,
+                        wire=args.wire,
                     )
                     report = run_one(variant, config, rotated(samples, round_index))
                     batch_runs.append({"variant": variant.key, "round": round_index, **report})

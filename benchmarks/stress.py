@@ -53,113 +53,14 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from ranet_client.image_sets import Sample, bundled_samples
+from ranet_client.rawhttp import Answer, Pool
 
 ROOT = Path(__file__).resolve().parents[1]
 RSS_INTERVAL_S = 0.5
 DRAIN_LIMIT_S = 20.0  # after the last phase, requests still running get this long, then count as timeouts
 
 
-# -- a minimal HTTP/1.1 client --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Connection:
-    """One keep-alive connection: write a whole request, read one response (Content-Length or chunked)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader = reader
-        self.writer = writer
-        self.reusable = True
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        return cls(reader, writer)
-
-    async def send(self, request: bytes) -> Answer:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            body = await self.reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                parts.append(await self.reader.readexactly(size + 2))
-                if size == 0:
-                    break
-            body = b"".join(p[:-2] for p in parts)
-        else:
-            body = await self.reader.read()
-            self.reusable = False
-        if headers.get("connection", "").lower() == "close":
-            self.reusable = False
-        return Answer(status, headers, body)
-
-    def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
-
-
-class Pool:
-    """Idle connections are reused; a request finding none opens a new one (callers bound concurrency)."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.idle: list[Connection] = []
-        self.opened = 0
-
-    async def request(self, payload: bytes) -> Answer:
-        reused = bool(self.idle)
-        if reused:
-            connection = self.idle.pop()
-        else:
-            connection = await Connection.open(self.host, self.port)
-            self.opened += 1
-        try:
-            answer = await connection.send(payload)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            connection.close()
-            if reused and not getattr(exc, "partial", b""):
-                # The server closed this idle keep-alive connection (its idle timeout) before our
-                # request reached it: what every HTTP client does is retry once on a fresh connection.
-                return await self.request_fresh(payload)
-            raise
-        except BaseException:
-            connection.close()
-            raise
-        if connection.reusable:
-            self.idle.append(connection)
-        else:
-            connection.close()
-        return answer
-
-    async def request_fresh(self, payload: bytes) -> Answer:
-        connection = await Connection.open(self.host, self.port)
-        self.opened += 1
-        try:
-            answer = await connection.send(payload)
-        finally:
-            connection.close()
-        return answer
-
-    def close(self) -> None:
-        for connection in self.idle:
-            connection.close()
-        self.idle.clear()
+# The minimal HTTP/1.1 client lives in ranet_client.rawhttp (the load generator's raw wire uses it too).
 
 
 def encode_get(host: str, port: int, path: str) -> bytes:

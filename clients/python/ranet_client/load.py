@@ -36,11 +36,12 @@ from ranet_client.targets import (
     PlainTarget,
     Prediction,
     RanetTarget,
+    RawTarget,
     Target,
     TargetPool,
 )
 
-Wire = Literal["auto", "httpx", "aiohttp"]
+Wire = Literal["auto", "httpx", "aiohttp", "raw"]
 
 MAX_DURATION_S = 600.0
 MAX_REQUESTS = 1_000_000
@@ -143,7 +144,8 @@ class LoadConfig:
     max_inflight: int = 256
     plain_path: str | None = None
     plain_body: PlainBody = "raw"
-    # How requests go over the wire: aiohttp when installed (the `fast` extra), else httpx's own.
+    # How requests go over the wire: aiohttp when installed (the `fast` extra), else httpx's own; "raw":
+    # pre-encoded HTTP/1.1 bytes on keep-alive connections (ranet_client.rawhttp), the cheapest client.
     wire: Wire = "auto"
 
     def validated(self) -> LoadConfig:
@@ -164,8 +166,10 @@ class LoadConfig:
             raise ValueError("timeout must be positive and retries at least 1")
         if not self.mix:
             raise ValueError("the budget mix is empty")
-        if self.wire not in ("auto", "httpx", "aiohttp"):
-            raise ValueError(f"wire must be auto, httpx or aiohttp, got {self.wire!r}")
+        if self.wire not in ("auto", "httpx", "aiohttp", "raw"):
+            raise ValueError(f"wire must be auto, httpx, aiohttp or raw, got {self.wire!r}")
+        if self.wire == "raw" and not self.url.startswith("http://"):
+            raise ValueError("wire raw speaks plain http only (no TLS)")
         if self.wire == "aiohttp" and not aiohttp_transport.available():
             raise ValueError("wire aiohttp needs aiohttp: pip install 'ranet-client[fast]'")
         if self.plain_path is not None:
@@ -417,6 +421,16 @@ def make_target(config: LoadConfig) -> TargetPool:
         return httpx.AsyncHTTPTransport(verify=tls, limits=limits)
 
     targets: list[Target] = []
+    if wire == "raw":  # pre-encoded requests on keep-alive connections: see ranet_client.rawhttp
+        raw = RawTarget(
+            config.url,
+            ranet=config.plain_path is None,
+            model=config.model,
+            path=config.plain_path,
+            body=config.plain_body,
+            timeout=config.timeout,
+        )
+        return TargetPool([raw])
     for _ in range(clients):
         if config.plain_path is not None:
             targets.append(
