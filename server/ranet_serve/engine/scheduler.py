@@ -255,11 +255,11 @@ class Batcher:
         tags = self._slots.assign(runnable)
         images = torch.cat([r.images for r in runnable]) if len(runnable) > 1 else runnable[0].images
         watched = deadlines = None
-        if any(r.watched or r.deadline is not None for r in runnable):
-            watched = np.concatenate([np.full(r.size, r.watched) for r in runnable])
-            deadlines = np.concatenate(
-                [np.full(r.size, math.inf if r.deadline is None else r.deadline) for r in runnable]
-            )
+        if any(r.watched or r.deadline is not None for r in runnable):  # every HTTP request has a deadline
+            # Per-image rows from per-request values: one repeat each, not an array per request.
+            sizes = [r.size for r in runnable]
+            watched = np.repeat([r.watched for r in runnable], sizes)
+            deadlines = np.repeat([math.inf if r.deadline is None else r.deadline for r in runnable], sizes)
         for request in runnable:
             if request.best_effort:
                 self._expiring.push(request)

@@ -47,7 +47,7 @@ from ranet_serve.api.grpc.codec import (
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
 from ranet_serve.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, ExitUpdate, InferenceService
-from ranet_serve.api.v2.codec import describe_model
+from ranet_serve.api.v2.codec import V2Input, describe_model
 from ranet_serve.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -140,10 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         if not request.model_name:
             raise InvalidRequestError("model_name is empty: name the model to run")
-        if payload_bytes(request) > INLINE_DECODE_MAX_BYTES:
-            decoded = await run_in_threadpool(parse_model_infer, request)
-        else:
-            decoded = parse_model_infer(request)
+        decoded = await _decode(request)
         deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
         result = await self.service.classify(
             decoded.classify_request(request.model_name, request.model_version or None, received, deadline_ms)
@@ -201,7 +198,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async with self.service.track(model or None, PROTOCOL):
                     if not model:
                         raise InvalidRequestError("model_name is empty: name the model to run")
-                    decoded = parse_model_infer(request)
+                    decoded = await _decode(request)
                     deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
                     updates = self.service.stream(
                         decoded.classify_request(model, request.model_version or None, received, deadline_ms)
@@ -353,6 +350,13 @@ def _deadline_ms(requested_ms: float | None, remaining_seconds: float | None) ->
         raise DeadlineExceededError("the call's gRPC deadline passed before inference started")
     remaining_ms = 1000.0 * remaining_seconds
     return remaining_ms if requested_ms is None else min(requested_ms, remaining_ms)
+
+
+async def _decode(request: pb.ModelInferRequest) -> V2Input:
+    """Decode on the loop when small, in a worker thread when large (as the REST service decides)."""
+    if payload_bytes(request) > INLINE_DECODE_MAX_BYTES:
+        return await run_in_threadpool(parse_model_infer, request)
+    return parse_model_infer(request)
 
 
 def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
