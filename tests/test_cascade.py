@@ -706,3 +706,31 @@ def test_a_request_arriving_during_the_audit_waits_for_one_slice_only(bundle, im
     assert log.calls == expected
     assert monitor.pending == 0 and monitor.checked.tolist() == [9, 0, 0, 0, 0, 0]
     assert monitor.slices == 3 * EXITS and 0 < monitor.longest_slice_seconds < 10
+
+
+def test_a_deadline_the_work_ahead_rules_out_is_refused_at_once(gate, images) -> None:
+    batcher = Batcher(CascadeExecutor(gate), max_batch_size=1, max_queue_delay=0.0)
+    try:
+        gate.release.set()
+        submit(batcher, images[:1]).result(10)  # the worker now has a cost per image to go on
+        gate.release.clear()
+        gate.entered.clear()
+        running = submit(batcher, images[:1])
+        gate.entered.wait(5)
+        queued = submit(batcher, images[:3], deadline=time.monotonic() + 60)
+        with pytest.raises(OverloadedError) as error:
+            submit(batcher, images[:2], deadline=time.monotonic() + 1e-6)
+        details = error.value.details
+        assert details["reason"] == "deadline_unmeetable" and error.value.retry_after_seconds > 0
+        # Earliest deadline first: the 3 queued images are due later and would not run before it.
+        assert details["images_ahead"] == 1 and details["expected_ms"] > 0
+        best = submit(batcher, images[:1], deadline=time.monotonic() + 1e-6, best_effort=True)
+        roomy = submit(batcher, images[:1], deadline=time.monotonic() + 60)
+        gate.release.set()
+        for future in (running, queued, roomy):
+            assert future.result(10).images[0].exit == 0
+        with pytest.raises(DeadlineExceededError):
+            best.result(10)  # queued, not refused: it reached no exit before its deadline
+    finally:
+        gate.release.set()
+        batcher.close()

@@ -62,7 +62,7 @@ class BudgetError(RanetServeError):
 
 
 # Why a request was shed (`OverloadedError`'s `reason` detail, the `reason` label of rejections).
-OVERLOAD_REASONS = ("queue_full", "inflight_limit", "shutdown")
+OVERLOAD_REASONS = ("queue_full", "inflight_limit", "shutdown", "deadline_unmeetable")
 
 
 class OverloadedError(RanetServeError):

@@ -42,7 +42,7 @@ from ranet_serve.errors import OVERLOAD_REASONS, OverloadedError
 from ranet_serve.metrics import RequestMetrics, model_label
 from ranet_serve.settings import Settings
 
-QUEUE_FULL, INFLIGHT_LIMIT, _ = OVERLOAD_REASONS
+QUEUE_FULL, INFLIGHT_LIMIT, _, _ = OVERLOAD_REASONS
 RETRY_AFTER_SECONDS = 1
 
 

@@ -24,7 +24,7 @@ from typing import Final
 from ranet_serve.engine.requests import QueuedRequest
 from ranet_serve.errors import OVERLOAD_REASONS, OverloadedError
 
-QUEUE_FULL, _, SHUTDOWN = OVERLOAD_REASONS
+QUEUE_FULL, _, SHUTDOWN, _ = OVERLOAD_REASONS
 
 
 class Wake:
@@ -75,6 +75,21 @@ class Intake:
         """Images of the requests waiting in the queue."""
         with self._lock:
             return self._queued_images
+
+    def images_due_by(self, deadline: float, now: float) -> int:
+        """Images of the queued requests that run before a request due at `deadline` would.
+
+        The queue is earliest deadline first, so those are the requests due no later; ones already
+        past their deadline (`now`) or whose caller left are skipped by the worker at no cost and are
+        not counted. A scan of the queue under its own lock: called only for requests that carry a
+        deadline, and the queue is bounded by `max_queue_size`.
+        """
+        with self._queue.mutex:
+            return sum(
+                item.size
+                for due, _, item in self._queue.queue
+                if now <= due <= deadline and isinstance(item, QueuedRequest) and not item.future.done()
+            )
 
     @property
     def announced(self) -> int:
