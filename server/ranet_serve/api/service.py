@@ -326,7 +326,10 @@ class InferenceService:
                 f"{count} images in one request; at most {limit} are allowed", limit=limit
             )
         if isinstance(images, EncodedImages):
-            return np.ascontiguousarray(preprocess_batch(list(images.items), spec, self.limits))
+            items = list(images.items)
+            return np.ascontiguousarray(
+                preprocess_batch(items, spec, self.limits, draft=self.settings.jpeg_draft)
+            )
         return _check_tensor(images, spec)
 
 
