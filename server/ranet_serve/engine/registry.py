@@ -425,7 +425,10 @@ class ModelStore:
     ) -> ModelVersion:
         started = time.perf_counter()
         try:
-            bundle = load_bundle(path, verify_checksums=self.settings.verify_checksums)
+            # Only the files the configured runtime reads are checked (and read): see load_bundle.
+            bundle = load_bundle(
+                path, verify_checksums=self.settings.verify_checksums, backend=self.settings.backend
+            )
             manifest = bundle.manifest
             if (manifest.name, manifest.version) != (name, version):
                 raise BundleError(
