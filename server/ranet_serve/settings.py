@@ -246,7 +246,9 @@ class Settings(BaseSettings):
     warmup: bool = Field(
         True, description="run a batch through every stage before a bundle is ready (no slow first request)"
     )
-    verify_checksums: bool = Field(True, description="check every bundle file's SHA-256 on load")
+    verify_checksums: bool = Field(
+        True, description="check the SHA-256 of every bundle file the backend reads, on load"
+    )
     graceful_shutdown_seconds: float = Field(
         30.0,
         gt=0.0,
