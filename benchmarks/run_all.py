@@ -19,7 +19,12 @@ Runs, one after the other on this machine and the same bundle and images:
                                  and deadlines under 2x overload: on_deadline=best vs error vs the
                                  fixed full-depth point (issue 18);
   11.  benchmarks/grpc_e2e.py    KServe v2 over gRPC beside HTTP v1 on one server, default point and
-                                 full depth at 1, 4 and 16 clients (issue 18).
+                                 full depth at 1, 4 and 16 clients (issue 18);
+  12.  benchmarks/imagenet_scale.py  imagenet-model1 end to end (issue 21): an official-format
+                                 checkpoint exported and verified (time, peak memory), served (time to
+                                 ready, RSS), photos of 500x375 and 4000x3000 over v1 and v2, decode
+                                 before/after draft mode, an exit mix by max_flops vs full depth
+                                 against the FLOPs ratio, and a GPU projection; about 4 minutes.
 Then writes the report: machine, versions, every figure, and the goals with met / not met. A step
 that fails is reported as failed (with the tail of its log) and the command exits non-zero, but the
 report of the other steps is still written. The default sizes fit in 20 minutes on 2 cores (step 9
@@ -31,7 +36,8 @@ adds about 3, step 10 about 1); the knobs below shrink them (the test suite runs
         [--frontends one 1 2 4] [--overload-clients 400] [--overload-seconds 15]
         [--overload-rounds 2] [--overload-no-hold-rounds 1] [--slo-objective-ms 80]
         [--anytime-stream-images 1000] [--anytime-phase-seconds 5] [--anytime-rounds 1]
-        [--grpc-requests 400] [--out DIR] [--report FILE]
+        [--grpc-requests 400] [--imagenet-config imagenet-model1] [--imagenet-phase-seconds 30]
+        [--imagenet-quick] [--out DIR] [--report FILE]
 """
 
 from __future__ import annotations
@@ -49,9 +55,21 @@ from pathlib import Path
 from typing import Any
 
 from common import DEFAULT_BUNDLE, ROOT, machine_facts, versions
+from imagenet_scale import bars as imagenet_goals
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("inprocess", "http", "peers", "rebatch", "slo", "agreement", "serving", "anytime", "grpc")
+STEPS = (
+    "inprocess",
+    "http",
+    "peers",
+    "rebatch",
+    "slo",
+    "agreement",
+    "serving",
+    "anytime",
+    "grpc",
+    "imagenet",
+)
 # serving.py's parts: each can be skipped (`--skip overload`) without skipping the others.
 SERVING_PARTS = ("efficiency", "frontends", "overload")
 # Goals from issue 9 (the targets are fixed; the measured figures are not).
@@ -617,6 +635,7 @@ def render_report(context: dict[str, Any], out: Path, report_path: Path) -> str:
         ("serving", "serving.md", "Serving: efficiency, front-end processes, overload (issue 17)"),
         ("anytime", "anytime.md", "Anytime prediction: streaming and deadlines (issue 18)"),
         ("grpc", "grpc.md", "KServe v2 over gRPC beside HTTP (issue 18)"),
+        ("imagenet", "imagenet_scale.md", "ImageNet scale (issue 21)"),
     )
     for step_name, markdown, title in sections:
         lines += [f"# {title}", ""]
@@ -718,6 +737,13 @@ def main() -> None:
     )
     parser.add_argument("--anytime-rounds", type=int, default=1, help="anytime.py: interleaved rounds")
     parser.add_argument("--grpc-requests", type=int, default=400, help="grpc_e2e.py: requests per run")
+    parser.add_argument("--imagenet-config", default="imagenet-model1", help="imagenet_scale.py: the config")
+    parser.add_argument(
+        "--imagenet-phase-seconds", type=float, default=30.0, help="imagenet_scale.py: each budget phase"
+    )
+    parser.add_argument(
+        "--imagenet-quick", action="store_true", help="imagenet_scale.py --quick: the narrow config, seconds"
+    )
     parser.add_argument("--require-torchserve", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -779,6 +805,10 @@ def main() -> None:
     commands["anytime"] += ["--rounds", str(args.anytime_rounds)]
     commands["grpc"] = [str(HERE / "grpc_e2e.py"), "--bundle", bundle, "--threads", str(args.ranet_threads)]
     commands["grpc"] += ["--requests", str(args.grpc_requests)]
+    commands["imagenet"] = [str(HERE / "imagenet_scale.py"), "--config", args.imagenet_config]
+    commands["imagenet"] += ["--phase-seconds", str(args.imagenet_phase_seconds)]
+    if args.imagenet_quick:
+        commands["imagenet"].append("--quick")
     machine = machine_facts()
     steps: dict[str, Any] = {}
     for name in STEPS:
@@ -795,6 +825,7 @@ def main() -> None:
     slo = _load(out / "slo.json") if "slo" in ran else None
     serving = _load(out / "serving.json") if "serving" in ran else None
     anytime = _load(out / "anytime.json") if "anytime" in ran else None
+    imagenet = _load(out / "imagenet_scale.json") if "imagenet" in ran else None
     plots = [str(p) for p in plot_peers(peers, out)] if peers and peers.get("summary") else []
     context: dict[str, Any] = {
         "command": shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]),
@@ -804,7 +835,8 @@ def main() -> None:
         "machine": machine,
         "versions": versions(),
         "steps": steps,
-        "goals": goals(inprocess, peers, rebatch, slo, serving, anytime),
+        # Issue 21's bars are judged by imagenet_scale.py itself (the same function reads its JSON).
+        "goals": goals(inprocess, peers, rebatch, slo, serving, anytime) + imagenet_goals(imagenet),
         "plots": plots,
     }
     (out / "summary.json").write_text(json.dumps(context, indent=2) + "\n")

@@ -21,6 +21,9 @@ numbers, and the peers serve exactly the model and preprocessing ranet serve doe
 - Issue 18's anytime benchmark (streamed exits, deadlines under 2x overload) runs alone for a few
   seconds: events in exit order, shares that sum to 1, accuracies in [0, 1], on_deadline=best answering
   where error answers 504; its goals and report section through run_all.py's functions.
+- Issue 21's ImageNet-scale step: its checkpoint has the official layout and loads as an official one,
+  its arithmetic (speedup vs FLOPs ratio, verify's table, the decode bar) on fixed inputs; the whole
+  path on a narrow 224-pixel config (`--quick`, about 45 s, most of it `ranet export`) is `slow`.
 
 Nothing here asserts a timing threshold: the machines are shared and timings are noise-bound.
 """
@@ -108,11 +111,12 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     # The in-process step has no size knob small enough. Issue 17's serving step: efficiency and
     # overload on one server; no objective run, no front-end scaling (more servers to start). Issue 18's
     # anytime step has a test of its own (test_anytime_streams_in_exit_order_and_judges_deadlines), the
-    # gRPC step one below (test_grpc_beside_http_answers_alike).
+    # gRPC step one below (test_grpc_beside_http_answers_alike), issue 21's ImageNet step too
+    # (test_imagenet_scale_runs_the_whole_path_on_a_narrow_config).
     args += (
-        ["--skip", "inprocess", "frontends", "anytime", "grpc"]
+        ["--skip", "inprocess", "frontends", "anytime", "grpc", "imagenet"]
         if HAS_HEY
-        else ["--skip", "inprocess", "serving", "anytime", "grpc"]
+        else ["--skip", "inprocess", "serving", "anytime", "grpc", "imagenet"]
     )
     args += [
         "--serving-seconds",
@@ -269,8 +273,14 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
 
     # Issue 17: server efficiency and overload, one server, hey's CSV (when hey is installed).
     overload_goals = context["goals"][13:19]
-    assert len(context["goals"]) == 22  # the last three: issue 18's anytime step, skipped here
-    assert [g["met"] for g in context["goals"][19:]] == [None] * 3 and "anytime" not in context["steps"]
+    # Then issue 18's anytime step (three) and issue 21's ImageNet bars, skipped here.
+    _importable_benchmarks()
+    from imagenet_scale import BAR_NAMES
+
+    assert len(context["goals"]) == 22 + len(BAR_NAMES)
+    assert [g["met"] for g in context["goals"][19:]] == [None] * (3 + len(BAR_NAMES))
+    assert "anytime" not in context["steps"] and "imagenet" not in context["steps"]
+    assert context["goals"][22]["goal"].startswith("ImageNet scale: ")
     if not HAS_HEY:
         assert "serving" not in context["steps"] and [g["met"] for g in overload_goals] == [None] * 6
         return
@@ -1143,3 +1153,167 @@ def test_grpc_beside_http_answers_alike(tmp_path: Path) -> None:
     last_exit_flops = load_bundle(BUNDLE).manifest.cumulative_flops[-1]
     assert by[("grpc (v2)", "full depth")]["mean_flops_per_image"] == last_exit_flops
     assert "grpc (v2)" in (out / "grpc.md").read_text()
+
+
+# -- issue 21: serving at ImageNet scale -------------------------------------------------------------------
+
+
+def test_imagenet_scale_checkpoint_has_the_official_layout(tmp_path: Path, official_fixture: Any) -> None:
+    """The benchmark's checkpoint is what the official main.py writes (the fixture's top-level keys,
+    SGD state, DataParallel `module.` keys in the official order), loads through the official-checkpoint
+    path, and its re-estimated batch norm keeps the logits at a trained model's scale."""
+    _importable_benchmarks()
+    from imagenet_scale import make_checkpoint, resolve_config
+    from ranet_serve.model.checkpoint import load_model, read_checkpoint
+
+    config = resolve_config("imagenet-model1", quick=True)
+    assert (config.family, config.image_size, config.num_scales, config.num_exits) == ("imagenet", 224, 4, 8)
+    path = tmp_path / "model_best.pth.tar"
+    info = make_checkpoint(config, path, bn_batches=1, bn_batch_size=2)
+    raw, official = read_checkpoint(path), official_fixture.checkpoint
+    assert list(raw) == list(official)
+    assert list(raw["optimizer"]) == list(official["optimizer"])
+    assert set(raw["optimizer"]["param_groups"][0]) == set(official["optimizer"]["param_groups"][0])
+    keys = list(raw["state_dict"])
+    assert all(key.startswith("module.") for key in keys)
+    assert keys[0].startswith("module.scale_flows.0.0.") and keys[-1].startswith("module.FirstLayer.")
+    assert info["checkpoint_bytes"] == path.stat().st_size and info["parameters"] > 0
+    model = load_model(path, config)  # strict: every key of the config, no extra
+    assert model.num_exits == 8
+    scale = info["verify_logit_max_abs"]
+    assert len(scale) == 8 and all(0.1 < value < 100 for value in scale)
+
+
+def test_imagenet_scale_judges_speedup_verify_and_decode_from_the_figures() -> None:
+    """The arithmetic and parsing of issue 21's step on fixed inputs: realised speedup against the FLOPs
+    ratio of the served FLOPs, verify's table with or without a relative column, the exit mix."""
+    _importable_benchmarks()
+    import imagenet_scale as step
+
+    met = step.speedup(
+        {"images_per_s": 10.0, "mean_flops_per_image": 300.0},
+        {"images_per_s": 18.0, "mean_flops_per_image": 150.0},
+    )
+    assert met["realised_speedup"] == pytest.approx(1.8) and met["flops_ratio"] == pytest.approx(2.0)
+    assert met["share_of_flops_ratio"] == pytest.approx(0.9) and met["met"] is True
+    missed = step.speedup(
+        {"images_per_s": 10.0, "mean_flops_per_image": 300.0},
+        {"images_per_s": 16.0, "mean_flops_per_image": 150.0},
+    )
+    assert missed["share_of_flops_ratio"] == pytest.approx(0.8) and missed["met"] is False
+
+    choices, expected = step.mix_choices([100, 200, 300, 400, 500])
+    assert [c.knobs for c in choices] == [
+        {"confidence": "1", "max_flops": "100"},
+        {"confidence": "1", "max_flops": "400"},
+        {"confidence": "1"},
+    ]
+    assert [c.weight for c in choices] == [0.4, 0.3, 0.3] and expected == pytest.approx(310.0)
+
+    table = (
+        "┏━━━━━━━━━━━━━┳━━━━━━━━┳━━━━━━┳━━━━━━━━━━━━┳━━━━━┓\n"
+        "┃ backend     ┃ inputs ┃ exit ┃ max |diff| ┃ ok  ┃\n"
+        "┡━━━━━━━━━━━━━╇━━━━━━━━╇━━━━━━╇━━━━━━━━━━━━╇━━━━━┩\n"
+        "│ onnxruntime │ random │ 0    │ 2.00e-05   │ yes │\n"
+        "│ torchscript │ random │ 1    │ 4.00e-05   │ NO  │\n"
+        "└─────────────┴────────┴──────┴────────────┴─────┘\n"
+    )
+    rows = step.parse_verify_table(table)
+    assert [r["exit"] for r in rows] == ["0", "1"]
+    summary = step.verify_summary(rows, [2.0, 8.0])
+    assert summary["worst_abs_diff"] == pytest.approx(4e-5) and summary["failed_checks"] == 1
+    assert summary["worst_rel_diff_of_max_logit"] == pytest.approx(1e-5)  # 2e-5 / 2 beats 4e-5 / 8
+    with_relative = table.replace("┃ ok  ┃", "┃ rel diff ┃ ok  ┃").replace("│ yes │", "│ 1.0e-05 │ yes │")
+    assert (
+        step.verify_summary(step.parse_verify_table(with_relative), [2.0])["worst_rel_diff_reported"] == 1e-5
+    )
+
+    decode = {
+        "500x375": {"before_ms": 2.0, "after_ms": 2.1},
+        "4000x3000": {"before_ms": 75.0, "after_ms": 12.0},
+    }
+    assert step.bars(None) == [step._bar(i, None, None) for i in range(len(step.BAR_NAMES))]
+    assert step._decode_bar(decode)["met"] is True  # judged where draft decoding applies
+    assert step._decode_bar({**decode, "4000x3000": {"before_ms": 75.0, "after_ms": None}})["met"] is None
+    assert step.output_paths(Path("x/r.json")) == (Path("x/r.json"), Path("x/r.md"))
+    assert step.output_paths(Path("x")) == (Path("x/imagenet_scale.json"), Path("x/imagenet_scale.md"))
+
+
+@pytest.mark.slow
+def test_imagenet_scale_runs_the_whole_path_on_a_narrow_config(tmp_path: Path) -> None:
+    """benchmarks/imagenet_scale.py --quick (about 50 s on 2 cores, most of it `ranet export`): the
+    narrow ImageNet-shaped config through checkpoint, export, verify, serve, photos over v1 and v2,
+    decode before/after, the exit mix at 1 and 4 images per request; real figures, nothing left behind."""
+    out, work = tmp_path / "imagenet.json", tmp_path / "work"
+    done = _run([str(BENCH / "imagenet_scale.py"), "--quick", "--out", str(out), "--workdir", str(work)], 420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(work.iterdir()) == []  # the checkpoint and bundle were deleted
+    result = json.loads(out.read_text())
+    last = len(result["cumulative_flops"]) - 1
+    assert result["quick"] is True and result["model"]["config"]["image_size"] == 224
+
+    export, verify, serve = result["export"], result["verify"], result["serve"]
+    assert export["seconds"] > 0 and export["peak_rss_mb"] > 100 and export["bundle_bytes"] > 0
+    assert verify["passed"] is True and verify["checks"] >= 2 * (last + 1) and verify["failed_checks"] == 0
+    assert 0 <= verify["worst_rel_diff_of_max_logit"] < 1e-3
+    assert serve["ready_seconds"] > 0 and serve["rss_after_load"]["total_mib"] > 100
+    roles = {p["role"] for p in serve["rss_after_load"]["processes"]}
+    assert {"supervisor", "engine", "front-end"} <= roles
+    assert serve["rss_under_load_peak_mib"] >= serve["rss_under_load_mean_mib"] > 0
+
+    assert set(result["decode"]) == {"500x375", "4000x3000"}
+    for figures in result["decode"].values():
+        assert figures["before_ms"] > 0 and (figures["after_ms"] is None or figures["after_ms"] > 0)
+    photos = {(r["photo"], r["protocol"], r["budget"]): r for r in result["photos"]}
+    assert {(p, proto) for p, proto, _ in photos} == {
+        (p, proto) for p in ("500x375", "4000x3000") for proto in ("v1 multipart", "v2 binary")
+    }
+    for (_, _, budget), row in photos.items():
+        assert row["all_200"] and row["statuses"] == [200] and row["sane"] and row["label"]
+        assert row["exit"] == (0 if budget == "capped at exit 0" else last)
+        assert row["latency_ms_p50"] >= row["inference_ms_p50"] > 0
+
+    budget = result["budget"]
+    assert [m["share"] for m in budget["mix"]] == [0.4, 0.3, 0.3]
+    for batch in ("1", "4"):
+        entry = budget["by_images_per_request"][batch]
+        full, mix = entry["full"], entry["mix"]
+        assert full["requests_failed"] == mix["requests_failed"] == 0
+        assert full["images"] > 0 and mix["images"] > 0
+        assert set(full["exit_counts"]) == {str(last)} and set(mix["exit_counts"]) <= {"0", "3", str(last)}
+        assert full["mean_flops_per_image"] == result["cumulative_flops"][-1]
+        assert entry["realised_speedup"] == pytest.approx(mix["images_per_s"] / full["images_per_s"])
+        assert entry["flops_ratio"] == pytest.approx(
+            full["mean_flops_per_image"] / mix["mean_flops_per_image"]
+        )
+        assert entry["share_of_flops_ratio"] == pytest.approx(
+            entry["realised_speedup"] / entry["flops_ratio"]
+        )
+        assert entry["met"] is (entry["share_of_flops_ratio"] >= 0.85)
+    projection = result["gpu_projection"]
+    assert len(projection["cpu_exit_ms_batch1"]) == last + 1 and projection["gpu_full_depth_images_per_s"] > 0
+
+    bars = result["bars"]
+    assert [b["met"] for b in bars[:4]] == [True, True, True, True] and bars[5]["met"] is True
+    assert [b["met"] in (True, False) for b in bars[6:]] == [True, True]
+
+    # run_all.py: the bars join the goal table, the section joins the report.
+    _importable_benchmarks()
+    from run_all import imagenet_goals, render_report
+
+    assert imagenet_goals(result) == bars
+    results = out.parent
+    (results / "imagenet_scale.md").write_text(out.with_suffix(".md").read_text())
+    context = {
+        "command": "benchmarks/run_all.py",
+        "finished": "now",
+        "wall_s": result["wall_s"],
+        "bundle": "model_store/ranet-fmnist/1",
+        "machine": result["machine"],
+        "versions": result["versions"],
+        "steps": {"imagenet": {"command": "benchmarks/imagenet_scale.py", "returncode": 0, "wall_s": 1.0}},
+        "goals": bars,
+        "plots": [],
+    }
+    rendered = render_report(context, results, tmp_path / "REPORT.md")
+    assert "# ImageNet scale (issue 21)" in rendered and "### GPU projection (a projection" in rendered
