@@ -121,8 +121,18 @@ def test_verify_passes_a_narrow_imagenet_bundle_whose_logits_are_large(narrow_bu
 
     result = runner.invoke(app, ["verify", str(narrow_bundle)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "rule: max|got - want| / max(max|want|, 1) per exit and batch <= 1.0e-04" in result.output
-    assert "rel diff" in result.output and "scale" in result.output
+    assert "rule: rel diff = max |diff| / max(scale, 1), scale = max |logit| of PyTorch" in result.output
+    assert "an exit passes at rel diff <= 1.0e-04" in result.output
+    header = next(line for line in result.output.splitlines() if "backend" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "backend",
+        "inputs",
+        "exit",
+        "max |diff|",
+        "scale",
+        "rel diff",
+        "ok",
+    ]
     assert "verified: checksums and parity ok" in result.output
 
 
@@ -145,7 +155,7 @@ def test_verify_fails_exactly_the_exit_whose_stage_differs(narrow_bundle: Path, 
     # A tolerance wider than the 1% error lets it through: the option is relative too.
     loose = runner.invoke(app, ["verify", str(copy), "--tolerance", "0.05"], terminal_width=200)
     assert loose.exit_code == 0, loose.output
-    assert "<= 5.0e-02" in loose.output
+    assert "rel diff <= 5.0e-02" in loose.output
 
 
 def test_verify_tolerance_option_appears_in_help() -> None:

@@ -36,7 +36,7 @@ from ranet_serve.export.bundle import Bundle
 
 TOLERANCE = 1e-4  # relative: max |got - want| / max(max |want|, SCALE_FLOOR), per exit and batch
 SCALE_FLOOR = 1.0  # below this scale the rule is absolute (see the module docstring)
-RULE = "max|got - want| / max(max|want|, 1) per exit and batch"
+RULE = "rel diff = max |diff| / max(scale, 1), scale = max |logit| of PyTorch, per exit and batch"
 
 
 @dataclass(frozen=True)
