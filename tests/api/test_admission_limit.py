@@ -44,6 +44,7 @@ def run_closed_loop(
         latency = max(service, admitted / per_second)
         for _ in range(admitted):
             clock.now += 1.0 / per_second
+            limit.note_in_flight(admitted)
             limit.observe_service(service)
             limit.observe(latency)
             latencies.append(latency)
@@ -54,8 +55,20 @@ def test_ordinary_load_keeps_the_limit_at_its_ceiling() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(LimitSettings(maximum=256), clock)
     latencies = run_closed_loop(limit, clock, clients=64, per_second=1000.0, seconds=5.0)
-    assert limit.current == 256  # 64 ms at 64 clients is under the 100 ms target: nothing is shed
+    # 64 ms at 64 clients is under the 100 ms target: nothing is shed, and the limit keeps room to
+    # spare without growing past twice what the load uses.
+    assert 64 < limit.current <= 2 * 64
     assert max(latencies) < limit.target_seconds
+
+
+def test_a_limit_raised_at_light_load_does_not_admit_the_next_burst_wholesale() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(LimitSettings(maximum=256), clock)
+    run_closed_loop(limit, clock, clients=16, per_second=700.0, seconds=5.0)
+    assert limit.current == 32  # the start value: 16 in flight never needed more
+    burst = run_closed_loop(limit, clock, clients=400, per_second=1000.0, seconds=10.0)
+    # The first answers of the burst: at most 32 were admitted, so they waited 32 ms, not 256.
+    assert burst[0] <= 0.032 and max(burst) <= 1.5 * limit.target_seconds
 
 
 def test_overload_brings_admitted_latency_down_to_about_the_target() -> None:

@@ -123,6 +123,7 @@ class Admitted:
 
     def __enter__(self) -> Admitted:
         self.admission.active += 1
+        self.admission.adaptive.note_in_flight(self.admission.active)
         self.started = time.monotonic()
         return self
 

@@ -14,6 +14,12 @@ four times the engine's recent shortest inference time (a model that takes 130 m
 held to 100 ms). Inference time, not latency: under a sustained overload every latency includes the
 queue, so the lowest latency seen says nothing about the model.
 
+The limit also stays within `USAGE_HEADROOM` times the most requests that were actually in flight
+lately (as TCP does not grow a window the sender is not using, RFC 7661). Without that, an hour at
+light load would raise the limit to its ceiling, and the first burst of a heavy overload would be
+admitted wholesale: measured with 400 clients after a 16-client run, the first round's admitted p99
+was 309 ms against 173 ms in the next round, which started from the limit the first had found.
+
 Only the front-end's event loop calls this (no locking). Time comes from a clock the tests replace.
 """
 
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 # of it in the first second's burst of 400 new connections).
 DEFAULT_TARGET_SECONDS = 0.10
 SERVICE_MULTIPLE = 4.0
+USAGE_HEADROOM = 2.0  # the limit grows to at most this multiple of the recent peak in flight
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class AdaptiveLimit:
         self._service_since = clock()
         self._window_start = clock()
         self._window: list[float] = []
+        self._peak_in_flight = 0  # the most requests in flight since the last update
 
     @property
     def current(self) -> int:
@@ -82,6 +90,11 @@ class AdaptiveLimit:
         self.service_seconds = min(self.service_seconds, seconds)
         self._service_next = min(self._service_next, seconds)
 
+    def note_in_flight(self, count: int) -> None:
+        """Record how many requests are in flight as one more is admitted."""
+        if count > self._peak_in_flight:
+            self._peak_in_flight = count
+
     def observe(self, seconds: float) -> None:
         """Record one served request's latency (arrival to answer, in this front-end)."""
         now = self.clock()
@@ -99,6 +112,12 @@ class AdaptiveLimit:
         s = self.settings
         gradient = self.target_seconds / max(recent_seconds, 1e-9)
         grow = gradient >= 1.0  # at or under the target: additive increase; over it: at most halve
-        target = self.limit + math.sqrt(self.limit) if grow else self.limit * max(0.5, gradient)
+        if grow:
+            target = self.limit + math.sqrt(self.limit)
+            if self._peak_in_flight > 0:  # not past what the load uses (never below the start)
+                target = min(target, max(float(s.initial), USAGE_HEADROOM * self._peak_in_flight))
+        else:
+            target = self.limit * max(0.5, gradient)
+        self._peak_in_flight = 0
         self.limit = (1 - s.smoothing) * self.limit + s.smoothing * target
         self.limit = min(max(self.limit, s.minimum), s.maximum)
