@@ -275,7 +275,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
     overload_goals = context["goals"][13:19]
     # Then issue 18's anytime step (three) and issue 21's ImageNet bars, skipped here.
     _importable_benchmarks()
-    from imagenet_scale import BAR_NAMES
+    from imagenet.bars import BAR_NAMES
 
     assert len(context["goals"]) == 22 + len(BAR_NAMES)
     assert [g["met"] for g in context["goals"][19:]] == [None] * (3 + len(BAR_NAMES))
@@ -1163,7 +1163,7 @@ def test_imagenet_scale_checkpoint_has_the_official_layout(tmp_path: Path, offic
     SGD state, DataParallel `module.` keys in the official order), loads through the official-checkpoint
     path, and its re-estimated batch norm keeps the logits at a trained model's scale."""
     _importable_benchmarks()
-    from imagenet_scale import make_checkpoint, resolve_config
+    from imagenet.checkpoint import make_checkpoint, resolve_config
     from ranet_serve.model.checkpoint import load_model, read_checkpoint
 
     config = resolve_config("imagenet-model1", quick=True)
@@ -1188,21 +1188,24 @@ def test_imagenet_scale_judges_speedup_verify_and_decode_from_the_figures() -> N
     """The arithmetic and parsing of issue 21's step on fixed inputs: realised speedup against the FLOPs
     ratio of the served FLOPs, verify's table with or without a relative column, the exit mix."""
     _importable_benchmarks()
-    import imagenet_scale as step
+    from imagenet.bars import BAR_NAMES, _bar, _decode_bar, bars
+    from imagenet.budget import mix_choices, speedup
+    from imagenet.ranet_cli import parse_verify_table, verify_summary
+    from imagenet_scale import output_paths
 
-    met = step.speedup(
+    met = speedup(
         {"images_per_s": 10.0, "mean_flops_per_image": 300.0},
         {"images_per_s": 18.0, "mean_flops_per_image": 150.0},
     )
     assert met["realised_speedup"] == pytest.approx(1.8) and met["flops_ratio"] == pytest.approx(2.0)
     assert met["share_of_flops_ratio"] == pytest.approx(0.9) and met["met"] is True
-    missed = step.speedup(
+    missed = speedup(
         {"images_per_s": 10.0, "mean_flops_per_image": 300.0},
         {"images_per_s": 16.0, "mean_flops_per_image": 150.0},
     )
     assert missed["share_of_flops_ratio"] == pytest.approx(0.8) and missed["met"] is False
 
-    choices, expected = step.mix_choices([100, 200, 300, 400, 500])
+    choices, expected = mix_choices([100, 200, 300, 400, 500])
     assert [c.knobs for c in choices] == [
         {"confidence": "1", "max_flops": "100"},
         {"confidence": "1", "max_flops": "400"},
@@ -1218,25 +1221,23 @@ def test_imagenet_scale_judges_speedup_verify_and_decode_from_the_figures() -> N
         "│ torchscript │ random │ 1    │ 4.00e-05   │ NO  │\n"
         "└─────────────┴────────┴──────┴────────────┴─────┘\n"
     )
-    rows = step.parse_verify_table(table)
+    rows = parse_verify_table(table)
     assert [r["exit"] for r in rows] == ["0", "1"]
-    summary = step.verify_summary(rows, [2.0, 8.0])
+    summary = verify_summary(rows, [2.0, 8.0])
     assert summary["worst_abs_diff"] == pytest.approx(4e-5) and summary["failed_checks"] == 1
     assert summary["worst_rel_diff_of_max_logit"] == pytest.approx(1e-5)  # 2e-5 / 2 beats 4e-5 / 8
     with_relative = table.replace("┃ ok  ┃", "┃ rel diff ┃ ok  ┃").replace("│ yes │", "│ 1.0e-05 │ yes │")
-    assert (
-        step.verify_summary(step.parse_verify_table(with_relative), [2.0])["worst_rel_diff_reported"] == 1e-5
-    )
+    assert verify_summary(parse_verify_table(with_relative), [2.0])["worst_rel_diff_reported"] == 1e-5
 
     decode = {
         "500x375": {"before_ms": 2.0, "after_ms": 2.1},
         "4000x3000": {"before_ms": 75.0, "after_ms": 12.0},
     }
-    assert step.bars(None) == [step._bar(i, None, None) for i in range(len(step.BAR_NAMES))]
-    assert step._decode_bar(decode)["met"] is True  # judged where draft decoding applies
-    assert step._decode_bar({**decode, "4000x3000": {"before_ms": 75.0, "after_ms": None}})["met"] is None
-    assert step.output_paths(Path("x/r.json")) == (Path("x/r.json"), Path("x/r.md"))
-    assert step.output_paths(Path("x")) == (Path("x/imagenet_scale.json"), Path("x/imagenet_scale.md"))
+    assert bars(None) == [_bar(i, None, None) for i in range(len(BAR_NAMES))]
+    assert _decode_bar(decode)["met"] is True  # judged where draft decoding applies
+    assert _decode_bar({**decode, "4000x3000": {"before_ms": 75.0, "after_ms": None}})["met"] is None
+    assert output_paths(Path("x/r.json")) == (Path("x/r.json"), Path("x/r.md"))
+    assert output_paths(Path("x")) == (Path("x/imagenet_scale.json"), Path("x/imagenet_scale.md"))
 
 
 @pytest.mark.slow
