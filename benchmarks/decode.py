@@ -25,18 +25,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ranet_serve.api.images import ImageLimits, decode_image, draft_scale, preprocess_batch
-from ranet_serve.export.defaults import IMAGENET_MEAN, IMAGENET_STD
+from ranet_serve.export.defaults import default_input_spec
 from ranet_serve.export.manifest import InputSpec
+from ranet_serve.model.config import load_config
 
-IMAGENET_224 = InputSpec(
-    channels=3,
-    color_mode="RGB",
-    size=224,
-    resize="resize_shorter_center_crop",
-    resize_to=256,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-)
+IMAGENET_224 = default_input_spec(load_config("imagenet-model1"))  # resize 256, centre crop 224
 # A 4000x3000 photo is 12 M pixels, under the server's default limit (4096 x 4096) as well.
 LIMITS = ImageLimits(max_image_pixels=4096 * 4096)
 DEFAULT_SIZES = ((500, 375), (4000, 3000))

@@ -28,20 +28,13 @@ from ranet_serve.api.images import (
 )
 from ranet_serve.api.service import EncodedImages, InferenceService
 from ranet_serve.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from ranet_serve.export.defaults import IMAGENET_MEAN, IMAGENET_STD
+from ranet_serve.export.defaults import IMAGENET_MEAN, IMAGENET_STD, default_input_spec
 from ranet_serve.export.manifest import InputSpec
+from ranet_serve.model.config import load_config
 from ranet_serve.settings import Settings
 
 LIMITS = ImageLimits(max_image_pixels=4096 * 4096)  # the server's default pixel limit
-CROP = InputSpec(  # what export/defaults.py gives an ImageNet model
-    channels=3,
-    color_mode="RGB",
-    size=224,
-    resize="resize_shorter_center_crop",
-    resize_to=256,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-)
+CROP = default_input_spec(load_config("imagenet-model1"))  # resize 256, centre crop 224
 RESIZE = CROP.model_copy(update={"resize": "resize", "resize_to": None})
 GRAY28 = InputSpec(channels=1, color_mode="L", size=28, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
 LEVEL = 1 / (255 * min(IMAGENET_STD))  # one 8-bit level in CROP's normalised units, at most 0.0175
