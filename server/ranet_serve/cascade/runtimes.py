@@ -15,7 +15,6 @@ stay on the GPU between stages.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import tempfile
 import threading
@@ -136,14 +135,12 @@ class OnnxRuntime(StageRuntime):
         same speed as sessions built from the stage file; loading takes 1-1.5 s longer (3.4-3.9 s
         instead of 2.3-2.5 s on the 2-core host).
         """
-        from ranet_serve.cascade.initializers import read_initializers
-
         sets: tuple[list[onnxruntime.InferenceSession], list[onnxruntime.InferenceSession]] = ([], [])
         for index in range(len(self.manifest.stages)):
             path = self.bundle.stage_file(index, "onnx")
             try:
-                with _optimized_stage(self._ort, path, optimization) as (optimized_path, model):
-                    arrays = read_initializers(model)  # copies: the mapping closes after the block
+                with _optimized_stage(self._ort, path, optimization) as optimized_path:
+                    arrays = _read_initializers(optimized_path)
                     values = {name: self._ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
                     for sessions, threads in zip(sets, thread_counts, strict=True):
                         options = session_options(threads, "disable", shared_cpu_arena=True)
@@ -269,8 +266,8 @@ def session_options(
 @contextmanager
 def _optimized_stage(
     ort: ModuleType, path: Path, optimization: Literal["disable", "basic", "extended", "all"]
-) -> Iterator[tuple[str, mmap.mmap]]:
-    """Optimise the stage at `path` once; yield a path to the optimised graph and its bytes mapped.
+) -> Iterator[str]:
+    """Optimise the stage at `path` once; yield the path of the optimised graph.
 
     The graph goes to an anonymous in-memory file (memfd), not to disk: a stage of a large model is
     bigger than a container's writable /tmp (64 MiB in deploy/k8s), and nothing of it should outlive
@@ -288,12 +285,54 @@ def _optimized_stage(
         # Saving a graph with NCHWc nodes warns that it suits only this hardware: it is used only here.
         options.log_severity_level = 3
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        with mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ) as model:
-            yield optimized_path, model
+        yield optimized_path
     finally:
         os.close(descriptor)
         if not optimized_path.startswith("/proc/"):
             os.unlink(optimized_path)
+
+
+# Shared weights start on a 64-byte boundary, as onnxruntime's own allocator places them: numpy's
+# large allocations are only 16-byte aligned, and AVX-512 kernels read aligned 64-byte lines.
+ALIGNMENT_BYTES = 64
+
+
+def _read_initializers(path: str) -> dict[str, np.ndarray]:
+    """The inline numeric initializers of the ONNX model at `path` by name, as writable, C-contiguous
+    arrays aligned to ALIGNMENT_BYTES that own their memory (nothing refers to the model afterwards).
+
+    Only tensors stored inline as `raw_data` in one of numpy's own bool, integer or float types are
+    read: onnxruntime writes every initializer it serialises that way, and `OrtValue.ortvalue_from_numpy`
+    takes those types. Anything else (typed lists, strings, external data, ml_dtypes' narrow floats) is
+    left out, and the session loads that tensor from the graph itself.
+    """
+    import onnx
+    from onnx import TensorProto, external_data_helper, numpy_helper
+
+    shareable = {
+        TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BOOL,
+        TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+        TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+    }  # fmt: skip
+    # The parsed model holds a copy of every weight: at most this function's lifetime (a large
+    # model's stage is over 100 MB), then only the aligned arrays remain.
+    model = onnx.load(path, load_external_data=False)
+    return {
+        tensor.name: _aligned_copy(numpy_helper.to_array(tensor))
+        for tensor in model.graph.initializer
+        if tensor.data_type in shareable
+        and tensor.HasField("raw_data")
+        and not external_data_helper.uses_external_data(tensor)
+    }
+
+
+def _aligned_copy(array: np.ndarray) -> np.ndarray:
+    """A writable, C-contiguous copy of `array` whose data starts on an ALIGNMENT_BYTES boundary."""
+    buffer = np.empty(array.nbytes + ALIGNMENT_BYTES, dtype=np.uint8)
+    offset = -buffer.ctypes.data % ALIGNMENT_BYTES
+    copy = buffer[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
 
 
 _shared_arena_lock = threading.Lock()
