@@ -8,7 +8,7 @@ newer server that adds fields never breaks an older client. Every object keeps w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -108,7 +108,7 @@ class ClassifyResponse:
         return sum(r.flops for r in self.results)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifyResponse:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls(
             model=str(data["model"]),
             version=str(data["version"]),
@@ -177,30 +177,16 @@ class ExitEvent:
 
 
 @dataclass(frozen=True)
-class StreamSummary:
-    """The end of a streamed classification: what `classify` would have answered.
+class StreamSummary(ClassifyResponse):
+    """The end of a streamed classification: the answer `classify` would have given (a `ClassifyResponse`).
 
     `results` holds each image's final exit, in request order, gathered from the stream's events;
     model, version, operating point and timings come from the server's closing `done` event (`raw`).
     """
 
-    model: str
-    version: str
-    operating_point: str
-    results: tuple[ImageResult, ...]
-    timings: Timings
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def result(self) -> ImageResult:
-        """The first (for a single-image request, the only) result."""
-        return self.results[0]
-
     def as_response(self) -> ClassifyResponse:
-        """The same answer as the `ClassifyResponse` a plain `classify` returns."""
-        return ClassifyResponse(
-            self.model, self.version, self.operating_point, self.results, self.timings, self.raw
-        )
+        """The same answer as a plain `ClassifyResponse` (equal to what `classify` returns)."""
+        return ClassifyResponse.from_dict(self.raw)
 
     @classmethod
     def from_done(cls, data: dict[str, Any], finals: dict[int, ExitEvent]) -> StreamSummary:
@@ -211,14 +197,7 @@ class StreamSummary:
         """
         ordered = [finals[i] for i in sorted(finals)]
         results = [{k: v for k, v in e.raw.items() if k not in ("image", "final")} for e in ordered]
-        return cls(
-            model=str(data["model"]),
-            version=str(data["version"]),
-            operating_point=str(data.get("operating_point", "")),
-            results=tuple(e.result for e in ordered),
-            timings=Timings.from_dict(data.get("timings") or {}),
-            raw={**data, "results": results},
-        )
+        return cls.from_dict({**data, "results": results})
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,15 @@ class StreamAssembler:
         self.url = url
         self.finals: dict[int, ExitEvent] = {}
         self.summary: StreamSummary | None = None
+        self._decoder = SSEDecoder()
+
+    def line(self, line: str) -> StreamItem | None:
+        """The item one line of the response completes, if any. Lines after `done` are read and
+        dropped: the response is read to its end, so the connection can be reused."""
+        message = self._decoder.feed(line)
+        if message is None or self.summary is not None:
+            return None
+        return self.handle(*message)
 
     def handle(self, event: str, data: str) -> StreamItem | None:
         if event not in ("exit", "done", "error"):
@@ -146,7 +155,12 @@ class ClassifyStream:
         self._response: httpx.Response | None = None
         self._items: Generator[StreamItem, None, None] | None = None
         self._closed = False
-        self.summary: StreamSummary | None = None
+        self._assembler = StreamAssembler(url)
+
+    @property
+    def summary(self) -> StreamSummary | None:
+        """The answer, once the `done` event has arrived (None before)."""
+        return self._assembler.summary
 
     @property
     def response(self) -> httpx.Response | None:
@@ -186,16 +200,10 @@ class ClassifyStream:
         return next(self._items)
 
     def _read(self, response: httpx.Response) -> Generator[StreamItem, None, None]:
-        decoder, assembler = SSEDecoder(), StreamAssembler(self._url)
+        assembler = self._assembler
         try:
             for line in response.iter_lines():
-                message = decoder.feed(line)
-                if message is None or self.summary is not None:
-                    continue  # after `done`: read to the end, so the connection can be reused
-                item = assembler.handle(*message)
-                if isinstance(item, StreamSummary):
-                    self.summary = item
-                if item is not None:
+                if (item := assembler.line(line)) is not None:
                     yield item
             assembler.finish()
         except TRANSPORT_ERRORS as exc:
@@ -226,7 +234,12 @@ class AsyncClassifyStream:
         self._response: httpx.Response | None = None
         self._items: AsyncGenerator[StreamItem, None] | None = None
         self._closed = False
-        self.summary: StreamSummary | None = None
+        self._assembler = StreamAssembler(url)
+
+    @property
+    def summary(self) -> StreamSummary | None:
+        """The answer, once the `done` event has arrived (None before)."""
+        return self._assembler.summary
 
     @property
     def response(self) -> httpx.Response | None:
@@ -266,16 +279,10 @@ class AsyncClassifyStream:
         return await anext(self._items)
 
     async def _read(self, response: httpx.Response) -> AsyncGenerator[StreamItem, None]:
-        decoder, assembler = SSEDecoder(), StreamAssembler(self._url)
+        assembler = self._assembler
         try:
             async for line in response.aiter_lines():
-                message = decoder.feed(line)
-                if message is None or self.summary is not None:
-                    continue  # after `done`: read to the end, so the connection can be reused
-                item = assembler.handle(*message)
-                if isinstance(item, StreamSummary):
-                    self.summary = item
-                if item is not None:
+                if (item := assembler.line(line)) is not None:
                     yield item
             assembler.finish()
         except TRANSPORT_ERRORS as exc:
