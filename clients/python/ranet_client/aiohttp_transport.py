@@ -50,31 +50,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         timeout = _timeout(request.extensions.get("timeout", {}))
         body = await request.aread()
-        if "text/event-stream" in request.headers.get("accept", ""):
-            return await self._streamed(request, body, timeout)
-        try:
-            async with self._session.request(
-                request.method,
-                str(request.url),
-                data=body or None,
-                headers=list(request.headers.multi_items()),
-                timeout=timeout,
-                allow_redirects=False,
-                skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
-            ) as answer:
-                content = await answer.read()
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers]
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-        return httpx.Response(answer.status, headers=headers, content=content, request=request)
-
-    async def _streamed(self, request: httpx.Request, body: bytes, timeout: Any) -> httpx.Response:
-        import aiohttp
-
+        streamed = "text/event-stream" in request.headers.get("accept", "")
         try:
             answer = await self._session.request(
                 request.method,
@@ -85,14 +61,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
                 skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
             )
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers]
+            if streamed:  # the body is read as the caller iterates it (server-sent events)
+                stream = _Body(answer, request)
+                return httpx.Response(answer.status, headers=headers, stream=stream, request=request)
+            try:
+                content = await answer.read()
+            finally:
+                answer.release()
         except TimeoutError as exc:
             raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
         except aiohttp.ClientError as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers]
-        return httpx.Response(answer.status, headers=headers, stream=_Body(answer, request), request=request)
+        return httpx.Response(answer.status, headers=headers, content=content, request=request)
 
     async def aclose(self) -> None:
         if self._session is not None:
