@@ -29,6 +29,17 @@ torch.set_num_threads(int(os.environ.get("RANET_TEST_THREADS", "1")))
 # off in tests unless a test gives a port (`settings_for(..., grpc_port=free_port())`).
 os.environ.setdefault("RANET_GRPC_PORT", "0")
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run by default where CUDA is visible and are skipped, saying why, where not."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device visible (gpu test)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 _DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-ranet"
 
 

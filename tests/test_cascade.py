@@ -199,23 +199,6 @@ def test_single_thread_sessions_only_where_they_differ(bundle) -> None:
         assert runtime.threads_for(1) == runtime.threads
 
 
-@pytest.mark.gpu
-def test_cuda_runtimes_match_cpu(bundle, images) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu is not installed")
-    cpu = CascadeExecutor(OnnxRuntime(bundle)).run(images, full(0.4), caps(EXITS - 1))
-    for runtime in (OnnxRuntime(bundle, device="cuda"), TorchScriptRuntime(bundle, device="cuda")):
-        gpu = CascadeExecutor(runtime).run(images, full(0.4), caps(EXITS - 1))
-        assert [r.exit for r in gpu.images] == [r.exit for r in cpu.images]
-        np.testing.assert_allclose(
-            [r.confidence for r in gpu.images], [r.confidence for r in cpu.images], atol=1e-4
-        )
-
-
 # -- policy --------------------------------------------------------------------------------------
 
 

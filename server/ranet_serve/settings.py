@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ranet_serve.cascade.threads import SINGLE_THREAD_BELOW
 
+# The devices a setting may name (parsed by cascade.devices.parse_device, which imports torch).
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
 MIB = 1 << 20
 
 
@@ -87,8 +90,23 @@ class Settings(BaseSettings):
         "onnxruntime",
         description="stage runtime: onnxruntime (fastest on CPU and GPU), torchscript, or eager PyTorch",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where the stages run; auto picks CUDA when a GPU is visible, else the CPU"
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="where the stages run: cpu, cuda (the first visible GPU) or cuda:N; auto picks CUDA "
+        "when a GPU is visible and the backend can use it, else the CPU",
+    )
+    io_binding: Literal["auto", "always"] = Field(
+        "auto",
+        description="onnxruntime binds torch tensors as stage inputs and outputs: auto on CUDA only; always "
+        "on the CPU too, which runs the GPU's binding code where there is no GPU (for tests and diagnosis; "
+        "plain numpy calls are cheaper on the CPU)",
+    )
+    cudnn_conv_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        "heuristic",
+        description="how onnxruntime's CUDA provider picks a convolution algorithm for each new input "
+        "shape: exhaustive times every candidate (fastest kernels, seconds of warm-up over the batch "
+        "sizes), heuristic asks cuDNN's heuristics, default takes cuDNN's default algorithm",
     )
     threads: int = Field(
         0,

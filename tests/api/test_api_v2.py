@@ -21,11 +21,16 @@ FLOPS = [2030858, 5210532, 7604693, 9495311, 11346677, 12649895]
 INFER = "/v2/models/tiny/infer"
 
 
+def tensor_of(images: list[bytes]) -> np.ndarray:
+    """`images` preprocessed as the tiny model expects: float32 [N, 1, 28, 28]."""
+    spec = default_input_spec(load_config("fmnist-default", n_channels=4, growth_rate=4))
+    return np.asarray(preprocess_batch(images, spec, ImageLimits()), dtype=np.float32)
+
+
 @pytest.fixture(scope="module")
 def tensor(images: list[bytes]) -> np.ndarray:
     """The test images preprocessed as the model expects: float32 [8, 1, 28, 28]."""
-    spec = default_input_spec(load_config("fmnist-default", n_channels=4, growth_rate=4))
-    return np.asarray(preprocess_batch(images, spec, ImageLimits()), dtype=np.float32)
+    return tensor_of(images)
 
 
 @pytest.fixture(scope="module")

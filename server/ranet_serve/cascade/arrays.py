@@ -68,7 +68,10 @@ class TorchArrays(StageArrays):
         self.device = device
 
     def from_images(self, images: Tensor) -> Tensor:
-        return images.to(self.device, non_blocking=True)
+        # A blocking copy: the images are pageable host memory (often a view of a shared-memory slot
+        # that is reused once the batch is formed), so an asynchronous copy would gain nothing and
+        # could read the slot after its next request has overwritten it.
+        return images.to(self.device)
 
     def gather(self, array: StageArray, rows: np.ndarray) -> Tensor:
         return _tensor(array).index_select(0, torch.from_numpy(rows).to(self.device))

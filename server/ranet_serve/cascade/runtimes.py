@@ -8,8 +8,10 @@ and only logits are read on the host.
 On the CPU, the onnxruntime runtime's two session sets (multi-threaded, and single-threaded for small
 batches) read one copy of each stage's weights (`OnnxRuntime._load_sharing_sessions`).
 
-The onnxruntime runtime on CUDA uses I/O binding onto torch-owned device buffers, so state tensors
-stay on the GPU between stages.
+The onnxruntime runtime on CUDA binds torch-owned device buffers as the stages' inputs and outputs
+(I/O binding), so state tensors stay on the GPU between stages; its stages run on a stream the
+runtime owns, ordered against torch's with events (`devices.StreamOrder`). The same binding code runs
+on the CPU when asked (`io_binding=True`), which is how the tests here exercise what the GPU runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ranet_serve.cascade.arrays import NumpyArrays, StageArray, StageArrays, TorchArrays
+from ranet_serve.cascade.devices import StreamOrder, device_index, parse_device
 from ranet_serve.cascade.threads import SINGLE_THREAD_BELOW
 from ranet_serve.errors import BundleError, StageExecutionError
 from ranet_serve.export.bundle import Bundle
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Backend = Literal["onnxruntime", "torchscript", "eager"]
+CudnnConvSearch = Literal["exhaustive", "heuristic", "default"]
 
 
 class StageRuntime(ABC):
@@ -71,14 +75,28 @@ class OnnxRuntime(StageRuntime):
         threads: int = 0,
         optimization: Literal["disable", "basic", "extended", "all"] = "all",
         single_thread_below: int = SINGLE_THREAD_BELOW,
+        io_binding: bool | None = None,
+        cudnn_conv_search: CudnnConvSearch = "heuristic",
     ):
+        """`io_binding`: bind torch tensors as the stages' inputs and outputs (None: on CUDA only;
+        it cannot be turned off there). On the CPU plain numpy calls are cheaper (see arrays.py), so
+        binding there serves the tests: it is the GPU's code path, run where there is no GPU.
+        `cudnn_conv_search`: how the CUDA provider picks convolution algorithms per new input shape.
+        """
         super().__init__(bundle)
         import onnxruntime as ort
 
         self._ort = ort
-        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.device = parse_device(device)
         self._cuda = self.device.type == "cuda"
-        self.arrays = TorchArrays(self.device) if self._cuda else NumpyArrays()
+        if self._cuda and io_binding is False:
+            raise ValueError("onnxruntime on CUDA always binds its inputs and outputs (io_binding)")
+        self.io_binding = self._cuda if io_binding is None else io_binding
+        self.cudnn_conv_search = cudnn_conv_search
+        self.arrays = TorchArrays(self.device) if self.io_binding else NumpyArrays()
+        self._stream = StreamOrder(self.device)
+        # Where onnxruntime reads and writes bound buffers: (device type, device index).
+        self._ort_device = ("cuda" if self._cuda else "cpu", device_index(self.device))
         self.threads = threads
         # Small batches on the CPU run on a second, single-threaded set of sessions (see
         # SINGLE_THREAD_BELOW); pointless where the runtime is single-threaded already or on CUDA.
@@ -100,7 +118,13 @@ class OnnxRuntime(StageRuntime):
     def _load_sessions(self, options: onnxruntime.SessionOptions) -> list[onnxruntime.InferenceSession]:
         providers: list[str | tuple[str, dict[str, str]]]
         if self._cuda:
-            providers = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+            cuda_options = {
+                "device_id": str(device_index(self.device)),
+                # The stages run on the runtime's own stream, ordered against torch's (StreamOrder).
+                "user_compute_stream": str(self._stream.handle),
+                "cudnn_conv_algo_search": self.cudnn_conv_search.upper(),
+            }
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         sessions = []
@@ -181,7 +205,7 @@ class OnnxRuntime(StageRuntime):
         batch = next(iter(inputs.values())).shape[0]
         session, input_names, output_names = self._plans_for(batch)[stage]
         try:
-            if self._cuda:
+            if self.io_binding:
                 return self._run_bound(session, input_names, tuple(output_names), inputs)
             # numpy in, onnxruntime's own arrays out, handed on as they are to the next stage.
             results = session.run(output_names, {name: inputs[name] for name in input_names})
@@ -190,6 +214,8 @@ class OnnxRuntime(StageRuntime):
         return dict(zip(output_names, results, strict=True))
 
     def describe(self) -> str:
+        if self._cuda:
+            return f"{super().describe()}, I/O binding, cuDNN search {self.cudnn_conv_search}"
         threads = self.threads or "default"
         if self.single_thread_below > 1:
             return f"{super().describe()}, {threads} threads (1 below batch {self.single_thread_below})"
@@ -197,27 +223,41 @@ class OnnxRuntime(StageRuntime):
 
     def _run_bound(
         self,
-        session: object,
+        session: onnxruntime.InferenceSession,
         input_names: tuple[str, ...],
         output_names: tuple[str, ...],
         inputs: dict[str, StageArray],
     ) -> dict[str, StageArray]:
-        """CUDA path: bind torch-owned device buffers so nothing crosses PCIe but what the caller asks."""
-        binding = session.io_binding()  # type: ignore[attr-defined]
+        """Bind torch-owned buffers on the runtime's device as inputs and outputs, and run.
+
+        Nothing is copied: onnxruntime reads the inputs where torch wrote them and writes the outputs
+        into tensors allocated here, so the next stage (and the survivor gathers) use them in place.
+        Outputs are allocated before the run on torch's current stream; `StreamOrder` makes the
+        runtime's stream wait for that stream before the run and that stream wait for it after.
+        """
+        device_type, index = self._ort_device
+        binding = session.io_binding()
         batch = next(iter(inputs.values())).shape[0]
+        held: list[Tensor] = []  # contiguous copies stay referenced until the run is ordered
         for name in input_names:
             tensor = inputs[name]
             if not isinstance(tensor, Tensor):
-                raise TypeError(f"{name}: the CUDA runtime takes torch tensors, got {type(tensor).__name__}")
+                raise TypeError(f"{name}: a bound runtime takes torch tensors, got {type(tensor).__name__}")
+            if tensor.device != self.device or tensor.dtype != torch.float32:
+                raise TypeError(
+                    f"{name}: expected float32 on {self.device}, got {tensor.dtype} on {tensor.device}"
+                )
             tensor = tensor.contiguous()
-            binding.bind_input(name, "cuda", 0, np.float32, tuple(tensor.shape), tensor.data_ptr())
+            held.append(tensor)
+            binding.bind_input(name, device_type, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
         outputs: dict[str, StageArray] = {}
         for name in output_names:
             shape = (batch, *self._output_shape(name))
             out = torch.empty(shape, dtype=torch.float32, device=self.device)
-            binding.bind_output(name, "cuda", 0, np.float32, shape, out.data_ptr())
+            binding.bind_output(name, device_type, index, np.float32, shape, out.data_ptr())
             outputs[name] = out
-        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        with self._stream.ordered():
+            session.run_with_iobinding(binding)
         return outputs
 
     def _output_shape(self, name: str) -> tuple[int, ...]:
@@ -363,7 +403,7 @@ class TorchScriptRuntime(StageRuntime):
 
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         super().__init__(bundle)
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.arrays = TorchArrays(self.device)
         self.modules = []
         for index in range(len(self.manifest.stages)):
@@ -392,7 +432,7 @@ class EagerRuntime(StageRuntime):
         super().__init__(bundle)
         from ranet_serve.model.stages import build_stages
 
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.arrays = TorchArrays(self.device)
         self.model = bundle.load_model().to(self.device)
         self.stages = build_stages(self.model)
@@ -405,7 +445,7 @@ class EagerRuntime(StageRuntime):
 
 
 def resolve_device(requested: str, backend: str) -> str:
-    """`auto` picks CUDA when the backend can use it here, else CPU."""
+    """`auto` picks CUDA when the backend can use it here, else CPU; anything else is kept as named."""
     if requested != "auto":
         return requested
     if not torch.cuda.is_available():
@@ -425,12 +465,24 @@ def create_runtime(
     device: str = "auto",
     threads: int = 0,
     single_thread_below: int = SINGLE_THREAD_BELOW,
+    io_binding: bool | None = None,
+    cudnn_conv_search: CudnnConvSearch = "heuristic",
 ) -> StageRuntime:
-    """Build the runtime a setting names; log what was chosen."""
+    """Build the runtime a setting names; log what was chosen.
+
+    `io_binding` and `cudnn_conv_search` concern onnxruntime only (see `OnnxRuntime`).
+    """
     chosen = resolve_device(device, backend)
     runtime: StageRuntime
     if backend == "onnxruntime":
-        runtime = OnnxRuntime(bundle, device=chosen, threads=threads, single_thread_below=single_thread_below)
+        runtime = OnnxRuntime(
+            bundle,
+            device=chosen,
+            threads=threads,
+            single_thread_below=single_thread_below,
+            io_binding=io_binding,
+            cudnn_conv_search=cudnn_conv_search,
+        )
     elif backend == "torchscript":
         if threads > 0:
             torch.set_num_threads(threads)

@@ -61,6 +61,8 @@ def default_runtime_factory(bundle: Bundle, settings: Settings) -> StageRuntime:
         device=settings.device,
         threads=engine_threads(settings),
         single_thread_below=settings.single_thread_below,
+        io_binding=True if settings.io_binding == "always" else None,
+        cudnn_conv_search=settings.cudnn_conv_search,
     )
 
 
@@ -439,7 +441,7 @@ class ModelStore:
             executor = CascadeExecutor(runtime)
             policy = ExitPolicy(manifest, self._default_point(manifest))
             if self.settings.warmup:
-                _warm_up(executor, min(WARMUP_BATCH, self.settings.max_batch_size))
+                _warm_up(executor, warm_up_sizes(runtime.device, self.settings.max_batch_size))
             batcher = Batcher(
                 executor,
                 max_batch_size=self.settings.max_batch_size,
@@ -564,15 +566,28 @@ def _fingerprint(path: Path) -> tuple[int, int]:
     return (stat.st_mtime_ns, stat.st_size)
 
 
-def _warm_up(executor: CascadeExecutor, batch: int) -> None:
-    """Run batches through every stage so the first request does not pay for lazy initialisation.
+def warm_up_sizes(device: torch.device, max_batch_size: int) -> list[int]:
+    """The batch sizes a version is warmed up with before it serves.
+
+    On a GPU every size the scheduler can hand a stage (1 to max_batch_size: new batches, survivors,
+    and survivors merged across batches never exceed it): the CUDA provider picks convolution
+    algorithms and allocates per new input shape, which would otherwise fall on a live request.
+    On the CPU the first run of a session does the lazy work whatever the size: 1 and a small batch.
+    """
+    if device.type == "cuda":
+        return list(range(1, max_batch_size + 1))
+    return sorted({1, min(WARMUP_BATCH, max_batch_size)})
+
+
+def _warm_up(executor: CascadeExecutor, sizes: list[int]) -> None:
+    """Run batches of `sizes` through every stage so no request pays for lazy initialisation.
 
     Runs on the loading thread before the batcher exists, so the runtime still has one user and the
-    warm-up images never reach the metrics.
+    warm-up images never reach the metrics. Thresholds of 1 keep every image to the last stage.
     """
     spec = executor.runtime.manifest.input
     exits = executor.num_exits
-    for size in sorted({1, batch}):
+    for size in sizes:
         images = torch.zeros(size, spec.channels, spec.size, spec.size)
         executor.run(
             images, np.ones((size, exits), dtype=np.float32), np.full(size, exits - 1, dtype=np.int64)
