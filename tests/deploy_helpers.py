@@ -36,7 +36,14 @@ K8S_DIR = REPO / "deploy" / "k8s"
 # PrometheusRule (outside deploy/k8s: kustomize refuses an overlay inside its own base's folder).
 OPERATOR_OVERLAY_DIR = REPO / "deploy" / "overlays" / "prometheus-operator"
 PROMETHEUS_RULE = OPERATOR_OVERLAY_DIR / "prometheusrule.yaml"
+# The GPU variant: a kustomize Component (so it composes with any overlay of the base) and the overlay
+# that applies it to the base.
+GPU_COMPONENT_DIR = REPO / "deploy" / "components" / "gpu"
+GPU_OVERLAY_DIR = REPO / "deploy" / "overlays" / "gpu"
+KUSTOMIZATIONS = (K8S_DIR, OPERATOR_OVERLAY_DIR, GPU_OVERLAY_DIR)
 KSERVE_FILE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
+KSERVE_GPU_FILE = REPO / "deploy" / "kserve" / "inferenceservice-gpu.yaml"
+KSERVE_FILES = (KSERVE_FILE, KSERVE_GPU_FILE)
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
 # The server's metric contract (DESIGN.md "Metrics"; server/ranet_serve/metrics.py). The dashboard
@@ -499,7 +506,8 @@ def kustomization_resources(folder: Path, _seen: tuple[Path, ...] = ()) -> list[
 
     Only what the structural checks need: files and folders (each folder a kustomization) are read,
     and a base inside a folder already on the path is refused, as kustomize does ("cycle detected").
-    Generators, patches and transformers are not applied.
+    A Component listed in `components` adds its own `resources`. Generators, patches and
+    transformers are not applied.
     """
     folder = folder.resolve()
     for root in _seen:
@@ -515,6 +523,11 @@ def kustomization_resources(folder: Path, _seen: tuple[Path, ...] = ()) -> list[
             objects += load_yaml_documents(path)
         else:
             raise FileNotFoundError(f"{folder / 'kustomization.yaml'}: resource {resource} does not exist")
+    for component in kustomization.get("components", []):
+        path = (folder / component).resolve()
+        if not (path / "kustomization.yaml").is_file():
+            raise FileNotFoundError(f"{folder / 'kustomization.yaml'}: component {component} does not exist")
+        objects += kustomization_resources(path, (*_seen, folder))
     return objects
 
 
@@ -640,7 +653,7 @@ def _cli_kustomize() -> int:
         print("skip: neither kustomize nor kubectl found (kustomize builds)")
         return 0
     failed = 0
-    for folder in (K8S_DIR, OPERATOR_OVERLAY_DIR):
+    for folder in KUSTOMIZATIONS:
         try:
             objects = kustomize_build(command, folder)
         except RuntimeError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -30,9 +31,13 @@ from deploy_helpers import (
     COMPOSE_GPU_FILE,
     DASHBOARD,
     DOCKERFILES,
+    GPU_COMPONENT_DIR,
+    GPU_OVERLAY_DIR,
     GRAFANA_PROVISIONING,
     K8S_DIR,
     KSERVE_FILE,
+    KSERVE_FILES,
+    KSERVE_GPU_FILE,
     OPERATIONS_DOC,
     OPERATOR_OVERLAY_DIR,
     PROMETHEUS_CONFIG,
@@ -182,13 +187,137 @@ def test_cpu_image_uses_cpu_torch_and_cpu_extra() -> None:
     assert "[gpu]" not in text
 
 
+GPU_DOCKERFILE = REPO / "docker" / "Dockerfile.gpu"
+# The CUDA version each GPU wheel the constraints pin was built for, read from the wheels themselves
+# (torch/version.py: `cuda`; onnxruntime/capi/build_and_package_info.py: `cuda_version`) for the
+# Linux x86_64 wheels on PyPI. A pin that moves fails the tests below until its wheel is read again.
+GPU_WHEEL_CUDA = {"torch": ("2.13.0", "13.0"), "onnxruntime-gpu": ("1.31.1", "13.0")}
+# The index the GPU image takes torch from, and the CUDA version of its torch build at the pin.
+PYPI_INDEX = "https://pypi.org/simple"
+
+
+def dockerfile_args(dockerfile: Path) -> dict[str, str]:
+    return dict(re.findall(r"(?m)^ARG (\w+)=(\S+)", dockerfile.read_text()))
+
+
+def cuda_image_versions(image: str) -> tuple[str, str]:
+    """(CUDA version, flavour) of an nvidia/cuda image.
+
+    `nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04` -> ('13.0.1', 'cudnn-runtime').
+    """
+    repo, tag = image_repository(image)
+    assert repo == "nvidia/cuda", image
+    match = re.fullmatch(
+        r"(\d+\.\d+\.\d+)-(cudnn-runtime|cudnn-devel|runtime|devel|base)-ubuntu\d+\.\d+", tag
+    )
+    assert match, f"{image}: not an nvidia/cuda <version>-<flavour>-ubuntu<release> tag"
+    return match.group(1), match.group(2)
+
+
+def major(version: str) -> str:
+    return version.split(".")[0]
+
+
 def test_gpu_image_uses_cuda_base_cuda_torch_and_gpu_extra() -> None:
-    text = (REPO / "docker" / "Dockerfile.gpu").read_text()
-    assert re.search(r"(?m)^ARG CUDA_IMAGE=nvidia/cuda:\S+-cudnn-runtime-", text)
-    assert re.search(r"download\.pytorch\.org/whl/cu\d+", text)
+    text = GPU_DOCKERFILE.read_text()
+    _, flavour = cuda_image_versions(dockerfile_args(GPU_DOCKERFILE)["CUDA_IMAGE"])
+    # onnxruntime's CUDA provider loads cuDNN and cuBLAS from the system: the runtime flavour with cuDNN.
+    assert flavour == "cudnn-runtime"
     assert re.search(r'pip install[^\n]*"\./\[gpu\]"', text)
     assert "[cpu]" not in text
-    assert "RANET_DEVICE=cuda" in final_stage(REPO / "docker" / "Dockerfile.gpu")
+    assert re.search(r"\sRANET_DEVICE=cuda\s", final_stage(GPU_DOCKERFILE))
+
+
+def test_gpu_image_pins_one_cuda_major_version_across_base_torch_and_onnxruntime() -> None:
+    args = dockerfile_args(GPU_DOCKERFILE)
+    cuda_version, _ = cuda_image_versions(args["CUDA_IMAGE"])
+    pins = constraint_pins()
+    for package, (version, built_for) in GPU_WHEEL_CUDA.items():
+        assert pins[package] == version, f"{package} moved to {pins[package]}: read its wheel's CUDA version"
+        assert major(built_for) == major(cuda_version), f"{package} {version} is a CUDA {built_for} build"
+    assert args["TORCH_VERSION"] == GPU_WHEEL_CUDA["torch"][0]
+    index = args["TORCH_INDEX_URL"]
+    wheel_index = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)(\d)", index)
+    if wheel_index:  # cu130 -> CUDA 13.0
+        assert wheel_index.group(1) == major(cuda_version), index
+    else:
+        assert index == PYPI_INDEX, f"{index}: PyPI or one of PyPI's CUDA builds of torch"
+
+
+def test_gpu_image_build_fails_when_cuda_versions_disagree() -> None:
+    """The build, not the first GPU request, catches a base image, torch or onnxruntime of another CUDA."""
+    text = re.sub(r"\\\n", "", GPU_DOCKERFILE.read_text())
+    (check,) = re.findall(r'(?m)^RUN uv pip install [^\n]*"\./\[gpu\]"[^\n]*python -c "([^"]*)"$', text)
+    compile(check, "Dockerfile.gpu check", "exec")
+    for needed in ("os.environ['CUDA_VERSION']", "torch.version.cuda", "build_and_package_info"):
+        assert needed in check
+    assert "CUDAExecutionProvider" in check
+
+    def run_check(base: str, torch_cuda: str | None, ort_cuda: str) -> subprocess.CompletedProcess[str]:
+        """The check in a process whose torch and onnxruntime report the given CUDA versions."""
+        stubs = (
+            "import sys, types\n"
+            f"torch = types.ModuleType('torch'); torch.__version__ = 'x'\n"
+            f"torch.version = types.SimpleNamespace(cuda={torch_cuda!r})\n"
+            "ort = types.ModuleType('onnxruntime'); ort.__version__ = 'x'\n"
+            "ort.get_available_providers = lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider']\n"
+            "capi = types.ModuleType('onnxruntime.capi')\n"
+            "info = types.ModuleType('onnxruntime.capi.build_and_package_info')\n"
+            f"info.cuda_version = {ort_cuda!r}\n"
+            "capi.build_and_package_info = info; ort.capi = capi\n"
+            "sys.modules.update({'torch': torch, 'onnxruntime': ort, 'onnxruntime.capi': capi,"
+            " 'onnxruntime.capi.build_and_package_info': info})\n"
+        )
+        env = {**os.environ, "CUDA_VERSION": base}
+        return subprocess.run(
+            [sys.executable, "-c", stubs + check], env=env, capture_output=True, text=True, check=False
+        )
+
+    assert run_check("13.0.1", "13.0", "13.0").returncode == 0
+    for torch_cuda, ort_cuda in (("12.8", "13.0"), ("13.0", "12.9"), (None, "13.0")):
+        result = run_check("13.0.1", torch_cuda, ort_cuda)
+        assert result.returncode != 0 and "CUDA major versions differ" in result.stderr, (
+            torch_cuda,
+            ort_cuda,
+        )
+
+
+def test_gpu_stack_is_stated_where_it_is_pinned_and_in_the_guide() -> None:
+    """The combination the Dockerfile's comment and docs/operations.md state is the one pinned."""
+    args = dockerfile_args(GPU_DOCKERFILE)
+    comment = "\n".join(line for line in GPU_DOCKERFILE.read_text().splitlines() if line.startswith("#"))
+    guide = OPERATIONS_DOC.read_text()
+    section = guide[guide.index("## GPU deployment") :]
+    section = section[: section.index("\n## ", 1)]
+    cuda_version, _ = cuda_image_versions(args["CUDA_IMAGE"])
+    # Where each states the combination: the comment's list, the guide's table.
+    rows = {
+        "Dockerfile.gpu": (comment, r"(?m)^#\s+{part}\s+{value}(?![\w.])"),
+        "docs/operations.md": (section, r"(?m)^\| {part} \| `{value}`"),
+    }
+    for where, (text, row) in rows.items():
+        image = row.format(part="base image", value=re.escape(args["CUDA_IMAGE"]))
+        assert re.search(image, text), (where, args["CUDA_IMAGE"])
+        for package, (version, _) in GPU_WHEEL_CUDA.items():
+            assert re.search(row.format(part=re.escape(package), value=re.escape(version)), text), (
+                where,
+                package,
+            )
+        assert all(built_for in text for _, built_for in GPU_WHEEL_CUDA.values()), where
+    assert f"CUDA {cuda_version}" in section and "cuDNN 9" in section
+
+
+def test_gpu_deployment_files_leave_the_visible_gpus_to_the_runtime() -> None:
+    """`cuda:N` counts the GPUs a container was given; a fixed CUDA_VISIBLE_DEVICES would hide them."""
+    for path in (
+        GPU_DOCKERFILE,
+        COMPOSE_GPU_FILE,
+        KSERVE_GPU_FILE,
+        *GPU_COMPONENT_DIR.glob("*.yaml"),
+        *GPU_OVERLAY_DIR.glob("*.yaml"),
+    ):
+        active = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        assert "CUDA_VISIBLE_DEVICES" not in active and "NVIDIA_VISIBLE_DEVICES" not in active, path
 
 
 CONSTRAINTS = REPO / "requirements" / "constraints.txt"
@@ -463,8 +592,9 @@ def test_compose_gpu_override_builds_the_cuda_image_on_an_nvidia_gpu() -> None:
     override = yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]
     assert override["build"]["dockerfile"] == "docker/Dockerfile.gpu"
     assert override["environment"]["RANET_DEVICE"] == "cuda"
-    devices = override["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    (device,) = override["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device["count"] == 1, "one GPU per replica"
 
 
 @pytest.mark.parametrize(
@@ -476,6 +606,67 @@ def test_compose_cli_accepts_the_files(files: tuple[Path, ...]) -> None:
         missing_tool(reason)
     result = compose_config(command, files)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_model(files: tuple[Path, ...]) -> dict[str, Any]:
+    """The configuration Compose runs for `files` (merged, defaults substituted), as `config` prints it."""
+    command, reason = find_compose()
+    if command is None:
+        missing_tool(reason)
+    result = compose_config(command, files, quiet=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def go_duration_seconds(text: str) -> float:
+    """A Go duration as Compose prints it (`2m0s`, `35s`) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_gpu_override_changes_only_the_servers_image_device_and_batching() -> None:
+    """The merged GPU configuration is the CPU one, checked above, plus exactly the GPU's differences."""
+    cpu = compose_model((COMPOSE_FILE,))
+    gpu = compose_model((COMPOSE_FILE, COMPOSE_GPU_FILE))
+    assert {k: v for k, v in gpu.items() if k != "services"} == {
+        k: v for k, v in cpu.items() if k != "services"
+    }
+    assert set(gpu["services"]) == set(cpu["services"])
+    for name in set(cpu["services"]) - {"server"}:
+        assert gpu["services"][name] == cpu["services"][name], f"the GPU override changes {name}"
+    before, after = cpu["services"]["server"], gpu["services"]["server"]
+    changed = {"build", "image", "environment", "deploy", "healthcheck"}
+    assert {k: v for k, v in after.items() if k not in changed} == {
+        k: v for k, v in before.items() if k not in changed
+    }, "init, restart, expose (no published port), stop_grace_period stay the CPU server's"
+
+    assert after["build"] == {**before["build"], "dockerfile": "docker/Dockerfile.gpu"}
+    assert image_repository(after["image"]) == ("ranet-serve", f"{project_version()}-gpu")
+    env_changes = {
+        k
+        for k in {*before["environment"], *after["environment"]}
+        if before["environment"].get(k) != after["environment"].get(k)
+    }
+    assert env_changes == {"RANET_DEVICE", "RANET_MAX_BATCH_SIZE", "RANET_MAX_QUEUE_DELAY_MS"}
+    assert after["environment"]["RANET_DEVICE"] == "cuda"
+    assert int(after["environment"]["RANET_MAX_BATCH_SIZE"]) > int(
+        before["environment"]["RANET_MAX_BATCH_SIZE"]
+    )
+    (device,) = after["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert not after["deploy"]["resources"].get("limits"), "a GPU reservation, nothing else"
+
+    # Same readiness check; as long a start-up allowance as the GPU image's own HEALTHCHECK.
+    assert {k: v for k, v in after["healthcheck"].items() if k != "start_period"} == {
+        k: v for k, v in before["healthcheck"].items() if k != "start_period"
+    }
+    (image_start,) = re.findall(r"--start-period=(\S+)", GPU_DOCKERFILE.read_text())
+    assert go_duration_seconds(after["healthcheck"]["start_period"]) >= go_duration_seconds(image_start)
+    assert go_duration_seconds(after["healthcheck"]["start_period"]) > go_duration_seconds(
+        before["healthcheck"]["start_period"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -869,10 +1060,14 @@ def test_structural_resolver_refuses_an_overlay_inside_its_base(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("folder", "kinds"),
-    [(K8S_DIR, BASE_KINDS), (OPERATOR_OVERLAY_DIR, BASE_KINDS + OPERATOR_KINDS)],
-    ids=["base", "prometheus-operator"],
+    [
+        (K8S_DIR, BASE_KINDS),
+        (OPERATOR_OVERLAY_DIR, BASE_KINDS + OPERATOR_KINDS),
+        (GPU_OVERLAY_DIR, [kind for kind in BASE_KINDS if kind != "HorizontalPodAutoscaler"]),
+    ],
+    ids=["base", "prometheus-operator", "gpu-overlay"],
 )
-def test_kustomize_builds_the_base_and_the_operator_overlay(folder: Path, kinds: list[str]) -> None:
+def test_kustomize_builds_the_base_and_the_overlays(folder: Path, kinds: list[str]) -> None:
     command = find_kustomize()
     if command is None:
         # The one tool setup cannot install: Debian 12 packages neither kustomize nor kubectl (this
@@ -891,6 +1086,163 @@ def test_kustomize_builds_the_base_and_the_operator_overlay(folder: Path, kinds:
     config_name = built["ConfigMap"]["metadata"]["name"]
     assert config_name.startswith("ranet-serve-config-")
     assert server_container(built["Deployment"])["envFrom"][0]["configMapRef"]["name"] == config_name
+
+
+def kustomize_objects(folder: Path) -> list[dict[str, Any]]:
+    command = find_kustomize()
+    if command is None:  # as in the test above: no package carries kubectl or kustomize
+        pytest.skip("neither kustomize nor kubectl is installed (no Debian 12 package carries them)")
+    return kustomize_build(command, folder)
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = [obj["kind"] for obj in objects]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {obj["kind"]: obj for obj in objects}
+
+
+def changed_paths(before: Any, after: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """{path: value in `after`} for every leaf that differs (a missing key reads as None)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: dict[tuple[Any, ...], Any] = {}
+        for key in {*before, *after}:
+            out.update(changed_paths(before.get(key), after.get(key), (*path, key)))
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        out = {}
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            out.update(changed_paths(b, a, (*path, i)))
+        return out
+    return {} if before == after else {path: after}
+
+
+GPU = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+# Ready within the image's HEALTHCHECK start period (docker/Dockerfile.gpu): the probes allow as much.
+GPU_START_SECONDS = 120
+
+
+def gpu_component() -> dict[str, Any]:
+    return yaml.safe_load((GPU_COMPONENT_DIR / "kustomization.yaml").read_text())
+
+
+def test_gpu_overlay_is_the_base_plus_the_gpu_component() -> None:
+    overlay = yaml.safe_load((GPU_OVERLAY_DIR / "kustomization.yaml").read_text())
+    base = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert [(GPU_OVERLAY_DIR / r).resolve() for r in overlay["resources"]] == [K8S_DIR]
+    assert [(GPU_OVERLAY_DIR / c).resolve() for c in overlay["components"]] == [GPU_COMPONENT_DIR]
+    assert overlay["namespace"] == base["namespace"]
+    assert not list(GPU_OVERLAY_DIR.glob("*.yaml"))[1:], "every change lives in the component"
+    # Structurally the overlay holds the base's objects: the component adds none.
+    assert sorted(o["kind"] for o in kustomization_resources(GPU_OVERLAY_DIR)) == BASE_KINDS
+
+
+def test_gpu_component_patches_name_objects_of_the_base() -> None:
+    """A strategic-merge patch whose names miss the base adds objects or containers, changing none."""
+    component = gpu_component()
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1" and component["kind"] == "Component"
+    assert not component.get("resources"), "the component changes the base's objects, it adds none"
+    patch_files = {patch["path"] for patch in component["patches"]}
+    assert patch_files == {p.name for p in GPU_COMPONENT_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    base = {(obj["kind"], obj["metadata"]["name"]): obj for obj in k8s_objects()}
+    patches = {}
+    for name in patch_files:
+        (patch,) = load_yaml_documents(GPU_COMPONENT_DIR / name)
+        key = (patch["kind"], patch["metadata"]["name"])
+        assert key in base, f"{name} patches {key}, which the base does not have"
+        assert patch["apiVersion"] == base[key]["apiVersion"], name
+        patches[patch["kind"]] = patch
+    assert patches["HorizontalPodAutoscaler"].get("$patch") == "delete"
+    (container,) = patches["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == server_container(base[("Deployment", "ranet-serve")])["name"]
+    # The image and the settings: the base's names, the GPU's values.
+    (image,) = component["images"]
+    base_image = image_repository(server_container(base[("Deployment", "ranet-serve")])["image"])[0]
+    assert image["name"] == base_image and image["newTag"] == f"{project_version()}-gpu"
+    (generator,) = component["configMapGenerator"]
+    (base_generator,) = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["configMapGenerator"]
+    assert generator["name"] == base_generator["name"] and generator["behavior"] == "merge"
+
+
+def gpu_component_settings() -> dict[str, str]:
+    (generator,) = gpu_component()["configMapGenerator"]
+    return dict(literal.split("=", 1) for literal in generator["literals"])
+
+
+def test_gpu_component_settings_are_the_compose_gpu_overrides() -> None:
+    override = yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]["environment"]
+    settings = gpu_component_settings()
+    assert settings["RANET_DEVICE"] == "cuda"
+    for name, value in settings.items():
+        assert compose_default(str(override[name])) == value, name
+    assert set(settings) < set(configmap_settings()), "the component overrides base settings, adds none"
+
+
+def test_gpu_overlay_renders_the_base_on_one_gpu() -> None:
+    base = by_kind(kustomize_objects(K8S_DIR))
+    gpu = by_kind(kustomize_objects(GPU_OVERLAY_DIR))
+    # No CPU-utilisation HPA on GPU pods; the other objects are the base's.
+    assert set(gpu) == set(base) - {"HorizontalPodAutoscaler"}
+    for kind in ("Namespace", "Service", "PodDisruptionBudget"):
+        assert gpu[kind] == base[kind], kind
+    config = changed_paths(base["ConfigMap"]["data"], gpu["ConfigMap"]["data"])
+    assert {path[0]: value for path, value in config.items()} == gpu_component_settings()
+
+    changes = changed_paths(base["Deployment"], gpu["Deployment"])
+    pod = ("spec", "template", "spec")
+    container = (*pod, "containers", 0)
+    assert set(changes) == {
+        ("spec", "replicas"),
+        ("spec", "strategy", "rollingUpdate", "maxSurge"),
+        ("spec", "strategy", "rollingUpdate", "maxUnavailable"),
+        (*pod, "tolerations"),
+        (*container, "image"),
+        (*container, "envFrom", 0, "configMapRef", "name"),  # the merged ConfigMap's new hash
+        (*container, "resources", "requests", "cpu"),
+        (*container, "resources", "requests", "memory"),
+        (*container, "resources", "limits", "cpu"),
+        (*container, "resources", "limits", "memory"),
+        (*container, "resources", "limits", GPU),
+        (*container, "startupProbe", "failureThreshold"),
+    }
+    deployment = gpu["Deployment"]
+    server = server_container(deployment)
+    assert image_repository(server["image"]) == ("ranet-serve", f"{project_version()}-gpu")
+    assert server["envFrom"][0]["configMapRef"]["name"] == gpu["ConfigMap"]["metadata"]["name"]
+    resources = server["resources"]
+    assert resources["limits"][GPU] == 1, "one GPU per pod"
+    assert resources["requests"].get(GPU, 1) == 1, "an extended resource's request equals its limit"
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"], "whole cores, as the base"
+    assert GPU_TOLERATION in deployment["spec"]["template"]["spec"]["tolerations"]
+    assert "nodeSelector" not in deployment["spec"]["template"]["spec"], "optional: documented, not set"
+    # Without an HPA: a fixed count that survives one voluntary disruption (the PDB allows one), and
+    # a rollout that needs no spare GPU.
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["replicas"] - gpu["PodDisruptionBudget"]["spec"]["maxUnavailable"] >= 1
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] > GPU_START_SECONDS
+
+
+def test_gpu_overlay_validates_against_kubernetes_schemas() -> None:
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate (the dev extra)")
+    for obj in kustomize_objects(GPU_OVERLAY_DIR):
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+def test_gpu_component_composes_with_the_operator_overlay(tmp_path: Path) -> None:
+    """The combination the component's comment documents: the Operator's objects on GPU pods."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(OPERATOR_OVERLAY_DIR, tmp_path)],
+                "components": [os.path.relpath(GPU_COMPONENT_DIR, tmp_path)],
+            }
+        )
+    )
+    both = by_kind(kustomize_objects(tmp_path))
+    assert set(both) == {*BASE_KINDS, *OPERATOR_KINDS, "ConfigMap"} - {"HorizontalPodAutoscaler"}
+    assert both["Deployment"] == by_kind(kustomize_objects(GPU_OVERLAY_DIR))["Deployment"]
 
 
 def test_prometheus_rule_carries_exactly_the_alert_rules() -> None:
@@ -1040,8 +1392,9 @@ def test_deployment_and_kserve_read_the_keys_from_a_secret() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert_keys_come_from_the_secret(server_container(deployment), pod["volumes"])
     assert not set(configmap_settings()) & {"RANET_API_KEY", "RANET_ADMIN_API_KEY"}
-    predictor = kserve()["spec"]["predictor"]
-    assert_keys_come_from_the_secret(predictor["containers"][0], predictor["volumes"])
+    for path in KSERVE_FILES:
+        predictor = kserve(path)["spec"]["predictor"]
+        assert_keys_come_from_the_secret(predictor["containers"][0], predictor["volumes"])
     # The documented command creates exactly the Secret and keys the manifests read.
     doc = OPERATIONS_DOC.read_text()
     assert f"create secret generic {KEYS_SECRET}" in doc
@@ -1065,13 +1418,25 @@ def test_pods_carry_prometheus_scrape_annotations() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def kserve() -> dict[str, Any]:
-    (isvc,) = load_yaml_documents(KSERVE_FILE)
+def kserve(path: Path = KSERVE_FILE) -> dict[str, Any]:
+    (isvc,) = load_yaml_documents(path)
     return isvc
 
 
-def test_kserve_runs_this_image_as_a_custom_v2_container() -> None:
-    isvc = kserve()
+def kserve_env(path: Path) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in kserve(path)["spec"]["predictor"]["containers"][0]["env"]}
+
+
+def kserve_by_name(path: Path) -> dict[str, Any]:
+    """The InferenceService with its container's env as {name: value}, so a diff names the variable."""
+    isvc = kserve(path)
+    isvc["spec"]["predictor"]["containers"][0]["env"] = kserve_env(path)
+    return isvc
+
+
+@pytest.mark.parametrize("path", KSERVE_FILES, ids=lambda p: p.name)
+def test_kserve_runs_this_image_as_a_custom_v2_container(path: Path) -> None:
+    isvc = kserve(path)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
@@ -1084,24 +1449,86 @@ def test_kserve_runs_this_image_as_a_custom_v2_container() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["RANET_PORT"] == str(CONTAINER_PORT) and env["RANET_HOST"] == "0.0.0.0"
     assert env["RANET_DEFAULT_MODEL"] == "ranet-fmnist", "the model name in /v2/models/<name>/infer"
-    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
-        assert container[probe]["httpGet"] == {"path": path, "port": CONTAINER_PORT}, probe
+    for probe, probe_path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": probe_path, "port": CONTAINER_PORT}, probe
+
+
+def test_kserve_gpu_service_is_the_cpu_one_on_one_gpu() -> None:
+    """Everything but the GPU's own fields stays the CPU InferenceService's (checked above)."""
+    cpu, gpu = kserve(KSERVE_FILE), kserve(KSERVE_GPU_FILE)
+    predictor = ("spec", "predictor")
+    container = (*predictor, "containers", 0)
+    changes = changed_paths(kserve_by_name(KSERVE_FILE), kserve_by_name(KSERVE_GPU_FILE))
+    assert set(changes) == {
+        ("metadata", "name"),
+        (*predictor, "maxReplicas"),
+        (*predictor, "scaleTarget"),
+        (*predictor, "tolerations"),
+        (*container, "image"),
+        (*container, "env", "RANET_DEVICE"),
+        (*container, "env", "RANET_MAX_BATCH_SIZE"),
+        (*container, "env", "RANET_MAX_QUEUE_DELAY_MS"),
+        (*container, "resources", "requests", "cpu"),
+        (*container, "resources", "requests", "memory"),
+        (*container, "resources", "limits", "cpu"),
+        (*container, "resources", "limits", "memory"),
+        (*container, "resources", "limits", GPU),
+        (*container, "livenessProbe", "initialDelaySeconds"),
+    }
+    assert gpu["metadata"]["name"] != cpu["metadata"]["name"], "both can run in one namespace"
+    pod = gpu["spec"]["predictor"]
+    (server,) = pod["containers"]
+    assert image_repository(server["image"]) == ("ranet-serve", f"{project_version()}-gpu")
+    assert server["resources"]["limits"][GPU] == 1, "one GPU per replica"
+    assert server["resources"]["requests"].get(GPU, 1) == 1
+    assert GPU_TOLERATION in pod["tolerations"]
+    # The GPU settings are the Kubernetes GPU variant's (and so the compose override's).
+    env = kserve_env(KSERVE_GPU_FILE)
+    assert {name: env[name] for name in gpu_component_settings()} == gpu_component_settings()
+    assert server["livenessProbe"]["initialDelaySeconds"] >= GPU_START_SECONDS
+
+
+def deployment_environments() -> dict[str, dict[str, str]]:
+    """The RANET_* settings each deployment file gives the server (Compose's defaults substituted)."""
+    base_compose = {
+        k: compose_default(str(v)) for k, v in compose()["services"]["server"]["environment"].items()
+    }
+    gpu_compose = yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]["environment"]
+    envs = {
+        "kustomization.yaml": configmap_settings(),
+        "components/gpu": {**configmap_settings(), **gpu_component_settings()},
+        "docker-compose.yml": base_compose,
+        "compose.gpu.yml": {**base_compose, **{k: compose_default(str(v)) for k, v in gpu_compose.items()}},
+    }
+    for path in KSERVE_FILES:
+        envs[path.name] = kserve_env(path)
+    for dockerfile in DOCKERFILES:
+        envs[dockerfile.name] = dict(re.findall(r"\b(RANET_\w+)=(\S+)", final_stage(dockerfile)))
+    return envs
 
 
 def test_every_setting_in_the_deployment_files_is_a_server_setting() -> None:
     known = {f"RANET_{name.upper()}" for name in server_settings()}
-    used: dict[str, set[str]] = {
-        "kustomization.yaml": set(configmap_settings()),
-        "inferenceservice.yaml": {e["name"] for e in kserve()["spec"]["predictor"]["containers"][0]["env"]},
-        "docker-compose.yml": set(compose()["services"]["server"]["environment"]),
-        "compose.gpu.yml": set(
-            yaml.safe_load(COMPOSE_GPU_FILE.read_text())["services"]["server"]["environment"]
-        ),
-    }
-    for dockerfile in DOCKERFILES:
-        used[dockerfile.name] = set(re.findall(r"\b(RANET_\w+)=", final_stage(dockerfile)))
-    for where, names in used.items():
-        assert names <= known, f"{where}: unknown settings {names - known}"
+    for where, env in deployment_environments().items():
+        assert set(env) <= known, f"{where}: unknown settings {set(env) - known}"
+
+
+@pytest.mark.parametrize("where", list(deployment_environments()))
+def test_the_server_accepts_the_settings_of_each_deployment_file(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values too: a device the server cannot parse (`gpu`, `cuda0`) fails here, not in a pod."""
+    from ranet_serve.settings import Settings
+
+    for name in [name for name in os.environ if name.startswith("RANET_")]:
+        monkeypatch.delenv(name)
+    env = deployment_environments()[where]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.device == env.get("RANET_DEVICE", settings.device)
+    if where in ("components/gpu", "compose.gpu.yml", "inferenceservice-gpu.yaml", "Dockerfile.gpu"):
+        assert settings.device.startswith("cuda"), where
 
 
 def test_image_names_agree_with_the_project_version() -> None:
@@ -1117,6 +1544,10 @@ def test_image_names_agree_with_the_project_version() -> None:
     assert override["name"] == deployment_image[0] and override["newTag"] == version
     isvc_image = kserve()["spec"]["predictor"]["containers"][0]["image"]
     assert image_repository(isvc_image) == ("ranet-serve", version)
+    isvc_gpu_image = kserve(KSERVE_GPU_FILE)["spec"]["predictor"]["containers"][0]["image"]
+    assert image_repository(isvc_gpu_image) == ("ranet-serve", f"{version}-gpu")
+    (gpu_override,) = gpu_component()["images"]
+    assert (gpu_override["newName"], gpu_override["newTag"]) == ("ranet-serve", f"{version}-gpu")
     for dockerfile in DOCKERFILES:
         assert f"ARG VERSION={version}" in dockerfile.read_text(), dockerfile.name
 
