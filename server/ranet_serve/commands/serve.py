@@ -65,7 +65,7 @@ def serve_command(
         ),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript | eager")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     threads: Annotated[
         int | None, typer.Option(help="intra-op threads per runtime (0: runtime default)")
     ] = None,
