@@ -1,5 +1,5 @@
 # The README's two commands: `make serve` and `make test`. Both set up what they need first.
-.PHONY: setup serve test lint typecheck unit slow bench docs
+.PHONY: setup serve test lint typecheck unit slow bench docs gpu-check
 
 setup:
 	./scripts/setup.sh
@@ -31,3 +31,9 @@ bench: setup
 # The settings table in docs/operations.md, generated from the Settings model (a test fails when stale).
 docs:
 	.venv/bin/python -m ranet_serve.settings_doc docs/operations.md
+
+# On a CUDA machine: set up the GPU path (.gpuwheels/ from scripts/gpu_wheels.py, else a registry), run
+# the GPU tests and a short GPU benchmark into benchmarks/GPU_REPORT.md, in under 8 minutes. Without a
+# CUDA device: one line, exit 0. No `setup` first: the GPU machine has no registry for scripts/setup.sh.
+gpu-check:
+	@bash scripts/gpu_check.sh

@@ -68,17 +68,31 @@ class MonolithicSessions:
 
     The runtime runs small batches single-threaded (`OnnxRuntime.threads_for`); the whole graph is
     given the same thread count at every batch size, so both sides run as the server would run them.
+    `device` `cuda` or `cuda:N` (benchmarks/gpu.py) runs it on onnxruntime's CUDA provider, with the
+    options the stage runtime uses there (no shared CPU arena, `cuda_options` such as its cuDNN search);
+    its inputs and outputs are host arrays.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: str = "cpu", cuda_options: dict[str, str] | None = None):
         self.path = path
+        self.device = device
+        self.cuda_options = {"device_id": device.partition(":")[2] or "0", **(cuda_options or {})}
         self._sessions: dict[int, ort.InferenceSession] = {}
 
     def __call__(self, threads: int) -> ort.InferenceSession:
         if threads not in self._sessions:
-            self._sessions[threads] = ort.InferenceSession(
-                str(self.path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            cuda = self.device.startswith("cuda")
+            providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
+            if cuda:
+                providers.insert(0, ("CUDAExecutionProvider", self.cuda_options))
+            session = ort.InferenceSession(
+                str(self.path),
+                sess_options=session_options(threads, shared_cpu_arena=not cuda),
+                providers=providers,
             )
+            if cuda and "CUDAExecutionProvider" not in session.get_providers():
+                raise RuntimeError("onnxruntime could not create a CUDA session for the monolithic graph")
+            self._sessions[threads] = session
         return self._sessions[threads]
 
 
@@ -140,20 +154,23 @@ def measure_split_cost(
     repeats: int,
     rounds_wanted: int,
     multithreaded: OnnxRuntime | None = None,
+    tolerance: float = 1e-4,
 ) -> dict[str, dict[str, object]]:
     """Stages in sequence (through the runtime, and as bare calls) vs the monolithic graph, batch 1 and 64.
 
     Each round interleaves the candidates and takes medians; the ratio reported is the median of the
     rounds' ratios, and every round's ratio is kept to show the spread on a shared machine. Both sides
     run each batch with the thread count the runtime uses for it. `multithreaded`, a runtime that never
-    drops to one thread, adds an informational batch-1 row at its thread count.
+    drops to one thread, adds an informational batch-1 row at its thread count. `tolerance`: the most
+    any logit of the two may differ (absolute); benchmarks/gpu.py checks CUDA's itself, relative to the
+    logits' scale, and passes infinity.
     """
     # Fairness first: the monolithic graph computes every exit, as the stages do.
     check = images[:64]
     whole_check = mono(runtime.threads_for(64)).run(None, {"image": check.numpy()})
     for k, (staged, single) in enumerate(zip(run_all_stages(runtime, check), whole_check, strict=True)):
         diff = float(np.abs(staged - single).max())
-        assert diff <= 1e-4, f"exit {k}: stages and monolithic graph differ by {diff}"
+        assert diff <= tolerance, f"exit {k}: stages and monolithic graph differ by {diff}"
     cases = [("1", runtime, 1), ("64", runtime, 64)]
     if multithreaded is not None and multithreaded.threads_for(1) != runtime.threads_for(1):
         cases.append((f"1@{multithreaded.threads or 'default'}threads", multithreaded, 1))
