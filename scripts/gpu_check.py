@@ -370,8 +370,13 @@ def run_step(
     return Step(returncode, time.monotonic() - started, timed_out, output or "")
 
 
-# `@pytest.mark.gpu` on a test, or `pytestmark = ...mark.gpu...` on a module, at the start of a line.
-GPU_MARKER = re.compile(r"^\s*(@pytest\.mark\.gpu\b|pytestmark\s*=.*\bmark\.gpu\b)", re.MULTILINE)
+# `@pytest.mark.gpu` on a test, `pytestmark = ...mark.gpu...` on a module, or the device parameters
+# of tests/helpers/devices.py (a `cuda` case marked gpu beside the bound CPU case), at a line's start.
+GPU_MARKER = re.compile(
+    r"^\s*(@pytest\.mark\.gpu\b|pytestmark\s*=.*\bmark\.gpu\b"
+    r"|from helpers\.devices import .*\bBINDING_DEVICES\b)",
+    re.MULTILINE,
+)
 
 
 def gpu_test_files(tests: Path = ROOT / "tests") -> list[Path]:

@@ -338,6 +338,7 @@ def test_gpu_tests_are_found_by_their_marker(tmp_path: Path) -> None:
     marked = {
         "test_decorated.py": "import pytest\n\n\n@pytest.mark.gpu\ndef test_a():\n    pass\n",
         "test_module.py": "import pytest\n\npytestmark = [pytest.mark.gpu, pytest.mark.slow]\n",
+        "test_devices.py": "from helpers.devices import BINDING_DEVICES, require_device\n",
     }
     unmarked = {
         "test_plain.py": "def test_a():\n    pass\n",
@@ -348,7 +349,10 @@ def test_gpu_tests_are_found_by_their_marker(tmp_path: Path) -> None:
     for name, text in {**marked, **unmarked}.items():
         (tmp_path / "sub" / name).write_text(text)
     assert gpu_check.gpu_test_files(tmp_path) == sorted(tmp_path / "sub" / name for name in marked)
-    assert Path(__file__).resolve() not in gpu_check.gpu_test_files()  # its marked tests are strings
+    found = gpu_check.gpu_test_files()
+    assert Path(__file__).resolve() not in found  # its marked tests are strings
+    tests = Path(__file__).resolve().parent
+    assert {tests / "test_stage_devices.py", tests / "api" / "test_api_devices.py"} <= set(found)
 
 
 def test_cuda_wheel_libraries_are_found_for_ld_library_path(
