@@ -246,7 +246,9 @@ def test_cuda_device_index_reaches_the_provider_and_the_buffers(bundle, images) 
     assert isinstance(runtime, OnnxRuntime) and runtime.device == torch.device("cuda", last)
     options = runtime.sessions[0].get_provider_options()["CUDAExecutionProvider"]
     assert options["device_id"] == str(last)
-    assert int(options["user_compute_stream"]) == runtime._stream.handle != 0
+    # The stages run on the runtime's own stream (a real stream, not the legacy default one).
+    assert options.get("has_user_compute_stream") == "1"
+    assert int(options["user_compute_stream"], 0) == runtime._stream.handle != 0
     outputs = runtime.run(0, {"image": runtime.arrays.from_images(images)})
     assert all(t.device == torch.device("cuda", last) for t in outputs.values())
     with pytest.raises(ValueError, match="numbered from 0"):
