@@ -76,14 +76,21 @@ class Cohort:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one stage did to one cohort."""
+    """What one step did to one cohort: one stage, or every stage at once on the full-depth graph."""
 
     finished: tuple[tuple[int, ImageResult], ...]  # (tag, result) of every image that left here
     passed: tuple[tuple[int, ImageResult], ...]  # (tag, result) of watched images that go on
     survivors: Cohort | None  # the images that go on to the next stage
-    stage: int
+    stage: int  # the last stage run
     batch_size: int
     seconds: float
+    # (stage, seconds) of every stage the step ran: one pair, or, for the full-depth graph, every stage
+    # with the step's time shared in proportion to each stage's FLOPs (one call has no per-stage time).
+    stage_seconds: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stage_seconds:
+            object.__setattr__(self, "stage_seconds", ((self.stage, self.seconds),))
 
 
 def merge_cohorts(cohorts: list[Cohort], arrays: StageArrays) -> Cohort:
@@ -144,8 +151,9 @@ class CascadeExecutor:
             step = self.step(cohort)
             for tag, result in step.finished:
                 results[tag] = result
-            stage_seconds[step.stage] = step.seconds
-            stage_sizes[step.stage] = step.batch_size
+            for stage, seconds in step.stage_seconds:
+                stage_seconds[stage] = seconds
+                stage_sizes[stage] = step.batch_size
             cohort = step.survivors
         if any(r is None for r in results):
             raise AssertionError("cascade finished with images that never exited")
@@ -192,19 +200,42 @@ class CascadeExecutor:
             deadlines=np.full(n, math.inf) if deadlines is None else np.asarray(deadlines, dtype=np.float64),
         )
 
+    def runs_whole(self, cohort: Cohort) -> bool:
+        """Whether `cohort` takes the full-depth graph: the runtime has one, the cohort is at stage 0,
+        no image may leave before the last exit (every threshold before it >= 1, every cap at it) and
+        none is watched (a watched image reports every exit it passes)."""
+        last = self.num_exits - 1
+        return (
+            self.runtime.has_full_graph
+            and cohort.stage == 0
+            and bool((cohort.caps >= last).all())
+            and bool((cohort.thresholds[:, :last] >= 1.0).all())
+            and not cohort.watched.any()
+        )
+
     def step(self, cohort: Cohort) -> StepResult:
-        """Run `cohort`'s next stage; the images that may leave there leave."""
+        """Run `cohort`'s next stage; the images that may leave there leave.
+
+        A cohort that `runs_whole` runs every stage at once on the runtime's full-depth graph instead:
+        the same answers (the last exit's), without the stage boundaries.
+        """
         k = cohort.stage
         stage = self.stages[k]
         last = self.num_exits - 1
         stage_start = time.perf_counter()
         started = np.where(np.isnan(cohort.started), stage_start, cohort.started)
         env = dict(cohort.env)
-        outputs = self.runtime.run(k, {name: env[name] for name in stage.inputs})
-        logits = self.runtime.arrays.to_host(outputs.pop(stage.outputs[0]))
-        env.update(outputs)
-        for name in self._drop_after[k]:
-            env.pop(name, None)
+        whole = self.runs_whole(cohort)
+        if whole:
+            k = last
+            logits = self.runtime.arrays.to_host(self.runtime.run_full(env[stage.inputs[0]]))
+            env = {}
+        else:
+            outputs = self.runtime.run(k, {name: env[name] for name in stage.inputs})
+            logits = self.runtime.arrays.to_host(outputs.pop(stage.outputs[0]))
+            env.update(outputs)
+            for name in self._drop_after[k]:
+                env.pop(name, None)
         probs = softmax(logits)
         predicted = probs.argmax(axis=1)
         rows = np.arange(cohort.size)
@@ -235,7 +266,19 @@ class CascadeExecutor:
                 survivors = survivors.rows(np.nonzero(keep)[0], self.runtime.arrays)
         elif keep.any():
             raise AssertionError("images left the last stage without an exit")
-        return StepResult(finished, passed, survivors, k, cohort.size, now - stage_start)
+        seconds = now - stage_start
+        stage_seconds = self._shared_by_flops(seconds) if whole else ((k, seconds),)
+        return StepResult(finished, passed, survivors, k, cohort.size, seconds, stage_seconds)
+
+    def _shared_by_flops(self, seconds: float) -> tuple[tuple[int, float], ...]:
+        """`seconds` of a full-depth run shared between the stages in proportion to their FLOPs."""
+        total = self.cumulative_flops[-1]
+        previous = 0
+        shares = []
+        for stage, flops in enumerate(self.cumulative_flops):
+            shares.append((stage, seconds * (flops - previous) / total))
+            previous = flops
+        return tuple(shares)
 
 
 @dataclass(frozen=True)

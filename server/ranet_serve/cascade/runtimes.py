@@ -33,6 +33,12 @@ from torch import Tensor
 
 from ranet_serve.cascade.arrays import NumpyArrays, StageArray, StageArrays, TorchArrays
 from ranet_serve.cascade.devices import StreamOrder, device_index, parse_device
+from ranet_serve.cascade.full_graph import (
+    FullGraphSetting,
+    compose_full_graph,
+    full_graph_output,
+    wants_full_graph,
+)
 from ranet_serve.cascade.threads import SINGLE_THREAD_BELOW
 from ranet_serve.errors import BundleError, StageExecutionError
 from ranet_serve.export.bundle import Bundle
@@ -57,9 +63,16 @@ class StageRuntime(ABC):
         self.bundle = bundle
         self.manifest = bundle.manifest
 
+    # Whether `run_full` is available: one graph from the input image to the last exit's logits.
+    has_full_graph: bool = False
+
     @abstractmethod
     def run(self, stage: int, inputs: dict[str, StageArray]) -> dict[str, StageArray]:
         """Run stage `stage` on a batch; return every output named in the manifest."""
+
+    def run_full(self, image: StageArray) -> StageArray:
+        """The last exit's logits of a batch of stage-0 input, in one call (see `full_graph.py`)."""
+        raise NotImplementedError(f"{self.backend} has no full-depth graph")
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device}"
@@ -77,8 +90,10 @@ class OnnxRuntime(StageRuntime):
         single_thread_below: int = SINGLE_THREAD_BELOW,
         io_binding: bool | None = None,
         cudnn_conv_search: CudnnConvSearch = "heuristic",
+        full_graph: bool = False,
     ):
-        """`io_binding`: bind torch tensors as the stages' inputs and outputs (None: on CUDA only;
+        """`full_graph`: also build the composed full-depth graph (`run_full`, see `full_graph.py`).
+        `io_binding`: bind torch tensors as the stages' inputs and outputs (None: on CUDA only;
         it cannot be turned off there). On the CPU plain numpy calls are cheaper (see arrays.py), so
         binding there serves the tests: it is the GPU's code path, run where there is no GPU.
         `cudnn_conv_search`: how the CUDA provider picks convolution algorithms per new input shape.
@@ -114,19 +129,63 @@ class OnnxRuntime(StageRuntime):
         # at batch 1 every microsecond of Python around the six calls shows in the split cost.
         self._plans = self._stage_plans(self.sessions)
         self._small_plans = self._plans if small is self.sessions else self._stage_plans(small)
+        # The composed full-depth graph, in the same thread sets as the stages (None: not built).
+        self._full: onnxruntime.InferenceSession | None = None
+        self._full_small: onnxruntime.InferenceSession | None = None
+        self._full_input = self.manifest.stages[0].inputs[0]
+        self._full_output = full_graph_output(bundle)
+        if full_graph:
+            self._load_full_graph(optimization, threads)
+
+    def _load_full_graph(
+        self, optimization: Literal["disable", "basic", "extended", "all"], threads: int
+    ) -> None:
+        try:
+            model = compose_full_graph(self.bundle)
+            self._full = self._ort.InferenceSession(
+                model,
+                sess_options=session_options(threads, optimization, shared_cpu_arena=not self._cuda),
+                providers=self._providers(),
+            )
+            self._full_small = self._full
+            if self.single_thread_below > 1:
+                self._full_small = self._ort.InferenceSession(
+                    model, sess_options=session_options(1, optimization), providers=self._providers()
+                )
+        except Exception as exc:
+            raise BundleError(
+                f"{self.bundle.path}: the stages do not compose into one graph ({exc})"
+            ) from exc
+        self.has_full_graph = True
+
+    def run_full(self, image: StageArray) -> StageArray:
+        session = self._full_small if image.shape[0] < self.single_thread_below else self._full
+        if session is None:
+            return super().run_full(image)
+        name = self._full_output
+        try:
+            if self.io_binding:
+                return self._run_bound(session, (self._full_input,), (name,), {self._full_input: image})[name]
+            return session.run([name], {self._full_input: image})[0]
+        except Exception as exc:
+            last = len(self.manifest.stages) - 1
+            raise StageExecutionError(
+                f"the full-depth graph failed in onnxruntime: {exc}", stage=last
+            ) from exc
+
+    def _providers(self) -> list[str | tuple[str, dict[str, str]]]:
+        if not self._cuda:
+            return ["CPUExecutionProvider"]
+        cuda_options = {
+            "device_id": str(device_index(self.device)),
+            # The stages run on the runtime's own stream, ordered against torch's (StreamOrder).
+            "user_compute_stream": str(self._stream.handle),
+            "cudnn_conv_algo_search": self.cudnn_conv_search.upper(),
+        }
+        return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
     def _load_sessions(self, options: onnxruntime.SessionOptions) -> list[onnxruntime.InferenceSession]:
-        providers: list[str | tuple[str, dict[str, str]]]
-        if self._cuda:
-            cuda_options = {
-                "device_id": str(device_index(self.device)),
-                # The stages run on the runtime's own stream, ordered against torch's (StreamOrder).
-                "user_compute_stream": str(self._stream.handle),
-                "cudnn_conv_algo_search": self.cudnn_conv_search.upper(),
-            }
-            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+        providers = self._providers()
         sessions = []
         for index in range(len(self.manifest.stages)):
             path = self.bundle.stage_file(index, "onnx")
@@ -214,12 +273,13 @@ class OnnxRuntime(StageRuntime):
         return dict(zip(output_names, results, strict=True))
 
     def describe(self) -> str:
+        full = ", full-depth graph" if self.has_full_graph else ""
         if self._cuda:
-            return f"{super().describe()}, I/O binding, cuDNN search {self.cudnn_conv_search}"
+            return f"{super().describe()}, I/O binding, cuDNN search {self.cudnn_conv_search}{full}"
         threads = self.threads or "default"
         if self.single_thread_below > 1:
-            return f"{super().describe()}, {threads} threads (1 below batch {self.single_thread_below})"
-        return f"{super().describe()}, {threads} threads"
+            return f"{super().describe()}, {threads} threads (1 below batch {self.single_thread_below}){full}"
+        return f"{super().describe()}, {threads} threads{full}"
 
     def _run_bound(
         self,
@@ -467,10 +527,12 @@ def create_runtime(
     single_thread_below: int = SINGLE_THREAD_BELOW,
     io_binding: bool | None = None,
     cudnn_conv_search: CudnnConvSearch = "heuristic",
+    full_graph: FullGraphSetting = "off",
 ) -> StageRuntime:
     """Build the runtime a setting names; log what was chosen.
 
-    `io_binding` and `cudnn_conv_search` concern onnxruntime only (see `OnnxRuntime`).
+    `io_binding`, `cudnn_conv_search` and `full_graph` (see `full_graph.wants_full_graph`) concern
+    onnxruntime only (see `OnnxRuntime`).
     """
     chosen = resolve_device(device, backend)
     runtime: StageRuntime
@@ -482,6 +544,7 @@ def create_runtime(
             single_thread_below=single_thread_below,
             io_binding=io_binding,
             cudnn_conv_search=cudnn_conv_search,
+            full_graph=wants_full_graph(bundle, full_graph),
         )
     elif backend == "torchscript":
         if threads > 0:

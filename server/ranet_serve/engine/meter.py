@@ -78,8 +78,9 @@ class WorkerMeter:
         assert self.observer is not None
         seconds = [0.0] * self.num_exits
         sizes = [0] * self.num_exits
-        seconds[step.stage] = step.seconds
-        sizes[step.stage] = step.batch_size
+        for stage, stage_seconds in step.stage_seconds:
+            seconds[stage] = stage_seconds
+            sizes[stage] = step.batch_size
         try:
             self.observer(
                 BatchResult(

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranet_serve.cascade.executor import CascadeExecutor
+from ranet_serve.cascade.executor import CascadeExecutor, Cohort
 from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import StageRuntime, create_runtime
 from ranet_serve.cpus import engine_threads
@@ -63,6 +63,7 @@ def default_runtime_factory(bundle: Bundle, settings: Settings) -> StageRuntime:
         single_thread_below=settings.single_thread_below,
         io_binding=True if settings.io_binding == "always" else None,
         cudnn_conv_search=settings.cudnn_conv_search,
+        full_graph=settings.full_depth_graph,
     )
 
 
@@ -589,9 +590,17 @@ def _warm_up(executor: CascadeExecutor, sizes: list[int]) -> None:
     exits = executor.num_exits
     for size in sizes:
         images = torch.zeros(size, spec.channels, spec.size, spec.size)
-        executor.run(
-            images, np.ones((size, exits), dtype=np.float32), np.full(size, exits - 1, dtype=np.int64)
+        thresholds = np.ones((size, exits), dtype=np.float32)
+        caps = np.full(size, exits - 1, dtype=np.int64)
+        # Watched rows go through the stages one by one; unwatched ones take the full-depth graph
+        # where the runtime has one, so both are warm.
+        cohort: Cohort | None = executor.start(
+            images, thresholds, caps, np.arange(size), watched=np.ones(size, dtype=bool)
         )
+        while cohort is not None:
+            cohort = executor.step(cohort).survivors
+        if executor.runtime.has_full_graph:
+            executor.run(images, thresholds, caps)
 
 
 def _expected_flops(entry: ReadyVersion, point_name: str) -> float:
