@@ -185,3 +185,20 @@ def test_the_setting_decides_by_the_size_of_the_stage_files(bundle, monkeypatch:
     monkeypatch.setattr(full_graph, "AUTO_MAX_STAGE_BYTES", size)
     assert create_runtime(bundle, device="cpu", threads=1, full_graph="auto").has_full_graph
     assert not create_runtime(bundle, backend="torchscript", device="cpu", full_graph="on").has_full_graph
+
+
+def test_a_bundle_whose_stages_do_not_compose_serves_stage_by_stage(
+    bundle, images, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ranet_serve.cascade import runtimes
+
+    def broken(_: Bundle) -> bytes:
+        raise ValueError("stage 3 imports other opsets than stage 0; cannot compose")
+
+    monkeypatch.setattr(runtimes, "compose_full_graph", broken)
+    runtime = OnnxRuntime(bundle, threads=1, full_graph=True)
+    assert not runtime.has_full_graph
+    assert "no full-depth graph" in caplog.text and "other opsets" in caplog.text
+    thresholds, caps = full_depth()
+    result = CascadeExecutor(runtime).run(images, thresholds, caps)
+    assert [r.exit for r in result.images] == [LAST] * N

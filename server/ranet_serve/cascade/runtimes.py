@@ -140,22 +140,29 @@ class OnnxRuntime(StageRuntime):
     def _load_full_graph(
         self, optimization: Literal["disable", "basic", "extended", "all"], threads: int
     ) -> None:
+        """Build the composed full-depth graph's sessions; on failure, log it and serve without them:
+        the graph only speeds up full-depth batches, and must never keep a bundle from serving."""
         try:
             model = compose_full_graph(self.bundle)
-            self._full = self._ort.InferenceSession(
+            full = self._ort.InferenceSession(
                 model,
                 sess_options=session_options(threads, optimization, shared_cpu_arena=not self._cuda),
                 providers=self._providers(),
             )
-            self._full_small = self._full
+            small = full
             if self.single_thread_below > 1:
-                self._full_small = self._ort.InferenceSession(
+                small = self._ort.InferenceSession(
                     model, sess_options=session_options(1, optimization), providers=self._providers()
                 )
         except Exception as exc:
-            raise BundleError(
-                f"{self.bundle.path}: the stages do not compose into one graph ({exc})"
-            ) from exc
+            logger.warning(
+                "bundle %s/%s: no full-depth graph, full-depth batches run stage by stage (%s)",
+                self.manifest.name,
+                self.manifest.version,
+                exc,
+            )
+            return
+        self._full, self._full_small = full, small
         self.has_full_graph = True
 
     def run_full(self, image: StageArray) -> StageArray:
