@@ -6,8 +6,10 @@ clone); `RANET_FIXTURES` points elsewhere when it is not there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 
+import ranet_serve
+from helpers.bundles import build_tiny_bundle
 from ranet_serve.model.config import RANetConfig, load_config
 from ranet_serve.model.ranet import RANet
 from ranet_serve.model.registry import get_config
@@ -115,3 +119,38 @@ def registered_model() -> Iterator[Callable[[str], RANet]]:
 
     yield build
     cache.clear()
+
+
+HELPERS = Path(__file__).resolve().parent / "helpers" / "bundles.py"
+
+
+def _bundle_cache_key() -> str:
+    """Changes whenever the code that shapes the exported bundle changes."""
+    package = Path(ranet_serve.__file__).parent
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted([*package.glob("model/*.py"), *package.glob("export/*.py"), HELPERS]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only template `tiny/1` bundle; exported once and kept in pytest's cache between runs.
+
+    Exporting takes 20-45 s on the test machine; the cache key covers model/, export/ and the helper.
+    """
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    if cache is None:
+        out = tmp_path_factory.mktemp("export") / "tiny" / "1"
+        build_tiny_bundle(out)
+        return out
+    cache_root = cache.mkdir("ranet-tiny-bundle")
+    cached = cache_root / _bundle_cache_key() / "tiny" / "1"
+    if not (cached / "manifest.json").is_file():
+        staging = tmp_path_factory.mktemp("export") / "tiny" / "1"
+        build_tiny_bundle(staging)
+        shutil.rmtree(cache_root, ignore_errors=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, cached)
+    return cached

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from helpers.bundles import build_tiny_bundle
 from helpers.devices import BINDING_DEVICES, require_device
 from ranet_serve.cascade import full_graph
 from ranet_serve.cascade.executor import CascadeExecutor
@@ -24,10 +25,8 @@ LAST = EXITS - 1
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    out = tmp_path_factory.mktemp("full") / "tiny" / "1"
-    build_tiny_bundle(out)
-    return load_bundle(out)
+def bundle(tiny_bundle_dir: Path) -> Bundle:
+    return load_bundle(tiny_bundle_dir)  # read only
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.bundles import build_tiny_bundle
 from helpers.devices import BINDING_DEVICES, require_device
 from ranet_serve.cascade.arrays import NumpyArrays, TorchArrays
 from ranet_serve.cascade.devices import StreamOrder, device_index, parse_device
@@ -38,10 +38,8 @@ TIE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    out = tmp_path_factory.mktemp("devices") / "tiny" / "1"
-    build_tiny_bundle(out)
-    return load_bundle(out)
+def bundle(tiny_bundle_dir: Path) -> Bundle:
+    return load_bundle(tiny_bundle_dir)  # read only
 
 
 @pytest.fixture(scope="module")
