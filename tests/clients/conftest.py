@@ -1,6 +1,6 @@
 """Client test fixtures: the real RANet Serve app on 127.0.0.1 serving the tiny calibrated bundle.
 
-The bundle fixture is the API tests' own (`tests/api/conftest.py`): exported once and cached by pytest
+The bundle fixture is the suite's own (`tests/conftest.py`): exported once and cached by pytest
 between runs, so client and API tests share one export. The server is the API tests' `RunningServer`
 (uvicorn in a thread, real batcher and runtimes, switchable stage faults), started once per session.
 
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import api.conftest as api_fixtures
 from helpers.bundles import make_store
 from helpers.server import RunningServer, settings_for
 
@@ -30,8 +29,6 @@ CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "clients" / "python"
 if importlib.util.find_spec("ranet_client") is None:
     sys.path.insert(0, str(CLIENT_SOURCE))
 
-# The API tests' bundle fixture, registered here too: same cache key, so the export happens once.
-tiny_bundle_dir = api_fixtures.tiny_bundle_dir
 MAX_IMAGES_PER_REQUEST = 8  # the test server's limit; 413 beyond it
 
 
