@@ -351,7 +351,7 @@ def overload_goals(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
             else f"{rejected:.1f} ms (p50 {each('rejected_p50_ms', 1)} ms; "
             f"{shed} 429s, {immediate} answered at once: p99 "
             f"{_ms(figures.get('rejected_immediate_p99_ms_worst'))}"
-            + ("; the rest held to their Retry-After)" if immediate < shed else ")"),
+            + ("; the rest held as early retries, or answered late)" if immediate < shed else ")"),
             "met": None if rejected is None else rejected <= OVERLOAD_REJECT_P99_MS,
         },
         {

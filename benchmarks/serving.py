@@ -57,6 +57,7 @@ from servers import ManagedServer, free_port, http_ok
 
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
 from hey import hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
+from ranet_serve.api.admission import EARLY_RETRY_HOLD_SECONDS
 from ranet_serve.cpus import engine_threads
 from ranet_serve.export.bundle import load_bundle
 from ranet_serve.settings import Settings
@@ -69,11 +70,11 @@ MAX_BATCH_SIZE = int(Settings.model_fields["max_batch_size"].default)
 # The issue's bar for the objective run: admitted p99 within this multiple of RANET_SLO_P99_MS (the
 # overload goals themselves are judged in run_all.py).
 SLO_P99_MULTIPLE = 2.0
-# A 429 slower than this was held: the server answers a request that comes back on a connection before
-# its previous 429's Retry-After (1 s) is over only when that second is over (RANET_HOLD_EARLY_RETRIES,
-# on by default); hey ignores Retry-After, so most of its 429s are such held retries. Half the
-# Retry-After separates the two kinds: an immediate 429 takes milliseconds.
-HELD_429_MS = 500.0
+# A 429 faster than this was answered at once: the server holds a request that comes back on a
+# connection within the hold after its previous 429 (EARLY_RETRY_HOLD_SECONDS, 0.25-0.375 s with its
+# spread; RANET_HOLD_EARLY_RETRIES, on by default) until the hold is over, and hey ignores Retry-After,
+# so many of its 429s are such held retries. Slower ones were held, or answered late by a busy loop.
+HELD_429_MS = 1000.0 * EARLY_RETRY_HOLD_SECONDS
 # The overload variant that answers every 429 at once: early retries not held.
 NO_HOLD_ENV = {"RANET_HOLD_EARLY_RETRIES": "false"}
 # Overload figures "after the first second" leave out requests hey started before this offset.
@@ -638,9 +639,10 @@ def render(result: dict[str, Any]) -> str:
             "Memory from the end of the first round to the end of the last: "
             + ("- (one round)" if growth is None else f"{100 * growth:+.1f}%")
             + ". hey's CSV lists answered requests only: transport errors are not counted here. hey "
-            "ignores Retry-After, and the server holds a request that comes back on a connection before "
-            "its 429's Retry-After is over until it is (RANET_HOLD_EARLY_RETRIES, on by default): 429s "
-            f"slower than {HELD_429_MS:.0f} ms are such held retries, the others were answered at once.",
+            "ignores Retry-After, and the server holds a request that comes back on a connection within "
+            f"{HELD_429_MS:.0f}-{1.5 * HELD_429_MS:.0f} ms of its last 429 until then "
+            "(RANET_HOLD_EARLY_RETRIES, on by default): 429s faster than "
+            f"{HELD_429_MS:.0f} ms were answered at once, slower ones were held or answered late.",
             "",
         ]
         if no_hold:

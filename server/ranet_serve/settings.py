@@ -184,16 +184,16 @@ class Settings(BaseSettings):
         description="ceiling of each front-end's adaptive in-flight limit (requests being read, decoded, "
         "queued or running). The limit needs no tuning: it follows the latency of served requests so "
         "admitted requests wait about a target (half of RANET_SLO_P99_MS when set, else the larger of "
-        "100 ms and 4x the engine's shortest recent inference time); beyond it 429 with Retry-After "
+        "70 ms and 4x the engine's shortest recent inference time); beyond it 429 with Retry-After "
         "(reason inflight_limit) before the body is read",
     )
     hold_early_retries: bool = Field(
         True,
-        description="a request back on a connection sooner than the Retry-After its last 429 gave, and "
-        "shed again, gets its 429 only when that Retry-After is over (closed-loop clients that ignore "
-        "Retry-After cannot take the CPU admitted requests need; a request that finds room is admitted "
-        "at once); turn off behind a proxy that sends many clients' requests over shared upstream "
-        "connections",
+        description="a request back on a connection within 0.25-0.375 s of its last 429 (sooner than the "
+        "Retry-After of 1 s), and shed again, gets its 429 only when that while is over (closed-loop "
+        "clients that ignore Retry-After cannot take the CPU admitted requests need; a request that "
+        "finds room is admitted at once); turn off behind a proxy that sends many clients' requests over "
+        "shared upstream connections",
     )
     agreement_sample_fraction: float = Field(
         0.01,
