@@ -20,6 +20,7 @@ import torch
 
 import ranet_serve
 from helpers.bundles import build_tiny_bundle
+from ranet_serve.export.bundle import Bundle, load_bundle
 from ranet_serve.model.config import RANetConfig, load_config
 from ranet_serve.model.ranet import RANet
 from ranet_serve.model.registry import get_config
@@ -154,3 +155,9 @@ def tiny_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(staging, cached)
     return cached
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundle_dir: Path) -> Bundle:
+    """The tiny bundle loaded, for tests that only read it."""
+    return load_bundle(tiny_bundle_dir)

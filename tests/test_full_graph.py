@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,7 @@ from ranet_serve.cascade.verify import run_all_stages
 from ranet_serve.engine.registry import _warm_up
 from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import StageExecutionError
-from ranet_serve.export.bundle import Bundle, load_bundle
+from ranet_serve.export.bundle import Bundle
 
 N = 12
 EXITS = 6
@@ -25,8 +23,8 @@ LAST = EXITS - 1
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir: Path) -> Bundle:
-    return load_bundle(tiny_bundle_dir)  # read only
+def bundle(tiny_bundle: Bundle) -> Bundle:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from ranet_serve.engine.registry import default_runtime_factory, warm_up_sizes
 from ranet_serve.engine.requests import RequestResult
 from ranet_serve.engine.scheduler import Batcher
 from ranet_serve.errors import StageExecutionError
-from ranet_serve.export.bundle import Bundle, load_bundle
+from ranet_serve.export.bundle import Bundle
 from ranet_serve.settings import Settings
 
 N = 24
@@ -38,8 +37,8 @@ TIE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir: Path) -> Bundle:
-    return load_bundle(tiny_bundle_dir)  # read only
+def bundle(tiny_bundle: Bundle) -> Bundle:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

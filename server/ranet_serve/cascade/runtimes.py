@@ -110,8 +110,6 @@ class OnnxRuntime(StageRuntime):
         self.cudnn_conv_search = cudnn_conv_search
         self.arrays = TorchArrays(self.device) if self.io_binding else NumpyArrays()
         self._stream = StreamOrder(self.device)
-        # Where onnxruntime reads and writes bound buffers: (device type, device index).
-        self._ort_device = ("cuda" if self._cuda else "cpu", device_index(self.device))
         self.threads = threads
         # Small batches on the CPU run on a second, single-threaded set of sessions (see
         # SINGLE_THREAD_BELOW); pointless where the runtime is single-threaded already or on CUDA.
@@ -302,7 +300,7 @@ class OnnxRuntime(StageRuntime):
         Outputs are allocated before the run on torch's current stream; `StreamOrder` makes the
         runtime's stream wait for that stream before the run and that stream wait for it after.
         """
-        device_type, index = self._ort_device
+        device_type, index = self.device.type, device_index(self.device)  # as onnxruntime names them
         binding = session.io_binding()
         batch = next(iter(inputs.values())).shape[0]
         held: list[Tensor] = []  # contiguous copies stay referenced until the run is ordered
