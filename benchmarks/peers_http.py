@@ -15,6 +15,12 @@ Two clients drive every server, in the same run:
 2. `hey` (benchmarks/hey.py): one multipart image per request at 16 and 64 concurrent clients, an
    independent client that costs far less CPU than the Python one (both share the 2 cores).
 
+Then the ratios the issue-17 goals judge (ranet serve at both points over LitServe, at 16 and 64
+clients) get a phase of their own: only those three servers, longer runs (`--versus-requests`, 3,000 by
+default: two to five seconds each, where the sweep's 800 requests at 1,500 req/s last half a second and
+one stall moves a ratio by 20%), `--versus-rounds` interleaved rounds (3), both clients in every
+round, medians over rounds. The ratios come from that phase (from the sweep only when it is off).
+
 Then ranet serve alone with 16 images per request from 4 clients, by both clients (the load generator
 on the test-set mix; hey repeating one body of 16 distinct test images): images/s at the default point
 over full depth, next to the FLOPs ratio from the manifest's calibration.
@@ -31,7 +37,8 @@ same slice of the Fashion-MNIST test set (images k*requests onwards), so accurac
 identical images and pooled over all runs. Figures are medians over rounds. Usage:
 
     .venv/bin/python benchmarks/peers_http.py [--requests 800] [--concurrency 1 4 16 64] [--rounds 1]
-        [--hey-requests 1000] [--hey-concurrency 16 64] [--batch-requests 100] [--batch-hey-requests 400]
+        [--hey-requests 1000] [--hey-concurrency 16 64] [--versus-requests 3000] [--versus-rounds 3]
+        [--batch-requests 100] [--batch-hey-requests 400]
         [--servers ranet litserve torchserve fastapi] [--out benchmarks/results]
 """
 
@@ -363,6 +370,19 @@ def versus_litserve(summary: dict[str, Any], hey_summary: dict[str, Any]) -> dic
     return out
 
 
+VERSUS_VARIANTS = ("ranet_default", "ranet_full", "litserve")
+
+
+def versus_source(
+    summary: dict[str, Any], hey_summary: dict[str, Any], versus: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tables the LitServe ratios are taken from: the dedicated phase's, per client, where it ran;
+    else the sweep's (a client the phase did not measure keeps the sweep's figures)."""
+    if not versus:
+        return summary, hey_summary
+    return versus.get("load_generator") or summary, versus.get("hey") or hey_summary
+
+
 def default_point_flops_ratio(manifest: Manifest) -> tuple[str, float] | None:
     """The default point's name and full-depth FLOPs / its expected FLOPs (validation calibration)."""
     calibration = manifest.calibration
@@ -588,6 +608,18 @@ def render_versus_litserve(result: dict[str, Any]) -> list[str]:
         "| full depth / LitServe, load generator | full depth / LitServe, hey |",
         "|---|---|---|---|---|",
     ]
+    phase = result.get("versus") or {}
+    if phase.get("rounds"):
+        lines[1:1] = [
+            "",
+            f"From the dedicated phase: ranet serve (both points) and LitServe only, {phase['requests']} "
+            f"requests per run, {phase['rounds']} interleaved rounds (load generator, then hey, every "
+            "server in turn), medians over rounds:",
+            "",
+            "| clients | server | load generator req/s | p99 ms | hey req/s | p99 ms |",
+            "|---|---|---|---|---|---|",
+            *_versus_rows(phase),
+        ]
     load, hey = versus.get("load_generator") or {}, versus.get("hey") or {}
     for concurrency in sorted(set(load) | set(hey), key=int):
         mine_load, mine_hey = load.get(concurrency, {}), hey.get(concurrency, {})
@@ -597,6 +629,24 @@ def render_versus_litserve(result: dict[str, Any]) -> list[str]:
             f"{_ratio(mine_hey.get('ranet_full'))} |"
         )
     return [*lines, ""]
+
+
+def _versus_rows(phase: dict[str, Any]) -> list[str]:
+    load, hey = phase.get("load_generator") or {}, phase.get("hey") or {}
+    rows = []
+    for concurrency in phase["concurrency"]:
+        for key in VERSUS_VARIANTS:
+            mine = (load.get(key) or {}).get("by_concurrency", {}).get(str(concurrency)) or {}
+            theirs = (hey.get(key) or {}).get("by_concurrency", {}).get(str(concurrency)) or {}
+            label = (load.get(key) or hey.get(key) or {}).get("label")
+            if label is None:
+                continue
+            rows.append(
+                f"| {concurrency} | {label} | {_fmt(mine.get('throughput_rps'), 0)} | "
+                f"{_fmt(mine.get('p99_ms'))} | {_fmt(theirs.get('throughput_rps'), 0)} | "
+                f"{_fmt(theirs.get('p99_ms'))} |"
+            )
+    return rows
 
 
 def render_batch(result: dict[str, Any]) -> list[str]:
@@ -674,6 +724,62 @@ def probe_hey_batch(variants: list[Variant], body: bytes, content_type: str) -> 
     return out
 
 
+def run_versus(
+    args: argparse.Namespace,
+    variants: list[Variant],
+    samples: list[Sample],
+    work: Path,
+    skipped: dict[str, str],
+) -> dict[str, Any] | None:
+    """The phase the LitServe ratios come from: ranet serve (both points) and LitServe at the issue's
+    concurrencies, `versus_requests` per run, `versus_rounds` interleaved rounds, each round the load
+    generator then hey, every server in turn. Raw runs under `runs` / `hey_runs`; None when the phase
+    is off or LitServe did not run (nothing to compare with)."""
+    chosen = [v for v in variants if v.key in VERSUS_VARIANTS]
+    if args.versus_requests <= 0 or args.versus_rounds <= 0 or "litserve" not in {v.key for v in chosen}:
+        return None
+    use_hey = hey_executable() is not None
+    if not use_hey:
+        skipped.setdefault("hey", HEY_MISSING)
+    body_path = work / "versus-body.multipart"
+    content_type = multipart_body(samples[0].data, body_path)
+    runs: list[dict[str, Any]] = []
+    hey_runs: list[dict[str, Any]] = []
+    for round_index in range(args.versus_rounds):
+        for k, concurrency in enumerate(VERSUS_LITSERVE_CONCURRENCY):
+            # Every server gets the same slice of the test set in a run; slices differ across runs.
+            offset = (round_index * len(VERSUS_LITSERVE_CONCURRENCY) + k) * args.versus_requests
+            run_samples = rotated(samples, offset)
+            for variant in chosen:
+                config = variant.config(args.versus_requests, concurrency, args.timeout, wire=args.wire)
+                report = run_one(variant, config, run_samples)
+                where = {"variant": variant.key, "round": round_index, "concurrency": concurrency}
+                runs.append({**where, **report})
+                print(
+                    f"[versus] {variant.label:40s} c={concurrency:<3d} {report['throughput_rps']:8.1f} req/s",
+                    flush=True,
+                )
+            for variant in chosen if use_hey else []:
+                measured = run_hey_measured(
+                    variant.hey_url,
+                    body_path,
+                    content_type,
+                    requests=args.versus_requests,
+                    concurrency=concurrency,
+                    timeout_s=int(args.timeout),
+                )
+                where = {"variant": variant.key, "round": round_index, "concurrency": concurrency}
+                hey_runs.append({**where, **measured})
+                _print_hey(f"[versus] {variant.label}", f"c={concurrency:<3d}", measured)
+    return {
+        "requests": args.versus_requests,
+        "rounds": args.versus_rounds,
+        "concurrency": list(VERSUS_LITSERVE_CONCURRENCY),
+        "runs": runs,
+        "hey_runs": hey_runs,
+    }
+
+
 def _print_hey(label: str, case: str, summary: dict[str, Any]) -> None:
     print(
         f"hey {label:40s} {case} {summary['ok_per_s']:8.1f} req/s  p99 {_fmt(summary['p99_ms'])} ms  "
@@ -719,6 +825,13 @@ def main() -> None:
     )
     parser.add_argument("--hey-concurrency", type=int, nargs="+", default=list(VERSUS_LITSERVE_CONCURRENCY))
     parser.add_argument(
+        "--versus-requests",
+        type=int,
+        default=3000,
+        help="requests per run of the phase the LitServe ratios come from (0: take them from the sweep)",
+    )
+    parser.add_argument("--versus-rounds", type=int, default=3, help="interleaved rounds of that phase")
+    parser.add_argument(
         "--batch-requests", type=int, default=100, help="requests per many-images run (0: none)"
     )
     parser.add_argument(
@@ -746,6 +859,7 @@ def main() -> None:
     batch_hey_runs: list[dict[str, Any]] = []
     hey_facts: dict[str, Any] = {}
     batch_hey_facts: dict[str, Any] = {}
+    versus: dict[str, Any] | None = None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ranet-peers-") as tmp:
         work = Path(tmp)
@@ -887,7 +1001,10 @@ def main() -> None:
                                 )
                                 _print_hey(variant.label, f"c={concurrency:<3d}", measured)
 
-            # 3. ranet serve with many images per request: default point vs full depth, both clients,
+            # 3. The LitServe ratios: ranet serve at both points and LitServe only, longer runs.
+            versus = run_versus(args, variants, samples, work, skipped)
+
+            # 4. ranet serve with many images per request: default point vs full depth, both clients,
             # interleaved within each round (load generator: both variants, then hey: both variants).
             ranet_variants = [v for v in variants if v.server == "ranet"]
             batch_body: tuple[Path, str] | None = None
@@ -943,6 +1060,12 @@ def main() -> None:
                 server.stop()
     summary = summarize(variants, runs)
     hey_summary = summarize_hey(variants, hey_runs)
+    if versus is not None:
+        versus = {
+            **versus,
+            "load_generator": summarize(variants, versus.pop("runs")),
+            "hey": summarize_hey(variants, versus.pop("hey_runs")),
+        }
     result = {
         "bundle": f"{manifest.name}/{manifest.version}",
         "config": {
@@ -965,7 +1088,8 @@ def main() -> None:
             "image": hey_facts,
             "summary": hey_summary,
         },
-        "versus_litserve": versus_litserve(summary, hey_summary),
+        "versus": versus,
+        "versus_litserve": versus_litserve(*versus_source(summary, hey_summary, versus)),
         "batch": summarize_batch(
             batch_runs,
             batch_hey_runs,

@@ -53,6 +53,7 @@ REQUESTS = 16
 CONCURRENCY = (1, 2)
 # hey prints its 99th percentile only from 100 requests on (nearest rank over the sorted latencies).
 HEY_REQUESTS = 100
+VERSUS_REQUESTS = 128  # the LitServe phase: at least the 64 clients it runs with
 HEY_CONCURRENCY = 4
 BATCH_REQUESTS = 4
 BATCH_HEY_REQUESTS = 8  # a multiple of the 4 clients: hey sends exactly this many
@@ -180,6 +181,7 @@ def test_one_command_writes_a_report_with_real_numbers(tmp_path: Path) -> None:
         assert 0 <= hey["image"]["ranet_default_exit"] < len(manifest.exits)
         assert "### The same servers driven by hey" in (out / "peers.md").read_text()
     assert peers["versus_litserve"] == {}  # LitServe not run: no ratio made up
+    assert peers["versus"] is None  # nor the phase that compares with it
     batch = peers["batch"]
     assert (batch["images_per_request"], batch["concurrency"], batch["requests"]) == (16, 4, BATCH_REQUESTS)
     for row in batch["by_variant"].values():
@@ -1107,7 +1109,7 @@ def test_litserve_leg_serves_the_same_model_to_both_clients(tmp_path: Path) -> N
     args = [str(BENCH / "peers_http.py"), "--servers", "ranet", "litserve", "--require-litserve"]
     args += ["--requests", str(REQUESTS), "--warmup", "4", "--concurrency", *map(str, CONCURRENCY)]
     args += ["--hey-requests", str(HEY_REQUESTS), "--hey-concurrency", *map(str, CONCURRENCY)]
-    args += ["--batch-requests", "0"]
+    args += ["--batch-requests", "0", "--versus-requests", str(VERSUS_REQUESTS), "--versus-rounds", "2"]
     done = _run([*args, "--out", str(tmp_path)], timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     peers = json.loads((tmp_path / "peers.json").read_text())
@@ -1122,15 +1124,22 @@ def test_litserve_leg_serves_the_same_model_to_both_clients(tmp_path: Path) -> N
     for entry in peers["hey"]["summary"].values():
         for row in entry["by_concurrency"].values():
             assert row["status_codes"] == {"200": HEY_REQUESTS - HEY_REQUESTS % 2}
-    # Both clients give a ratio at every concurrency, from this run's figures.
-    for client, table in (("load_generator", summary), ("hey", peers["hey"]["summary"])):
-        for c in map(str, CONCURRENCY):
+    # The ratios come from the dedicated phase: both clients, every issue-17 concurrency, two rounds of
+    # the three servers, the medians of that phase's runs (not the sweep's figures).
+    versus = peers["versus"]
+    assert (versus["requests"], versus["rounds"], versus["concurrency"]) == (VERSUS_REQUESTS, 2, [16, 64])
+    for client in ("load_generator", "hey"):
+        table = versus[client]
+        assert set(table) == {"ranet_default", "ranet_full", "litserve"}
+        for c in ("16", "64"):
+            rows = {key: table[key]["by_concurrency"][c] for key in table}
+            assert all(row["rounds"] == 2 and row["throughput_rps"] > 0 for row in rows.values())
             ratios = peers["versus_litserve"][client][c]
-            theirs = table["litserve"]["by_concurrency"][c]["throughput_rps"]
-            assert ratios["ranet_full"] == pytest.approx(
-                table["ranet_full"]["by_concurrency"][c]["throughput_rps"] / theirs
-            )
-            assert ratios["ranet_default"] > 0
+            theirs = rows["litserve"]["throughput_rps"]
+            assert ratios["ranet_full"] == pytest.approx(rows["ranet_full"]["throughput_rps"] / theirs)
+            assert ratios["ranet_default"] == pytest.approx(rows["ranet_default"]["throughput_rps"] / theirs)
+    assert versus["load_generator"]["litserve"]["requests_sent"] == 2 * 2 * VERSUS_REQUESTS
+    assert "From the dedicated phase" in (tmp_path / "peers.md").read_text()
     assert not (ROOT / "client.py").exists()  # LitServe wrote no client file into the checkout
 
 
