@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         description="ceiling of each front-end's adaptive in-flight limit (requests being read, decoded, "
         "queued or running). The limit needs no tuning: it follows the latency of served requests so "
         "admitted requests wait about a target (half of RANET_SLO_P99_MS when set, else the larger of "
-        "70 ms and 4x the engine's shortest recent inference time); beyond it 429 with Retry-After "
+        "50 ms and 4x the engine's shortest recent inference time); beyond it 429 with Retry-After "
         "(reason inflight_limit) before the body is read",
     )
     hold_early_retries: bool = Field(
