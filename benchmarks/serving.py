@@ -19,7 +19,8 @@ Three parts (issue 17 follow-up), each measured side by side in this one run, dr
    the same overload against a fresh server with RANET_HOLD_EARLY_RETRIES=false (--overload-no-hold-
    rounds, default 1): the trade-off of holding early retries, fast 429s against CPU left for
    admitted work; the goals stay judged on the default server. Then the same overload against a
-   server with RANET_SLO_P99_MS (default 80) at the default point.
+   server with RANET_SLO_P99_MS (default 80) at the default point. Beside every overload run, a
+   client that honours Retry-After (benchmarks/probe.py) times the server's answers to it.
 
 Why hey's CSV: its summary mixes 200s and 429s in one latency distribution; `hey -o csv` lists
 every answered request with its status, so admitted and rejected latency are computed apart
@@ -57,6 +58,7 @@ from servers import ManagedServer, free_port, http_ok
 
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
 from hey import hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
+from probe import RetryAfterProbe
 from ranet_serve.api.admission import EARLY_RETRY_HOLD_SECONDS
 from ranet_serve.cpus import engine_threads
 from ranet_serve.export.bundle import load_bundle
@@ -271,13 +273,17 @@ def overload_rounds(
     """`count` (default: --overload-rounds) hey runs of --overload-clients for --overload-seconds each,
     with the server tree's memory after each run and at its peak during it."""
     rounds = []
+    payload = body.path.read_bytes()
     for index in range(args.overload_rounds if count is None else count):
-        with RssSampler(pid) as sampler:
+        probe = RetryAfterProbe(url, payload, body.content_type, seconds=args.overload_seconds)
+        with RssSampler(pid) as sampler, probe:
             run = hey_run(
                 url, body, args.overload_seconds, args.overload_clients, timeout_s, label.format(index + 1)
             )
         run["rss_after_mib"] = tree_rss_mib(pid)
         run["rss_peak_mib"] = sampler.peak_mib
+        run["probe"] = probe.summary()
+        print(f"  beside it, a client honouring Retry-After: {run['probe']}", flush=True)
         rounds.append(run)
     return rounds
 
@@ -442,6 +448,7 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
     steady = [ratio(r.get("ok_p99_steady_ms"), baseline["ok_p99_ms"]) for r in rounds]
     rejected = [r["rejected_p99_ms"] for r in rounds if r["rejected_p99_ms"] is not None]
     immediate = [r.get("rejected_immediate_p99_ms") for r in rounds]
+    probe = [(r.get("probe") or {}).get("rejected_p99_ms") for r in rounds]
     after = [r["rss_after_mib"] for r in rounds]
     return {
         "goodput_ratio": goodput,
@@ -452,6 +459,9 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "admitted_p99_steady_ratio_worst": max((p for p in steady if p is not None), default=None),
         "rejected_p99_ms_worst": max(rejected) if rejected else None,
         "rejected_immediate_p99_ms_worst": max((v for v in immediate if v is not None), default=None),
+        # The client that honours Retry-After beside the storm (benchmarks/probe.py).
+        "probe_rejected_p99_ms_worst": max((v for v in probe if v is not None), default=None),
+        "probe_rejected": sum((r.get("probe") or {}).get("status_codes", {}).get("429", 0) for r in rounds),
         "server_errors_5xx": sum(r["server_errors_5xx"] for r in rounds),
         # Flat memory: from the end of the first round to the end of the last (None with one round).
         "memory_growth_after_first": (after[-1] / after[0] - 1) if len(after) > 1 and after[0] else None,
@@ -509,6 +519,40 @@ def hold_trade_off(overload: dict[str, Any]) -> dict[str, dict[str, float | None
         "rejected_p99_ms": lambda r: r["rejected_p99_ms"],
     }
     return {side: {name: median(runs, get) for name, get in figures.items()} for side, runs in sides.items()}
+
+
+def probe_lines(servers: list[tuple[str, dict[str, Any]]], slo: dict[str, Any] | None) -> list[str]:
+    """The client that honoured Retry-After beside every overload run (benchmarks/probe.py)."""
+    runs = [
+        (f"{prefix}round {i + 1}", run)
+        for prefix, server in servers
+        for i, run in enumerate(server["rounds"])
+    ]
+    if slo:
+        runs.append((f"RANET_SLO_P99_MS={slo['objective_ms']:g}, default point", slo["run"]))
+    runs = [(label, run) for label, run in runs if run.get("probe")]
+    if not runs:
+        return []
+    connections = runs[0][1]["probe"]["connections"]
+    lines = [
+        f"A client that honours Retry-After beside each run ({connections} keep-alive connections, the same "
+        "request as hey's; after a 429 a connection waits its Retry-After, after a 200 50 ms; "
+        "benchmarks/probe.py): how fast the server answers a 429, where hey's own 429 latency is set by "
+        "its clients resending at once (Little's law: 400 clients, about 55 admitted, the rest waiting on "
+        "429s).",
+        "",
+        "| run | statuses | 429 p50 ms | 429 p99 ms | 429 max ms | 200 p50 ms | 200 p99 ms "
+        "| transport errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs:
+        probe = run["probe"]
+        lines.append(
+            f"| {label} | {probe['status_codes']} | {_fmt(probe['rejected_p50_ms'])} | "
+            f"{_fmt(probe['rejected_p99_ms'])} | {_fmt(probe['rejected_max_ms'])} | "
+            f"{_fmt(probe['ok_p50_ms'])} | {_fmt(probe['ok_p99_ms'])} | {probe['errors']} |"
+        )
+    return [*lines, ""]
 
 
 def no_hold_lines(overload: dict[str, Any]) -> list[str]:
@@ -647,6 +691,7 @@ def render(result: dict[str, Any]) -> str:
         ]
         if no_hold:
             lines += no_hold_lines(overload)
+        lines += probe_lines(servers, slo)
     return "\n".join(lines).rstrip() + "\n"
 
 
