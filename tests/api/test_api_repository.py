@@ -27,8 +27,8 @@ from helpers.images import png_bytes
 from helpers.metrics import scrape
 from helpers.process import ServeProcess
 from helpers.server import RunningServer, settings_for
-from ranet_serve.engine.local import freeze_heap
 from ranet_serve.export.bundle import load_bundle, write_manifest
+from ranet_serve.heap import freeze_heap
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402

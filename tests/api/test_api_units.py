@@ -21,7 +21,6 @@ from ranet_serve.api.images import declared_pixels
 from ranet_serve.api.knobs import parse_knobs
 from ranet_serve.api.service import INLINE_DECODE_MAX_BYTES, EncodedImages, InferenceService
 from ranet_serve.engine.catalog import version_key
-from ranet_serve.engine.local import freeze_heap
 from ranet_serve.errors import (
     BudgetError,
     DeadlineExceededError,
@@ -34,6 +33,7 @@ from ranet_serve.errors import (
     StageExecutionError,
     UnsupportedMediaTypeError,
 )
+from ranet_serve.heap import freeze_heap
 from ranet_serve.settings import Settings
 
 

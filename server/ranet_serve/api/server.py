@@ -102,6 +102,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
     from ranet_serve.api.app import create_app
     from ranet_serve.api.http_protocol import CoalescingHttpToolsProtocol
     from ranet_serve.engine.remote import RemoteEngine
+    from ranet_serve.heap import freeze_heap
     from ranet_serve.metrics import RequestMetrics
 
     configure_logging(settings.log_level)
@@ -121,6 +122,7 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
         proxy_headers=False,
         http=CoalescingHttpToolsProtocol,
     )
+    freeze_heap()  # imports and app: a full collection would stop the event loop (ranet_serve.heap)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -7,7 +7,6 @@ front-ends never know which one they talk to.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -22,6 +21,7 @@ from ranet_serve.engine.core import Engine
 from ranet_serve.engine.records import EngineRequest, EngineResult, ExitEvent, ReloadReport, RepositoryEntry
 from ranet_serve.engine.registry import RuntimeFactory
 from ranet_serve.errors import RanetServeError
+from ranet_serve.heap import freeze_heap
 from ranet_serve.metrics import EngineMetrics
 from ranet_serve.settings import Settings
 
@@ -134,21 +134,3 @@ def _call_soon(
     """Hand an exit event from the worker thread to the loop (FIFO with the answer's own hand-over)."""
     with suppress(RuntimeError):  # the loop has closed: nobody is listening
         loop.call_soon_threadsafe(callback, event)
-
-
-def freeze_heap() -> int:
-    """Take every object alive once the models are loaded out of the cyclic GC's reach; returns how many.
-
-    A loaded server holds a large heap (torch, onnxruntime, pydantic, FastAPI, the bundles), and a full
-    collection walks all of it while holding the GIL, which stops the event loop and the batcher alike:
-    one such collection took 116 ms under 16 concurrent requests on the dev machine, and every request
-    in flight waited for it. Requests only allocate short-lived objects, which the young generations
-    still collect; the loaded heap never needs scanning again. Called again after every reload, after
-    an unfreeze and a full collection, so the cycles of an unloaded version are still freed.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    logger.info("%d objects alive after loading moved out of the garbage collector's scans", frozen)
-    return frozen

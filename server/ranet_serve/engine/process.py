@@ -34,12 +34,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from ranet_serve.engine import messages as m
 from ranet_serve.engine.catalog import Catalog
 from ranet_serve.engine.core import Engine
-from ranet_serve.engine.local import freeze_heap
 from ranet_serve.engine.records import EngineResult, ExitEvent, ReloadReport
 from ranet_serve.engine.registry import default_runtime_factory
 from ranet_serve.engine.shm import PID_NAME, SOCKET_NAME, STATUS_NAME, PoolReader, StatusBlock
 from ranet_serve.engine.transport import FrameProtocol
 from ranet_serve.errors import RanetServeError, StageExecutionError
+from ranet_serve.heap import freeze_heap
 from ranet_serve.logs import configure_logging
 from ranet_serve.metrics import EngineMetrics
 from ranet_serve.settings import Settings
