@@ -111,3 +111,28 @@ def test_open_loop_sends_on_schedule_with_a_shared_async_client(
     elapsed, ok, dropped = asyncio.run(run())
     assert ok == 15 and dropped == 0
     assert elapsed >= 14 / 50.0  # the 15th request is due 0.28 s after the first
+
+
+def test_the_load_generator_runs_on_uvloop_when_it_is_installed(monkeypatch, samples: list[Sample]):
+    """Its client CPU is taken from the server it measures: uvloop's loop where available (the `fast`
+    extra), asyncio's own otherwise, and the run is the same either way."""
+    import sys
+
+    import pytest
+    import ranet_client.load as load
+
+    uvloop = pytest.importorskip("uvloop")
+    loops: list[type] = []
+
+    async def fake_run_load(config, given, **kwargs):
+        loops.append(type(asyncio.get_running_loop()))
+        return (config, len(given), kwargs)
+
+    monkeypatch.setattr(load, "run_load", fake_run_load)
+    config = LoadConfig(url="http://127.0.0.1:1", requests=1)
+    assert load.event_loop_factory() is uvloop.new_event_loop
+    assert run_load_sync(config, samples, on_request=None) == (config, len(samples), {"on_request": None})
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: the import fails
+    assert load.event_loop_factory() is None
+    run_load_sync(config, samples)
+    assert loops[0] is uvloop.Loop and not issubclass(loops[1], uvloop.Loop)
