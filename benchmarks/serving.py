@@ -684,7 +684,8 @@ def render(result: dict[str, Any]) -> str:
             + ("- (one round)" if growth is None else f"{100 * growth:+.1f}%")
             + ". hey's CSV lists answered requests only: transport errors are not counted here. hey "
             "ignores Retry-After, and the server holds a request that comes back on a connection within "
-            f"{HELD_429_MS:.0f}-{1.5 * HELD_429_MS:.0f} ms of its last 429 until then "
+            f"{HELD_429_MS:.0f}-{1.5 * HELD_429_MS:.0f} ms of its last 429 until then, a while that "
+            "doubles up to the Retry-After while the connection keeps coming back early "
             "(RANET_HOLD_EARLY_RETRIES, on by default): 429s faster than "
             f"{HELD_429_MS:.0f} ms were answered at once, slower ones were held or answered late.",
             "",

@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     hold_early_retries: bool = Field(
         True,
         description="a request back on a connection within 0.25-0.375 s of its last 429 (sooner than the "
-        "Retry-After of 1 s), and shed again, gets its 429 only when that while is over (closed-loop "
+        "Retry-After of 1 s), and shed again, gets its 429 only when that while is over; the while "
+        "doubles, up to the Retry-After, while the connection keeps coming back early (closed-loop "
         "clients that ignore Retry-After cannot take the CPU admitted requests need; a request that "
         "finds room is admitted at once); turn off behind a proxy that sends many clients' requests over "
         "shared upstream connections",

@@ -11,6 +11,7 @@ import json
 from contextlib import nullcontext
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ranet_serve.api.admission import AdmissionGate, EarlyRetries
@@ -292,3 +293,31 @@ def test_an_early_retry_that_is_shed_again_gets_its_429_when_its_retry_after_is_
         assert (await second)[0] == 200
 
     asyncio.run(scenario())
+
+
+def test_a_connection_that_keeps_coming_back_early_is_held_longer_up_to_its_retry_after() -> None:
+    clock = FakeClock()
+    draws = [0.0]
+    early = EarlyRetries(0.25, clock, maximum=1.0, spread=0.5, uniform=lambda: draws[0])
+    conn = ("10.0.0.1", 5000)
+    holds = []
+    for _ in range(5):  # shed, back the moment its hold is over, shed again ...
+        early.told(conn)
+        holds.append(early.hold_seconds(conn))
+        clock.now += holds[-1]
+    # Doubling from the short hold, capped so that even the largest spread ends at the Retry-After.
+    assert holds == pytest.approx([0.25, 0.5, 1.0 / 1.5, 1.0 / 1.5, 1.0 / 1.5])
+    draws[0] = 1.0  # the largest spread
+    early.told(conn)
+    assert early.hold_seconds(conn) == pytest.approx(1.0)
+    clock.now += 1.0  # a client that honours Retry-After is never held, however many 429s it had
+    assert early.hold_seconds(conn) == 0
+    clock.now += 2.5  # quiet for longer than two Retry-Afters: it starts over
+    draws[0] = 0.0
+    early.told(conn)
+    assert early.hold_seconds(conn) == pytest.approx(0.25)
+    assert early.hold_seconds(("10.0.0.1", 5001)) == 0  # strikes are per connection
+    for port in range(EarlyRetries.SWEEP_AT + 10):  # the strike table stays bounded too
+        clock.now += 0.01
+        early.told(("10.0.0.2", port))
+    assert len(early._strikes) <= EarlyRetries.SWEEP_AT + 1

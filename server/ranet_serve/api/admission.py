@@ -44,12 +44,14 @@ from ranet_serve.settings import Settings
 
 QUEUE_FULL, INFLIGHT_LIMIT, _, _ = OVERLOAD_REASONS
 RETRY_AFTER_SECONDS = 1
-# How long a connection that comes back before its Retry-After and is shed again waits for that 429
-# (then 0.25-0.375 s, see EarlyRetries' spread). Shorter than Retry-After: a closed-loop client that was
-# shed is back in the running soon, so a load just over the limit (64 clients at full depth) loses
-# little throughput, while 400 such clients still cost about 1,150 429s/s instead of tens of thousands.
-# Measured with 400 clients at full depth (2026-12-07, 2-core host): 429 p99 389 ms, goodput unchanged
-# (1.09x the 16-client rate), against 1,497 ms with a hold to the full Retry-After.
+# How long a connection that comes back before its Retry-After and is shed again waits for that 429 the
+# first time (0.25-0.375 s with EarlyRetries' spread), doubling while it keeps coming back early, up to
+# the Retry-After. Short at first: a closed-loop client shed once at a load just over the limit (64
+# clients at full depth) is back in the running soon. Doubling: 400 clients that hammer cost about one
+# 429 per client per Retry-After. Measured with 400 hey clients at full depth (2026-12-07, 2-core host,
+# benchmarks/serving.py overload, two 15 s rounds, interleaved): 7,600 429s per round with doubling
+# against 17,900 with the fixed short hold, the same goodput (853-940 vs 891-1009 200/s) and admitted
+# p99 (75 vs 74-87 ms), and the 429 p50 of a client that honours Retry-After 1.7 vs 2.6-3.0 ms.
 EARLY_RETRY_HOLD_SECONDS = 0.25
 
 
@@ -157,7 +159,11 @@ class AdmissionGate:
         self.admission = admission or Admission(
             settings=settings, engine=engine, metrics=metrics, adaptive=adaptive
         )
-        self.early_retries = EarlyRetries(EARLY_RETRY_HOLD_SECONDS) if settings.hold_early_retries else None
+        self.early_retries = (
+            EarlyRetries(EARLY_RETRY_HOLD_SECONDS, maximum=RETRY_AFTER_SECONDS)
+            if settings.hold_early_retries
+            else None
+        )
         self._bodies = {
             (reason, version): _shed_body(version, reason, message, self.admission.limits[reason])
             for reason, message in self.admission.messages.items()
@@ -261,8 +267,8 @@ class AdmissionGate:
 
 
 class EarlyRetries:
-    """Connections that were shed: a request back within `seconds` of the last 429 (the hold, shorter
-    than Retry-After: EARLY_RETRY_HOLD_SECONDS) and shed again gets its 429 only when that while is over.
+    """Connections that were shed: a request back within its hold of the last 429 and shed again gets
+    its 429 only when that hold is over.
 
     Only sheds wait: a request that finds room is admitted at once, early or not, so admitted latency
     never includes a hold and a client that kept coming back early is served as soon as the load falls.
@@ -274,9 +280,16 @@ class EarlyRetries:
     nothing and turns each such client into at most one request per hold. A client that honours
     Retry-After never waits here, and the first 429 on a connection is answered at once.
 
-    Each connection's wait ends at a random point between `seconds` and `(1 + spread) x seconds`:
-    clients shed in the same burst would otherwise all come back in the same millisecond a second
-    later, and that herd, answered on one event loop, delays every admitted request behind it.
+    The hold starts at `seconds` (shorter than Retry-After, so a client shed once at a load just over
+    the limit is soon back in the running) and doubles with every 429 the connection is told while it
+    keeps coming back early, up to `maximum` (the Retry-After) spread included: a client that keeps
+    hammering costs about one 429 per Retry-After, as it was asked to. A connection quiet for
+    `2 x maximum` starts over. Without `maximum` the hold stays at `seconds`.
+
+    Each connection's wait ends at a random point between its hold and `(1 + spread) x` it, never past
+    `maximum` (a client that waits out its Retry-After is never held): clients shed in the same burst
+    would otherwise all come back in the same millisecond, and that herd, answered on one event loop,
+    delays every admitted request behind it.
     """
 
     SWEEP_AT = 4096  # entries; older ones are dropped then
@@ -286,23 +299,34 @@ class EarlyRetries:
         seconds: float,
         clock: Callable[[], float] = time.monotonic,
         *,
+        maximum: float | None = None,
         spread: float = 0.5,
         uniform: Callable[[], float] = random.random,
     ):
         self.seconds = seconds
+        self.maximum = seconds if maximum is None else max(maximum, seconds)
         self.clock = clock
         self.spread = spread
         self.uniform = uniform
         self._release: dict[object, float] = {}  # connection -> when its wait is over
+        self._strikes: dict[object, tuple[int, float]] = {}  # connection -> (429s told in a row, last)
 
     def told(self, connection: object) -> None:
         now = self.clock()
         if len(self._release) >= self.SWEEP_AT:
             self._release = {c: t for c, t in self._release.items() if t > now}
-        self._release[connection] = now + self.seconds * (1.0 + self.spread * self.uniform())
+        if len(self._strikes) >= self.SWEEP_AT:
+            self._strikes = {c: v for c, v in self._strikes.items() if now - v[1] <= 2 * self.maximum}
+        strikes, last = self._strikes.get(connection, (0, now))
+        if now - last > 2 * self.maximum:
+            strikes = 0
+        # Spread included, never past `maximum`: a client that waits out its Retry-After finds no hold.
+        hold = min(max(self.seconds, self.maximum / (1.0 + self.spread)), self.seconds * 2.0**strikes)
+        self._strikes[connection] = (strikes + 1, now)
+        self._release[connection] = now + hold * (1.0 + self.spread * self.uniform())
 
     def hold_seconds(self, connection: object) -> float:
-        """How long a request on `connection` must wait for its Retry-After to be over (0: none)."""
+        """How long a request on `connection` must wait for its hold to be over (0: none)."""
         release = self._release.get(connection)
         if release is None:
             return 0.0
