@@ -359,7 +359,8 @@ def overload_goals(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
             "measured": "no 429s"
             if probe is None and rejected is None
             else f"{_ms(probe)} (p50 {each_probe('rejected_p50_ms')} ms, {figures.get('probe_rejected', 0)} "
-            f"429s); hey's own 429s, resent at once: p99 {_ms(rejected)} (p50 {each('rejected_p50_ms', 1)} "
+            f"429s; after the first second p99 {_ms(figures.get('probe_rejected_p99_steady_ms_worst'))})"
+            f"; hey's own 429s, resent at once: p99 {_ms(rejected)} (p50 {each('rejected_p50_ms', 1)} "
             f"ms; {shed} 429s, {immediate} answered at once: p99 "
             f"{_ms(figures.get('rejected_immediate_p99_ms_worst'))}"
             + ("; the rest held as early retries, or answered late)" if immediate < shed else ")"),
