@@ -461,9 +461,9 @@ def test_overload_goals_are_the_worst_round_against_16_clients() -> None:
     assert rows[1]["measured"] == "4.50x (60.0, 90.0 vs 20.0 ms)" and rows[1]["target"] == "<= 4x"
     # Judged on the probe (a client honouring Retry-After), hey's held 429s quoted beside.
     assert rows[2]["measured"] == (
-        "4.0 ms (p50 1.5, 2.0 ms, 200 429s; after the first second p99 3.0 ms); hey's own 429s, resent at once: p99 320.0 ms (p50 150.0, "
-        "160.0 ms; 1000 429s, 800 answered at once: p99 320.0 ms; the rest held as early retries, or "
-        "answered late)"
+        "4.0 ms (p50 1.5, 2.0 ms, 200 429s; after the first second p99 3.0 ms); hey's own 429s, resent "
+        "at once: p99 320.0 ms (p50 150.0, 160.0 ms; 1000 429s, 800 answered at once: p99 320.0 ms; the "
+        "rest held as early retries, or answered late)"
     )
     assert rows[4]["measured"].startswith("+5.0% (1000 MiB before, 1100, 1155 MiB after each round)")
     assert rows[5]["target"] == "<= 160 ms (2x the objective)" and rows[5]["measured"].startswith("150.0 ms")
