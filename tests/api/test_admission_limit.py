@@ -320,4 +320,7 @@ def test_a_connection_that_keeps_coming_back_early_is_held_longer_up_to_its_retr
     for port in range(EarlyRetries.SWEEP_AT + 10):  # the strike table stays bounded too
         clock.now += 0.01
         early.told(("10.0.0.2", port))
-    assert len(early._strikes) <= EarlyRetries.SWEEP_AT + 1
+    assert len(early._strikes) <= EarlyRetries.SWEEP_AT
+    for port in range(3 * EarlyRetries.SWEEP_AT):  # a storm of distinct connections all at once
+        early.told(("10.0.0.3", port))
+    assert len(early._strikes) <= EarlyRetries.SWEEP_AT and len(early._release) <= EarlyRetries.SWEEP_AT

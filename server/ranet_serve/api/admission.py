@@ -313,10 +313,17 @@ class EarlyRetries:
 
     def told(self, connection: object) -> None:
         now = self.clock()
+        # Swept when full; still full after (thousands of connections all shed within the while): cleared,
+        # so a sweep runs at most once per SWEEP_AT 429s. Forgetting a hold or a count only lets a 429 out
+        # sooner.
         if len(self._release) >= self.SWEEP_AT:
             self._release = {c: t for c, t in self._release.items() if t > now}
+            if len(self._release) >= self.SWEEP_AT // 2:
+                self._release = {}
         if len(self._strikes) >= self.SWEEP_AT:
             self._strikes = {c: v for c, v in self._strikes.items() if now - v[1] <= 2 * self.maximum}
+            if len(self._strikes) >= self.SWEEP_AT // 2:
+                self._strikes = {}
         strikes, last = self._strikes.get(connection, (0, now))
         if now - last > 2 * self.maximum:
             strikes = 0
