@@ -257,6 +257,16 @@ def test_client_disconnects_leak_nothing(
 # -- slow clients --------------------------------------------------------------------------------------
 
 
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed this connection: end of stream, or a reset. A client still sending
+    (the trickler's next byte) after the server closed gets a reset from the server's kernel, which
+    can reach the socket before the end of stream is read (seen on a loaded 2-core CI run)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_slow_clients_hold_no_worker_and_a_stalled_body_gets_408(
     start: Callable[..., RunningServer], images: list[bytes]
 ) -> None:
@@ -299,7 +309,7 @@ def test_slow_clients_hold_no_worker_and_a_stalled_body_gets_408(
                 error = json.loads(body)["error"]
                 assert error["code"] == "request_timeout"
                 assert "2 s" in error["message"]
-                assert sock.recv(1) == b""  # the server closed the connection
+                assert closed_by_server(sock)
             assert read_response(not_reading)[0] == 200
             assert metric(client, "ranet_requests_total", model="tiny", status="408") == 2
             assert post_image(client, image).status_code == 200
