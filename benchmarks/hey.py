@@ -219,6 +219,12 @@ def parse_csv(text: str) -> list[CsvRow]:
     return rows
 
 
+# Overload figures "after the first second" (benchmarks/serving.py for hey's answers, benchmarks/probe.py
+# for the probe's) leave out the answers to requests started before this offset: the first second holds the
+# burst the adaptive limit has not yet settled on.
+STEADY_AFTER_S = 1.0
+
+
 def nearest_rank(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile by nearest rank (the smallest value with at least q% at or below it).
 

@@ -4,7 +4,7 @@ Why: hey's 400 closed-loop clients resend the moment they are answered, so by Li
 latencies add up to 400 client-seconds per second whatever the server does. With about 55 of them
 admitted, the other 345 are waiting for 429s: answering those in 5 ms would take 69,000 429s a second,
 several times what two cores can parse, answer and resend (measured with holding switched off: about
-13,000 429/s, and the admitted requests were left a tenth of their CPU). So hey's 429 latency measures
+13,000 429/s, and goodput fell to a tenth of what it is with holding on). So hey's 429 latency measures
 the storm, not the server's answer. This probe measures the answer: a few keep-alive connections, each
 sending the same request as the storm, waiting the answer's `Retry-After` after a 429 (and a short pause
 after a 200), as HTTP asks a client to, and timing every answer. Its traffic is a few requests per
@@ -25,10 +25,9 @@ from urllib.parse import urlsplit
 
 from ranet_client.rawhttp import Connection, encode_request
 
-from hey import nearest_rank
+from hey import STEADY_AFTER_S, nearest_rank
 
 PAUSE_AFTER_OK_S = 0.05  # between a 200 and the next request on a connection
-STEADY_AFTER_S = 1.0  # the steady p99 leaves out the answers to requests sent before this
 DEFAULT_RETRY_AFTER_S = 1.0  # when a 429 names no Retry-After
 
 

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from servers import ManagedServer, free_port, http_ok
 
 from common import DEFAULT_BUNDLE, ROOT, fmnist_samples
-from hey import hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
+from hey import STEADY_AFTER_S, hey_executable, hey_version, multipart_body, nearest_rank, run_hey_csv
 from probe import RetryAfterProbe
 from ranet_serve.api.admission import EARLY_RETRY_HOLD_SECONDS
 from ranet_serve.cpus import engine_threads
@@ -79,8 +79,6 @@ SLO_P99_MULTIPLE = 2.0
 HELD_429_MS = 1000.0 * EARLY_RETRY_HOLD_SECONDS
 # The overload variant that answers every 429 at once: early retries not held.
 NO_HOLD_ENV = {"RANET_HOLD_EARLY_RETRIES": "false"}
-# Overload figures "after the first second" leave out requests hey started before this offset.
-STEADY_AFTER_S = 1.0
 
 
 # -- the server's processes -----------------------------------------------------------------------------
@@ -449,6 +447,7 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
     rejected = [r["rejected_p99_ms"] for r in rounds if r["rejected_p99_ms"] is not None]
     immediate = [r.get("rejected_immediate_p99_ms") for r in rounds]
     probe = [(r.get("probe") or {}).get("rejected_p99_ms") for r in rounds]
+    probe_p50 = [(r.get("probe") or {}).get("rejected_p50_ms") for r in rounds]
     after = [r["rss_after_mib"] for r in rounds]
     return {
         "goodput_ratio": goodput,
@@ -460,6 +459,7 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "rejected_p99_ms_worst": max(rejected) if rejected else None,
         "rejected_immediate_p99_ms_worst": max((v for v in immediate if v is not None), default=None),
         # The client that honours Retry-After beside the storm (benchmarks/probe.py).
+        "probe_rejected_p50_ms_worst": max((v for v in probe_p50 if v is not None), default=None),
         "probe_rejected_p99_ms_worst": max((v for v in probe if v is not None), default=None),
         "probe_rejected_p99_steady_ms_worst": max(
             (v for v in (r.get("probe", {}).get("rejected_p99_steady_ms") for r in rounds) if v is not None),

@@ -459,11 +459,11 @@ def test_overload_goals_are_the_worst_round_against_16_clients() -> None:
     assert [row["met"] for row in rows] == [True, False, True, True, True, True]
     assert rows[0]["measured"] == "0.85 (900, 850 vs 1000 req/s)"
     assert rows[1]["measured"] == "4.50x (60.0, 90.0 vs 20.0 ms)" and rows[1]["target"] == "<= 4x"
-    # Judged on the probe (a client honouring Retry-After), hey's held 429s quoted beside.
+    # Judged on the probe's median (a client honouring Retry-After), its p99 and hey's held 429s beside.
     assert rows[2]["measured"] == (
-        "4.0 ms (p50 1.5, 2.0 ms, 200 429s; after the first second p99 3.0 ms); hey's own 429s, resent "
-        "at once: p99 320.0 ms (p50 150.0, 160.0 ms; 1000 429s, 800 answered at once: p99 320.0 ms; the "
-        "rest held as early retries, or answered late)"
+        "2.0 ms (p50 1.5, 2.0 ms, 200 429s; p99 4.0 ms, after the first second 3.0 ms); hey's own 429s, "
+        "resent at once: p99 320.0 ms (p50 150.0, 160.0 ms; 1000 429s, 800 answered at once: p99 320.0 "
+        "ms; the rest held as early retries, or answered late)"
     )
     assert rows[4]["measured"].startswith("+5.0% (1000 MiB before, 1100, 1155 MiB after each round)")
     assert rows[5]["target"] == "<= 160 ms (2x the objective)" and rows[5]["measured"].startswith("150.0 ms")
@@ -479,10 +479,14 @@ def test_overload_goals_are_the_worst_round_against_16_clients() -> None:
     rows = overload_goals(serving)
     assert [row["met"] for row in rows] == [True, True, None, False, None, None]
     assert rows[2]["measured"] == "no 429s" and rows[3]["measured"] == "2"
-    # The probe's 429s slower than a few ms: missed, however fast hey's were.
+    # A slow tail alone (p99 8 ms, p50 4 ms) still meets it; a median slower than a few ms misses it,
+    # however fast hey's 429s were.
     serving = _serving_fixture()
     overload = serving["overload"]
-    overload["rounds"][1] = _overload_run(850.0, 90.0, 4.0, 1155.0, 6.0)
+    overload["rounds"][1] = _overload_run(850.0, 90.0, 4.0, 1155.0, 8.0)
+    overload["figures"] = overload_figures(overload["baseline"], overload["rounds"])
+    assert overload_goals(serving)[2]["met"] is True
+    overload["rounds"][1] = _overload_run(850.0, 90.0, 4.0, 1155.0, 12.0)
     overload["figures"] = overload_figures(overload["baseline"], overload["rounds"])
     assert overload_goals(serving)[2]["met"] is False
 

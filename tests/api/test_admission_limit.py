@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ranet_serve.api.admission import AdmissionGate, EarlyRetries
+from ranet_serve.api.admission import AdmissionGate, EarlyRetries, adaptive_limit, batch_pipeline_floor
 from ranet_serve.api.concurrency import DEFAULT_TARGET_SECONDS, AdaptiveLimit, LimitSettings
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
 from ranet_serve.metrics import RequestMetrics
@@ -112,6 +112,32 @@ def test_a_slow_model_is_not_held_to_the_default_target() -> None:
     run_closed_loop(limit, clock, clients=8, per_second=20.0, seconds=20.0, service=0.13)
     assert limit.service_seconds == 0.13 and limit.target_seconds == 4 * 0.13
     assert limit.current >= 8  # eight clients of a 130 ms model are not overload
+
+
+def test_without_an_objective_the_limit_keeps_two_full_batches_in_flight() -> None:
+    # 64 clients against a slow engine (600 req/s: 107 ms each, twice the 50 ms target) are not shed:
+    # below two full batches (one running, one forming) shedding only shrinks the batches.
+    settings = Settings(max_batch_size=32, frontends=1)
+    assert batch_pipeline_floor(settings) == 64
+    assert batch_pipeline_floor(Settings(max_batch_size=32, frontends=4)) == 16  # each front-end's share
+    assert batch_pipeline_floor(Settings(max_batch_size=1, frontends=4)) == 4  # never under the minimum
+    clock = FakeClock()
+    limit = adaptive_limit(settings, clock)
+    latencies = run_closed_loop(limit, clock, clients=64, per_second=600.0, seconds=5.0)
+    assert min(latencies) > limit.target_seconds  # over the target all along ...
+    assert limit.current == 64  # ... and still every client admitted
+    # Under a heavy overload the floor bounds what is admitted: 64 in flight, about 64 / 600 s each.
+    burst = run_closed_loop(limit, clock, clients=400, per_second=600.0, seconds=10.0)  # 5 s more
+    assert limit.current == 64 and max(burst) == pytest.approx(64 / 600.0)
+
+
+def test_with_an_objective_the_limit_may_fall_below_two_full_batches() -> None:
+    settings = Settings(max_batch_size=32, frontends=1, slo_p99_ms=80.0)
+    clock = FakeClock()
+    limit = adaptive_limit(settings, clock)
+    latencies = run_closed_loop(limit, clock, clients=64, per_second=600.0, seconds=10.0)
+    assert limit.settings.minimum == 4 and limit.current < 64
+    assert max(latencies[len(latencies) // 2 :]) <= 0.08  # the objective rules
 
 
 def test_the_limit_starts_low_and_climbs_to_its_ceiling_while_latency_is_low() -> None:

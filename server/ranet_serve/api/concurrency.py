@@ -14,6 +14,9 @@ four times the engine's recent shortest inference time (a model that takes 130 m
 held to 50 ms). Inference time, not latency: under a sustained overload every latency includes the
 queue, so the lowest latency seen says nothing about the model.
 
+The limit never falls below `LimitSettings.minimum`: without an objective the front-end's share of two
+full batches (`api.admission.batch_pipeline_floor`), since shedding below that only shrinks the batches.
+
 The limit also stays within `USAGE_HEADROOM` times the most requests that were actually in flight
 lately (as TCP does not grow a window the sender is not using, RFC 7661). Without that, an hour at
 light load would raise the limit to its ceiling, and the first burst of a heavy overload would be
@@ -67,7 +70,7 @@ class AdaptiveLimit:
     def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.clock = clock
-        self.limit = float(min(settings.initial, settings.maximum))
+        self.limit = float(min(max(settings.initial, settings.minimum), settings.maximum))
         self.service_seconds = math.inf
         self._service_next = math.inf
         self._service_since = clock()
