@@ -76,3 +76,16 @@ def test_a_default_the_store_lacks_lists_the_models_served_and_how_to_set_the_de
         Catalog.of([named("other")]).find_default("ranet-fmnist", explicit=True)
     with pytest.raises(NotReadyError, match="still loading"):
         Catalog().find_default("ranet-fmnist", explicit=False)
+
+
+def test_lookups_are_remembered_per_catalog_and_a_new_catalog_answers_afresh() -> None:
+    # Every request resolves its model: a catalog resolves each (name, version) once, errors excepted
+    # (they are asked again, and raised again). A reload replaces the catalog, so nothing goes stale.
+    catalog = Catalog.of([entry("1"), entry("2"), entry("3", ok=False)])
+    first = catalog.find_ready("m")
+    assert first.version == "2" and catalog.find_ready("m") is first
+    for _ in range(2):
+        with pytest.raises(NotReadyError, match="broken 3"):
+            catalog.find_ready("m", "3")
+    reloaded = Catalog.of([entry("1"), entry("2"), entry("3")])
+    assert reloaded.find_ready("m").version == "3" and catalog.find_ready("m").version == "2"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ranet_serve.api.multipart import FormParts, read_form
+from ranet_serve.api.multipart import CACHED_HEADER_BYTES, FormParts, read_form
 from ranet_serve.errors import InvalidInputError, PayloadTooLargeError
 
 CONTENT_TYPE = "multipart/form-data; boundary=xyz"
@@ -71,3 +71,21 @@ def test_bad_bodies_get_errors_that_say_what_is_wrong(raw: bytes, error: type[Ex
 def test_a_content_type_without_boundary_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="no boundary"):
         read_form("multipart/form-data", [b""], max_files=2, max_fields=2)
+
+
+def test_header_values_parse_alike_whether_cached_or_too_long_to_cache() -> None:
+    # Short header values are parsed once and cached (the same client sends the same headers); a long
+    # filename takes the uncached path. Both give the same parts, request after request.
+    long_name = "x" * (CACHED_HEADER_BYTES + 10)
+    for filename in ("a.png", long_name, "a.png", long_name):
+        raw = (
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="'
+            + filename.encode()
+            + b'"\r\n\r\nPIXELS\r\n'
+            + b'--xyz\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n2\r\n--xyz--\r\n'
+        )
+        parts = parse(raw)
+        assert parts.files == [("file", b"PIXELS")] and parts.fields == [("top_k", "2")]
+    long_type = CONTENT_TYPE + "; charset=" + "u" * CACHED_HEADER_BYTES
+    parts = read_form(long_type, [body(("file", b"P", True))], max_files=9, max_fields=4)
+    assert parts.files == [("file", b"P")]

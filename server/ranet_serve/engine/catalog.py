@@ -63,6 +63,12 @@ class Catalog:
     closed: bool = False
     models: dict[str, dict[str, CatalogEntry]] = field(default_factory=dict)
     unloaded: frozenset[str] = frozenset()
+    # Successful `find_ready` answers by (name, version): every request resolves its model here, and the
+    # catalog never changes (it is replaced on every (re)load), so each pair is resolved once. Bounded:
+    # only entries that exist are cached (at most one per version, plus None per model).
+    _ready: dict[tuple[str, str | None], CatalogEntry] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(
@@ -108,9 +114,13 @@ class Catalog:
 
     def find_ready(self, name: str, version: str | None = None) -> CatalogEntry:
         """Like `find`, but a version that failed to load is a NotReadyError naming its error."""
-        return select_version(
-            self.models, name, version, loaded=self.loaded, ready_only=True, unloaded=self.unloaded
-        )
+        entry = self._ready.get((name, version))
+        if entry is None:
+            entry = select_version(
+                self.models, name, version, loaded=self.loaded, ready_only=True, unloaded=self.unloaded
+            )
+            self._ready[name, version] = entry
+        return entry
 
     def default_model(self, configured: str, *, explicit: bool) -> str:
         """The model a request that names none is served by: the one rule, for every front-end path.

@@ -15,6 +15,7 @@ nothing.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from pathlib import Path
@@ -90,7 +91,7 @@ class PoolReader:
             mapping = _map(path, path.stat().st_size, create=False)
             view = np.frombuffer(mapping, dtype=np.float32)
             self._views[pool] = view
-        page_floats = int(np.prod(shape[1:]))
+        page_floats = math.prod(shape[1:])
         rows = view.reshape(-1, page_floats)
         return rows[list(pages)].reshape(shape)
 
