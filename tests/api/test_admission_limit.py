@@ -350,3 +350,59 @@ def test_a_connection_that_keeps_coming_back_early_is_held_longer_up_to_its_retr
     for port in range(3 * EarlyRetries.SWEEP_AT):  # a storm of distinct connections all at once
         early.told(("10.0.0.3", port))
     assert len(early._strikes) <= EarlyRetries.SWEEP_AT and len(early._release) <= EarlyRetries.SWEEP_AT
+
+
+def test_a_client_that_leaves_cancels_its_app_and_a_shutdown_cancel_still_propagates() -> None:
+    """The app runs in the request's own task; the watcher cancels that task when the client goes away
+    after its body. That cancel ends the request quietly (nothing answered, the task not left
+    cancelling); a cancel from outside (shutdown) still reaches the server, alone or together with it."""
+
+    async def scenario(outer_cancel: bool, client_leaves: bool) -> tuple[str, list[str], int]:
+        entered = asyncio.Event()
+        leave = asyncio.Event()
+        events: list[str] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()  # the body: from here on the watcher reads `receive`
+            entered.set()
+            try:
+                await asyncio.Event().wait()  # the engine, which never answers here
+            except asyncio.CancelledError:
+                events.append("app cancelled")
+                raise
+
+        async def receive() -> dict[str, Any]:
+            if not events and not entered.is_set():
+                events.append("body")
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            events.append(f"sent {message['type']}")
+
+        settings = Settings(default_model="tiny")
+        gate = AdmissionGate(app, settings=settings, engine=FakeEngine(), metrics=RequestMetrics())  # type: ignore[arg-type]
+        scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": [], "client": None}
+        request = asyncio.ensure_future(gate(scope, receive, send))
+        await entered.wait()
+        if client_leaves:
+            leave.set()
+            await asyncio.sleep(0)  # the watcher runs and cancels the request's task ...
+        if outer_cancel:
+            request.cancel()  # ... and with both, a shutdown cancels it too before it runs again
+        if not outer_cancel:
+            await request
+            return "returned", events, request.cancelling()
+        try:
+            await request
+        except asyncio.CancelledError:
+            return "cancelled", events, gate.active
+        return "returned", events, gate.active
+
+    outcome, events, cancelling = asyncio.run(scenario(outer_cancel=False, client_leaves=True))
+    assert outcome == "returned" and events == ["body", "app cancelled"] and cancelling == 0
+    outcome, events, active = asyncio.run(scenario(outer_cancel=True, client_leaves=False))
+    assert outcome == "cancelled" and events == ["body", "app cancelled"] and active == 0
+    outcome, events, active = asyncio.run(scenario(outer_cancel=True, client_leaves=True))
+    assert outcome == "cancelled" and events == ["body", "app cancelled"] and active == 0
