@@ -186,8 +186,8 @@ class Settings(BaseSettings):
         "admitted requests wait about a target (half of RANET_SLO_P99_MS when set, else the larger of "
         "50 ms and 4x the engine's shortest recent inference time), and without an objective never "
         "below the front-end's share of two full batches (2 x RANET_MAX_BATCH_SIZE over the front-ends: "
-        "shedding below that shrinks the batches without shortening the wait); beyond it 429 with "
-        "Retry-After (reason inflight_limit) before the body is read",
+        "shedding below that costs throughput, in smaller batches and shed clients held idle); beyond it "
+        "429 with Retry-After (reason inflight_limit) before the body is read",
     )
     hold_early_retries: bool = Field(
         True,

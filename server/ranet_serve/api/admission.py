@@ -370,12 +370,14 @@ def batch_pipeline_floor(settings: Settings) -> int:
     """This front-end's share of the requests that keep the engine's batches full: one batch running
     and one forming (`BATCHES_IN_PIPELINE` x `max_batch_size`, split over the front-ends).
 
-    Why a floor: below it, shedding lowers throughput (smaller batches) without a matching gain in
-    latency, since a request then waits about one batch at most. An absolute latency target alone
-    sheds a 64-client closed loop at full depth whenever the machine is slow enough that 64 / throughput
-    exceeds it (measured 2026-12-07: 857 of 9,000 requests shed, 566 against 660 req/s at 16 clients).
-    With the floor, a heavy overload is admitted at most this far, so its latency is that of the same
-    number of well-behaved clients. With a latency objective set the objective rules (no floor)."""
+    Why a floor: an absolute latency target alone sheds a 64-client closed loop at full depth whenever
+    the machine is slow enough that 64 / throughput exceeds it, and shedding there costs throughput: the
+    batches shrink, and clients that resend at once after a 429 are held by `EarlyRetries` and sit idle
+    (measured 2026-12-07: 857 of 9,000 requests shed, 566 against 660 req/s at 16 clients; 1.02x against
+    1.45x LitServe's throughput without and with the floor; a floor of 1.5 batches: 0.94x). Under a heavy
+    overload the limit falls to the floor and no further, so admitted latency is that of as many
+    well-behaved clients: about 4x that of 16 (3.3-3.9x the 16-client p99 with 400 clients). With a
+    latency objective set the objective rules (no floor)."""
     share = BATCHES_IN_PIPELINE * settings.max_batch_size / frontend_count(settings)
     return max(MINIMUM_LIMIT, math.ceil(share))
 
