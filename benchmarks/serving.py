@@ -441,13 +441,16 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
+    def probe_worst(key: str) -> float | None:
+        """The worst (highest) of a probe figure over the rounds that had a probe."""
+        values = [(r.get("probe") or {}).get(key) for r in rounds]
+        return max((v for v in values if v is not None), default=None)
+
     goodput = [ratio(r["ok_per_s"], baseline["ok_per_s"]) for r in rounds]
     p99 = [ratio(r["ok_p99_ms"], baseline["ok_p99_ms"]) for r in rounds]
     steady = [ratio(r.get("ok_p99_steady_ms"), baseline["ok_p99_ms"]) for r in rounds]
     rejected = [r["rejected_p99_ms"] for r in rounds if r["rejected_p99_ms"] is not None]
     immediate = [r.get("rejected_immediate_p99_ms") for r in rounds]
-    probe = [(r.get("probe") or {}).get("rejected_p99_ms") for r in rounds]
-    probe_p50 = [(r.get("probe") or {}).get("rejected_p50_ms") for r in rounds]
     after = [r["rss_after_mib"] for r in rounds]
     return {
         "goodput_ratio": goodput,
@@ -459,12 +462,9 @@ def overload_figures(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> 
         "rejected_p99_ms_worst": max(rejected) if rejected else None,
         "rejected_immediate_p99_ms_worst": max((v for v in immediate if v is not None), default=None),
         # The client that honours Retry-After beside the storm (benchmarks/probe.py).
-        "probe_rejected_p50_ms_worst": max((v for v in probe_p50 if v is not None), default=None),
-        "probe_rejected_p99_ms_worst": max((v for v in probe if v is not None), default=None),
-        "probe_rejected_p99_steady_ms_worst": max(
-            (v for v in (r.get("probe", {}).get("rejected_p99_steady_ms") for r in rounds) if v is not None),
-            default=None,
-        ),
+        "probe_rejected_p50_ms_worst": probe_worst("rejected_p50_ms"),
+        "probe_rejected_p99_ms_worst": probe_worst("rejected_p99_ms"),
+        "probe_rejected_p99_steady_ms_worst": probe_worst("rejected_p99_steady_ms"),
         "probe_rejected": sum((r.get("probe") or {}).get("status_codes", {}).get("429", 0) for r in rounds),
         "server_errors_5xx": sum(r["server_errors_5xx"] for r in rounds),
         # Flat memory: from the end of the first round to the end of the last (None with one round).

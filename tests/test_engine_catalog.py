@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from ranet_serve.engine import catalog as catalog_module
 from ranet_serve.engine.catalog import Catalog, CatalogEntry
 from ranet_serve.errors import ModelNotFoundError, NotReadyError
 
@@ -78,14 +81,23 @@ def test_a_default_the_store_lacks_lists_the_models_served_and_how_to_set_the_de
         Catalog().find_default("ranet-fmnist", explicit=False)
 
 
-def test_lookups_are_remembered_per_catalog_and_a_new_catalog_answers_afresh() -> None:
+def test_lookups_are_remembered_per_catalog_and_a_new_catalog_answers_afresh(monkeypatch: Any) -> None:
     # Every request resolves its model: a catalog resolves each (name, version) once, errors excepted
     # (they are asked again, and raised again). A reload replaces the catalog, so nothing goes stale.
+    calls: list[tuple[str, str | None]] = []
+    real = catalog_module.select_version
+
+    def counted(models: Any, name: str, version: str | None, **kwargs: Any) -> Any:
+        calls.append((name, version))
+        return real(models, name, version, **kwargs)
+
+    monkeypatch.setattr(catalog_module, "select_version", counted)
     catalog = Catalog.of([entry("1"), entry("2"), entry("3", ok=False)])
-    first = catalog.find_ready("m")
-    assert first.version == "2" and catalog.find_ready("m") is first
+    assert [catalog.find_ready("m").version for _ in range(3)] == ["2", "2", "2"]
+    assert calls == [("m", None)]  # resolved once
     for _ in range(2):
         with pytest.raises(NotReadyError, match="broken 3"):
             catalog.find_ready("m", "3")
+    assert calls.count(("m", "3")) == 2  # a failure is not remembered
     reloaded = Catalog.of([entry("1"), entry("2"), entry("3")])
     assert reloaded.find_ready("m").version == "3" and catalog.find_ready("m").version == "2"

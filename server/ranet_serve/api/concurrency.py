@@ -15,7 +15,8 @@ held to 50 ms). Inference time, not latency: under a sustained overload every la
 queue, so the lowest latency seen says nothing about the model.
 
 The limit never falls below `LimitSettings.minimum`: without an objective the front-end's share of two
-full batches (`api.admission.batch_pipeline_floor`), since shedding below that only shrinks the batches.
+full batches (`api.admission.batch_pipeline_floor`), since shedding below that costs throughput (smaller
+batches, and shed clients held idle by the early-retry rule).
 
 The limit also stays within `USAGE_HEADROOM` times the most requests that were actually in flight
 lately (as TCP does not grow a window the sender is not using, RFC 7661). Without that, an hour at
