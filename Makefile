@@ -1,5 +1,5 @@
 # The README's two commands: `make serve` and `make test`. Both set up what they need first.
-.PHONY: setup serve test lint typecheck unit slow bench docs gpu-check
+.PHONY: setup serve test lint typecheck unit slow bench docs gpu-check gpu-rehearsal
 
 setup:
 	./scripts/setup.sh
@@ -8,8 +8,8 @@ serve: setup
 	.venv/bin/ranet serve
 
 lint:
-	.venv/bin/ruff check server tests benchmarks clients
-	.venv/bin/ruff format --check server tests benchmarks clients
+	.venv/bin/ruff check server tests benchmarks clients scripts
+	.venv/bin/ruff format --check server tests benchmarks clients scripts
 
 typecheck:
 	.venv/bin/mypy
@@ -37,3 +37,8 @@ docs:
 # CUDA device: one line, exit 0. No `setup` first: the GPU machine has no registry for scripts/setup.sh.
 gpu-check:
 	@bash scripts/gpu_check.sh
+
+# Without a GPU: the GPU check's last device call, rehearsed in an environment built like the GPU
+# machine's image (CPython 3.12, torch 2.11; about 3 GB downloaded once), with the CPU in place of CUDA.
+gpu-rehearsal: setup
+	bash scripts/gpu_rehearsal.sh

@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -53,7 +52,7 @@ def _requirements(dist: metadata.Distribution, extras: Iterable[str]) -> list[Re
     for text in dist.requires or []:
         requirement = Requirement(text)
         if requirement.marker is None or any(
-            requirement.marker.evaluate({**default_environment(), "extra": extra}) for extra in wanted
+            requirement.marker.evaluate({"extra": extra}) for extra in wanted
         ):
             out.append(requirement)
     return out

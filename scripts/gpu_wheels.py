@@ -211,6 +211,16 @@ def tree_bytes(repo: Path = REPO) -> int:
     return total
 
 
+def ignored_by_git(folder: Path, repo: Path = REPO) -> bool:
+    """Whether files in `folder` stay out of the working tree that device calls carry (always so for
+    a folder outside `repo`). A file inside is asked about, not the folder: a pattern such as
+    `/.gpuwheels/` matches only a directory, and on a fresh checkout the folder does not exist yet."""
+    if not folder.is_relative_to(repo):
+        return True
+    probe = folder / "MANIFEST.json"
+    return subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=repo).returncode == 0
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -298,10 +308,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     base, cache = out / "base", out / "cache"
-    if (
-        out.is_relative_to(REPO)
-        and subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=REPO).returncode
-    ):
+    if not ignored_by_git(out):
         sys.exit(f"{out} is not ignored by git: it would travel with the tree in every call")
     base.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,10 @@ def test_no_driver_is_reported_without_importing_torch(tmp_path: Path) -> None:
 # -- the report path on the CPU ---------------------------------------------------------------------------
 
 
-def fake_gpu_tests(tmp_path: Path, failing: bool = False) -> Path:
+def fake_gpu_tests(tmp_path: Path, failing: bool = False, twin: bool = True) -> Path:
+    """A test file as the GPU tests are written: GPU tests (one passes or fails, one skips as without
+    CUDA), their CPU twin (runs on the CPU; `twin=False` leaves it out) and a slow test (never run by
+    the check: it would fail)."""
     path = tmp_path / "test_fake_gpu.py"
     body = [
         "import pytest",
@@ -100,8 +103,23 @@ def fake_gpu_tests(tmp_path: Path, failing: bool = False) -> Path:
         "def test_skips():",
         "    pytest.skip('no CUDA device')",
         "",
+        "@pytest.mark.slow",
+        "def test_slow():",
+        "    assert False, 'the check ran a slow test'",
+        "",
     ]
+    if twin:
+        body += ["def test_cpu_twin():", "    pass", ""]
     path.write_text("\n".join(body))
+    return path
+
+
+def fake_skipping_tests(tmp_path: Path) -> Path:
+    """A test file whose every test skips, as the GPU tests do without CUDA."""
+    path = tmp_path / "test_fake_gpu.py"
+    path.write_text(
+        "import pytest\n\n@pytest.mark.gpu\ndef test_skips():\n    pytest.skip('no CUDA device')\n"
+    )
     return path
 
 
@@ -173,7 +191,7 @@ def check_header_and_tests(report: str, passed: bool) -> None:
     assert "| Python | 3." in report and "| onnxruntime providers | " in report
     counts = table(report, "GPU tests")[0]
     total = sum(int(counts[k]) for k in ("passed", "failed", "errors", "skipped"))
-    assert total == int(counts["total"]) == 2
+    assert total == int(counts["total"]) == 3  # the slow test is not run
     # JUnit names the fake file by its path from pytest's rootdir: a dotted prefix that depends on where
     # the checkout and the temporary folder are.
     assert re.search(r"^- skipped (\S+\.)?test_fake_gpu::test_skips: no CUDA device", report, re.MULTILINE)
@@ -187,7 +205,8 @@ def test_report_path_on_the_cpu_has_consistent_tables(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[-1].startswith("gpu-check: PASSED in ")
     check_header_and_tests(report, passed=True)
     counts = table(report, "GPU tests")[0]
-    assert (counts["passed"], counts["failed"], counts["skipped"]) == ("1", "0", "1")
+    assert (counts["passed"], counts["failed"], counts["skipped"]) == ("2", "0", "1")  # with the CPU twin
+    assert "-m 'not slow'" in report  # on the CPU the files' fast tests run, not only the GPU ones
     assert report.count("Skipped (--skip).") == 2  # split and HTTP
     check_inprocess(report)
     check_imagenet_section(report)
@@ -204,6 +223,17 @@ def test_a_failing_gpu_test_fails_the_check_and_is_named(tmp_path: Path) -> None
         r"^- failure (\S+\.)?test_fake_gpu::test_runs: AssertionError: made to fail", report, re.MULTILINE
     )
     check_header_and_tests(report, passed=False)
+
+
+def test_a_check_in_which_no_test_passed_fails(tmp_path: Path) -> None:
+    done, report = run_check(tmp_path, fake_skipping_tests(tmp_path), "--skip split inprocess http imagenet")
+    assert done.returncode == 1
+    assert "Result: FAILED: no test passed on the cpu." in report
+
+
+def test_the_check_runs_gpu_tests_on_a_gpu_and_the_fast_tests_on_the_cpu() -> None:
+    assert gpu_check.test_marker("cuda") == gpu_check.test_marker("cuda:1") == "gpu"
+    assert gpu_check.test_marker("cpu") == "not slow"
 
 
 @pytest.mark.slow
@@ -374,3 +404,15 @@ def test_cuda_wheel_libraries_are_found_for_ld_library_path(
         str(tmp_path / "nvidia" / "cu13" / "lib"),
         str(tmp_path / "nvidia" / "cudnn" / "lib"),
     ]
+
+
+def test_the_wheel_folder_counts_as_ignored_before_it_exists(tmp_path: Path) -> None:
+    """A fresh checkout has no .gpuwheels/ yet; its ignore rule (`/.gpuwheels/`) matches directories only."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    folder = repo / ".gpuwheels"
+    assert not gpu_wheels.ignored_by_git(folder, repo)
+    (repo / ".gitignore").write_text("/.gpuwheels/\n")
+    assert not folder.exists() and gpu_wheels.ignored_by_git(folder, repo)
+    assert gpu_wheels.ignored_by_git(tmp_path / "elsewhere", repo)
