@@ -10,9 +10,11 @@ Steps, each bounded in time (the whole run by --budget-seconds, 470 by default):
    onnxruntime-gpu parts and check their SHA-256, install the wheels the image lacks (and those whose
    version misses the project's bound) with `pip install --no-index --no-deps --target` into a site
    folder first on PYTHONPATH, which also shadows the image's CPU onnxruntime, and put the
-   Fashion-MNIST test set where ranet_serve.data reads it. Otherwise from a registry, into this
-   interpreter's environment: the CPU onnxruntime out, then `pip install -e .[gpu] -e clients/python`
-   with the constraints of whatever it adds (installed packages, torch above all, stay as they are).
+   Fashion-MNIST test set where ranet_serve.data reads it (`--onnxruntime image`: the image's own
+   onnxruntime kept instead of the parts, where `--parts` showed it has the CUDA provider). Otherwise
+   from a registry, into this interpreter's environment: the CPU onnxruntime out, then `pip install
+   -e .[gpu] -e clients/python` with the constraints of whatever it adds (installed packages, torch
+   above all, stay as they are).
    The project itself is never installed there: `server/` and `clients/python/` go on PYTHONPATH
    (tests and benchmarks start servers as `python -m ranet_serve.cli`, no console script needed);
 2. probe: versions, the onnxruntime build that loads and its providers, the GPU (benchmarks/gpu.py
@@ -188,8 +190,38 @@ def satisfied(requirement: str) -> bool:
     return version is not None and parsed.specifier.contains(version, prereleases=True)
 
 
-def setup_from_wheels(python: str, wheels: Path, site: Path, timeout: float) -> Setup:
-    """Install base/'s wheels (those needed here) and the joined onnxruntime-gpu wheel into `site`."""
+def image_onnxruntime(python: str) -> dict[str, Any] | None:
+    """The onnxruntime `python` imports without the site folder (the image's own): its version,
+    providers and file, or None when none imports. The GPU machine's documentation leaves open whether
+    its build has the CUDA provider; where it has, the onnxruntime-gpu parts need not be carried."""
+    code = (
+        "import json, onnxruntime as o; "
+        "print(json.dumps({'version': o.__version__, 'providers': o.get_available_providers(), "
+        "'file': o.__file__}))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    try:
+        done = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def describe_onnxruntime(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "the image's onnxruntime: none imports"
+    return f"the image's onnxruntime {found['version']}: providers {found['providers']}"
+
+
+def setup_from_wheels(
+    python: str, wheels: Path, site: Path, timeout: float, onnxruntime: str = "parts"
+) -> Setup:
+    """Install base/'s wheels (those needed here) and, with `onnxruntime="parts"`, the joined
+    onnxruntime-gpu wheel into `site`; with `"image"` the image's own onnxruntime is kept (a build with
+    the CUDA provider: no parts carried) and any onnxruntime an earlier run put in `site` is removed."""
     setup = Setup("wheels", base_env(site))
     manifest = json.loads((wheels / "base" / "MANIFEST.json").read_text())
     chosen, kept = [], []
@@ -198,24 +230,29 @@ def setup_from_wheels(python: str, wheels: Path, site: Path, timeout: float) -> 
             chosen.append(wheels / "base" / wheel["file"])
         else:
             kept.append(f"{wheel['name']} {installed_version(wheel['name'])}")
-    description, present, missing = parts_status(wheels, verify=False)
-    if description is None or missing:
-        setup.ok = False
+    if onnxruntime == "image":
+        for old in [*site.glob("onnxruntime"), *site.glob("onnxruntime*.dist-info")]:
+            shutil.rmtree(old)
+        setup.lines.append(f"onnxruntime: {describe_onnxruntime(image_onnxruntime(python))}, kept (no parts)")
+    else:
+        description, present, missing = parts_status(wheels, verify=False)
+        if description is None or missing:
+            setup.ok = False
+            setup.lines.append(
+                f"onnxruntime-gpu parts missing: {', '.join(missing) or 'all'} (the machine was given back "
+                "between calls, or a call did not carry its part): carry them again"
+            )
+            return setup
+        staging = Path(tempfile.gettempdir()) / "ranet-gpu-wheels"
+        chosen.append(join_parts(description, wheels, staging))
         setup.lines.append(
-            f"onnxruntime-gpu parts missing: {', '.join(missing) or 'all'} (the machine was given back "
-            "between calls, or a call did not carry its part): carry them again"
+            f"onnxruntime-gpu: {len(present)} parts joined, SHA-256 {description['sha256'][:16]}... verified"
         )
-        return setup
-    staging = Path(tempfile.gettempdir()) / "ranet-gpu-wheels"
-    chosen.append(join_parts(description, wheels, staging))
-    setup.lines.append(
-        f"onnxruntime-gpu: {len(present)} parts joined, SHA-256 {description['sha256'][:16]}... verified"
-    )
     stamp = hashlib.sha256("\n".join(sorted(p.name for p in chosen)).encode()).hexdigest()
     stamp_file = site / ".ranet-gpu-check"
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         setup.lines.append(f"{len(chosen)} wheels already in {site} (an earlier run on this machine)")
-    else:
+    elif chosen:
         command = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
         command += ["--no-cache-dir", "--upgrade", "--target", str(site), *map(str, chosen)]
         done = run_step(command, os.environ, timeout, capture=True)
@@ -227,7 +264,8 @@ def setup_from_wheels(python: str, wheels: Path, site: Path, timeout: float) -> 
             return setup
         stamp_file.write_text(stamp)
         setup.lines.append(f"installed {len(chosen)} wheels into {site} (first on PYTHONPATH)")
-    setup.lines.append("installed: " + ", ".join(sorted(p.name.split("-")[0] for p in chosen)))
+    if chosen:
+        setup.lines.append("installed: " + ", ".join(sorted(p.name.split("-")[0] for p in chosen)))
     if kept:
         setup.lines.append("the image's own, meeting the project's bounds: " + ", ".join(kept))
     setup.lines.extend(install_fashion_mnist(wheels / "base" / "fashion-mnist"))
@@ -312,14 +350,14 @@ def nvidia_library_dirs() -> list[str]:
     return found
 
 
-def setup(mode: str, python: str, timeout: float) -> Setup:
+def setup(mode: str, python: str, timeout: float, onnxruntime: str = "parts") -> Setup:
     if mode == "auto":
         mode = "wheels" if (WHEELS / "base" / "MANIFEST.json").is_file() else "registry"
     if mode == "none":
         return Setup("none", base_env(), ["no setup (--setup none): this environment as it is"])
     if mode == "wheels":
         site = Path(os.environ.get("RANET_GPU_SITE", Path(tempfile.gettempdir()) / "ranet-gpu-site"))
-        done = setup_from_wheels(python, WHEELS, site, timeout)
+        done = setup_from_wheels(python, WHEELS, site, timeout, onnxruntime)
     else:
         done = setup_from_registry(python, timeout)
     libraries = nvidia_library_dirs()
@@ -551,7 +589,7 @@ def check(args: argparse.Namespace) -> Outcome:
 
     python = sys.executable
     print(f"{PREFIX} setup ({args.setup})", flush=True)
-    done = setup(args.setup, python, min(SETUP_SECONDS, left()))
+    done = setup(args.setup, python, min(SETUP_SECONDS, left()), args.onnxruntime)
     outcome = Outcome(args.device, args.budget_seconds, done)
     for line in done.lines:
         print(f"{PREFIX}   {line}", flush=True)
@@ -621,12 +659,40 @@ def check(args: argparse.Namespace) -> Outcome:
     return outcome
 
 
+def arrivals(wheels: Path, python: str) -> tuple[int, list[str]]:
+    """What `--parts` says after each device call: the onnxruntime-gpu parts that have arrived intact,
+    whether base/ has, and the image's own onnxruntime with its providers (where it has the CUDA
+    provider the remaining parts need not be carried). Exit status 1 when no part is here."""
+    found = image_onnxruntime(python)
+    lines = [describe_onnxruntime(found)]
+    if found is not None and "CUDAExecutionProvider" in found["providers"]:
+        lines.append(
+            "  it has the CUDA provider: the last call may run with RANET_GPU_ONNXRUNTIME=image "
+            "and carry no more parts"
+        )
+    description, present, missing = parts_status(wheels)
+    if description is None:
+        return 1, [f"no onnxruntime-gpu part in {wheels}", *lines]
+    base = "present" if (wheels / "base" / "MANIFEST.json").is_file() else "missing"
+    parts = (
+        f"{description['wheel']}: parts here {present or 'none'}, missing {missing or 'none'}; base {base}"
+    )
+    return 0, [parts, *lines]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N; cpu runs the path without a GPU")
     parser.add_argument("--setup", choices=("auto", "wheels", "registry", "none"), default="auto")
+    parser.add_argument(
+        "--onnxruntime",
+        choices=("parts", "image"),
+        default=os.environ.get("RANET_GPU_ONNXRUNTIME", "parts"),
+        help="with --setup wheels: the onnxruntime-gpu parts (default), or the image's own onnxruntime "
+        "when --parts showed it has the CUDA provider (also RANET_GPU_ONNXRUNTIME=image)",
+    )
     parser.add_argument("--quick", action="store_true", help="the benchmark's quick sizes")
     parser.add_argument("--tests", nargs="*", help="test files instead of those using the gpu marker")
     parser.add_argument("--bench-args", default="", help="more arguments for benchmarks/gpu.py")
@@ -641,16 +707,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.parts:
-        description, present, missing = parts_status()
-        if description is None:
-            print(f"{PREFIX} no onnxruntime-gpu part in {WHEELS}")
-            return 1
-        base = "present" if (WHEELS / "base" / "MANIFEST.json").is_file() else "missing"
-        print(
-            f"{PREFIX} {description['wheel']}: parts here {present or 'none'}, "
-            f"missing {missing or 'none'}; base {base}"
-        )
-        return 0
+        status, lines = arrivals(WHEELS, sys.executable)
+        for line in lines:
+            print(f"{PREFIX} {line}")
+        return status
     if args.device != "cpu":
         reason = no_cuda_reason()
         if reason is not None:

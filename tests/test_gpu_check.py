@@ -416,3 +416,57 @@ def test_the_wheel_folder_counts_as_ignored_before_it_exists(tmp_path: Path) -> 
     (repo / ".gitignore").write_text("/.gpuwheels/\n")
     assert not folder.exists() and gpu_wheels.ignored_by_git(folder, repo)
     assert gpu_wheels.ignored_by_git(tmp_path / "elsewhere", repo)
+
+
+# -- which onnxruntime: the parts, or the image's own ----------------------------------------------------
+
+
+def fake_interpreter(tmp_path: Path, providers: list[str]) -> str:
+    """An interpreter whose own onnxruntime (as an image's would be) reports `providers`."""
+    package = tmp_path / "image-site" / "onnxruntime"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        f"__version__ = '1.30.0'\n\ndef get_available_providers():\n    return {providers!r}\n"
+    )
+    script = tmp_path / "python3"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={package.parent} exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_parts_report_names_the_image_onnxruntime_and_says_when_the_parts_are_not_needed(
+    tmp_path: Path,
+) -> None:
+    wheels = tmp_path / "wheels"
+    gpu_wheels.split_wheel(fake_wheel(tmp_path, 6_000), wheels, [3_000, 3_000])
+    (wheels / "base").mkdir()
+    (wheels / "base" / "MANIFEST.json").write_text('{"wheels": []}')
+    status, lines = gpu_check.arrivals(wheels, fake_interpreter(tmp_path, ["CPUExecutionProvider"]))
+    assert status == 0
+    assert lines[0].endswith("parts here ['ort1', 'ort2'], missing none; base present")
+    assert lines[1:] == ["the image's onnxruntime 1.30.0: providers ['CPUExecutionProvider']"]
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    status, lines = gpu_check.arrivals(wheels, fake_interpreter(tmp_path / "cuda", cuda))
+    assert status == 0 and "RANET_GPU_ONNXRUNTIME=image" in lines[-1]
+    status, lines = gpu_check.arrivals(tmp_path / "nothing", fake_interpreter(tmp_path / "none", []))
+    assert status == 1 and lines[0].startswith("no onnxruntime-gpu part")
+
+
+@needs_data
+def test_the_image_onnxruntime_is_kept_without_parts_and_shadowed_by_nothing(tmp_path: Path) -> None:
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    (wheels / "base").mkdir(parents=True)
+    (wheels / "base" / "MANIFEST.json").write_text('{"wheels": []}')
+    python = fake_interpreter(tmp_path, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    done = gpu_check.setup_from_wheels(python, wheels, site, 60, onnxruntime="parts")
+    assert not done.ok and "parts missing: all" in done.lines[-1]
+    # An earlier run with the parts left the GPU build in the site folder, first on PYTHONPATH.
+    (site / "onnxruntime").mkdir(parents=True)
+    (site / "onnxruntime_gpu-1.31.1.dist-info").mkdir()
+    done = gpu_check.setup_from_wheels(python, wheels, site, 60, onnxruntime="image")
+    assert done.ok
+    assert (
+        "onnxruntime: the image's onnxruntime 1.30.0: providers ['CUDAExecutionProvider', " in done.lines[0]
+    )
+    assert done.lines[0].endswith("kept (no parts)")
+    assert not list(site.glob("onnxruntime*"))
