@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.bundles import build_tiny_bundle, tiny_model
+from helpers.bundles import tiny_model
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.policy import Budget, ExitPlan, ExitPolicy
 from ranet_serve.cascade.runtimes import EagerRuntime, OnnxRuntime, StageRuntime, TorchScriptRuntime
@@ -26,10 +26,9 @@ EXITS = 6
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    out = tmp_path_factory.mktemp("cascade") / "tiny" / "1"
-    build_tiny_bundle(out)
-    return load_bundle(out)
+def bundle(tiny_bundle_dir: Path) -> Bundle:
+    """The session's tiny bundle (exported once), loaded afresh for this module: its tests only read it."""
+    return load_bundle(tiny_bundle_dir)
 
 
 @pytest.fixture(scope="module")

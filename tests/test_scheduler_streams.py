@@ -7,12 +7,12 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.bundles import build_tiny_bundle
 from ranet_serve.cascade.executor import CascadeExecutor
 from ranet_serve.cascade.results import ImageResult
 from ranet_serve.cascade.runtimes import OnnxRuntime, StageRuntime
@@ -25,10 +25,9 @@ EXITS = 6
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    out = tmp_path_factory.mktemp("streams") / "tiny" / "1"
-    build_tiny_bundle(out)
-    return load_bundle(out)
+def bundle(tiny_bundle_dir: Path) -> Bundle:
+    """The session's tiny bundle (exported once), loaded afresh for this module: its tests only read it."""
+    return load_bundle(tiny_bundle_dir)
 
 
 @pytest.fixture(scope="module")
