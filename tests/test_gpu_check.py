@@ -470,3 +470,45 @@ def test_the_image_onnxruntime_is_kept_without_parts_and_shadowed_by_nothing(tmp
     )
     assert done.lines[0].endswith("kept (no parts)")
     assert not list(site.glob("onnxruntime*"))
+
+
+def pure_wheel(folder: Path, name: str, version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel of one package `name` (pip installs it on any interpreter)."""
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+@needs_data
+def test_wheels_setup_installs_base_and_the_joined_parts_once(tmp_path: Path) -> None:
+    """The path the last device call takes, with pip for real: base/'s wheels and the wheel joined from
+    its parts land in the site folder; a second run on the same machine installs nothing again."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    base = pure_wheel(wheels / "base", "ranet_fake_base")
+    entry = {"name": "ranet-fake-base", "version": "1.0", "when": "always", "requirement": "ranet-fake-base"}
+    (wheels / "base" / "MANIFEST.json").write_text(json.dumps({"wheels": [{**entry, "file": base.name}]}))
+    gpu_build = pure_wheel(tmp_path / "build", "ranet_fake_ort")
+    size = gpu_build.stat().st_size
+    gpu_wheels.split_wheel(gpu_build, wheels, gpu_wheels.part_sizes(size, size // 2, size // 3 + 1))
+    assert len(list(wheels.glob("ort*"))) == 3
+    done = gpu_check.setup_from_wheels(sys.executable, wheels, site, 120)
+    assert done.ok, done.lines
+    assert (site / "ranet_fake_base" / "__init__.py").is_file()
+    assert (site / "ranet_fake_ort" / "__init__.py").is_file()
+    assert "onnxruntime-gpu: 3 parts joined" in done.lines[0]
+    assert f"installed 2 wheels into {site} (first on PYTHONPATH)" in done.lines
+    assert done.env["PYTHONPATH"].split(os.pathsep)[0] == str(site)
+    again = gpu_check.setup_from_wheels(sys.executable, wheels, site, 120)
+    assert again.ok and f"2 wheels already in {site} (an earlier run on this machine)" in again.lines
