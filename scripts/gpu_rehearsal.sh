@@ -52,7 +52,10 @@ tree="$work/tree"
 # (benchmarks/gpu.py makes one, about 100 s on 2 cores, and reuses it when it is there).
 rm -rf "$tree" /tmp/ranet-gpu-site /tmp/ranet-gpu-imagenet
 mkdir -p "$tree"
-git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents --no-dereference -t "$tree"
+# Tracked files deleted in the working tree are not there to copy (nor would a device call carry them).
+git ls-files -z --cached --others --exclude-standard \
+  | while IFS= read -r -d "" file; do if [[ -e "$file" || -L "$file" ]]; then printf "%s\0" "$file"; fi; done \
+  | xargs -0 cp --parents --no-dereference -t "$tree"
 cp -r .gpuwheels "$tree/" && rm -rf "$tree/.gpuwheels/cache"
 
 cd "$tree"
