@@ -29,7 +29,8 @@ Steps, each bounded in time (the whole run by --budget-seconds, 470 by default):
 5. the report: machine, versions, providers, setup, test counts, the benchmark's tables.
 
 Exit status: 0 when every step passed (at least one test must pass), 1 otherwise. `--parts`
-only reports which onnxruntime-gpu parts have arrived (the device calls before the last one run it).
+only reports which onnxruntime-gpu parts have arrived and the image's own onnxruntime with its providers
+(the device calls before the last one run it).
 
     make gpu-check                                   # scripts/gpu_check.sh: picks the interpreter
     python3 scripts/gpu_check.py --parts             # after each device call that carries a part
@@ -230,9 +231,13 @@ def setup_from_wheels(
             chosen.append(wheels / "base" / wheel["file"])
         else:
             kept.append(f"{wheel['name']} {installed_version(wheel['name'])}")
+    stamp_file = site / ".ranet-gpu-check"  # names the wheels the site holds
     if onnxruntime == "image":
-        for old in [*site.glob("onnxruntime"), *site.glob("onnxruntime*.dist-info")]:
+        stale = [*site.glob("onnxruntime"), *site.glob("onnxruntime*.dist-info")]
+        for old in stale:
             shutil.rmtree(old)
+        if stale:
+            stamp_file.unlink(missing_ok=True)  # it named the GPU build just removed
         setup.lines.append(f"onnxruntime: {describe_onnxruntime(image_onnxruntime(python))}, kept (no parts)")
     else:
         description, present, missing = parts_status(wheels, verify=False)
@@ -249,7 +254,6 @@ def setup_from_wheels(
             f"onnxruntime-gpu: {len(present)} parts joined, SHA-256 {description['sha256'][:16]}... verified"
         )
     stamp = hashlib.sha256("\n".join(sorted(p.name for p in chosen)).encode()).hexdigest()
-    stamp_file = site / ".ranet-gpu-check"
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         setup.lines.append(f"{len(chosen)} wheels already in {site} (an earlier run on this machine)")
     elif chosen:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -463,6 +464,7 @@ def test_the_image_onnxruntime_is_kept_without_parts_and_shadowed_by_nothing(tmp
     # An earlier run with the parts left the GPU build in the site folder, first on PYTHONPATH.
     (site / "onnxruntime").mkdir(parents=True)
     (site / "onnxruntime_gpu-1.31.1.dist-info").mkdir()
+    (site / ".ranet-gpu-check").write_text("the stamp of that run")
     done = gpu_check.setup_from_wheels(python, wheels, site, 60, onnxruntime="image")
     assert done.ok
     assert (
@@ -470,12 +472,11 @@ def test_the_image_onnxruntime_is_kept_without_parts_and_shadowed_by_nothing(tmp
     )
     assert done.lines[0].endswith("kept (no parts)")
     assert not list(site.glob("onnxruntime*"))
+    assert not (site / ".ranet-gpu-check").exists()  # a later run with the parts installs them again
 
 
 def pure_wheel(folder: Path, name: str, version: str = "1.0") -> Path:
     """A minimal pure-Python wheel of one package `name` (pip installs it on any interpreter)."""
-    import zipfile
-
     info = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": f"VERSION = {version!r}\n",
