@@ -20,6 +20,7 @@ import torch
 
 import ranet_serve
 from helpers.bundles import build_tiny_bundle
+from helpers.fixtures import DEFAULT_FIXTURES, official_fixtures_dir
 from ranet_serve.export.bundle import Bundle, load_bundle
 from ranet_serve.model.config import RANetConfig, load_config
 from ranet_serve.model.ranet import RANet
@@ -45,9 +46,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-_DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-ranet"
-
-
 @dataclass(frozen=True)
 class OfficialFixture:
     """The data-only fixture produced with the official code (spec section 13)."""
@@ -62,13 +60,13 @@ class OfficialFixture:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """Root of the official-RANet fixtures: $RANET_FIXTURES or <repo>/../shared/fixtures/official-ranet."""
-    configured = os.environ.get("RANET_FIXTURES")
-    path = Path(configured) if configured else _DEFAULT_FIXTURES
-    if not path.is_dir():
+    """The official-RANet fixtures' root; skips without it, fails when $RANET_FIXTURES names nothing."""
+    path = official_fixtures_dir()
+    if path is None:
+        configured = os.environ.get("RANET_FIXTURES")
         if configured:
             pytest.fail(f"RANET_FIXTURES={configured} is not a directory")
-        pytest.skip(f"official-RANet fixtures not found at {path}; set RANET_FIXTURES")
+        pytest.skip(f"official-RANet fixtures not found at {DEFAULT_FIXTURES}; set RANET_FIXTURES")
     return path
 
 

@@ -12,12 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers.fixtures import official_fixtures_dir
 from ranet_serve.cascade.runtimes import OnnxRuntime, TorchScriptRuntime
 from ranet_serve.cascade.verify import run_all_stages
 from ranet_serve.cli import app
 from ranet_serve.errors import BundleError
 from ranet_serve.export.bundle import load_bundle, write_bundle
 from ranet_serve.export.defaults import default_input_spec, default_labels
+from ranet_serve.model.checkpoint import load_model
 from ranet_serve.model.config import RANetConfig, load_config
 from ranet_serve.model.ranet import RANet
 
@@ -52,9 +54,30 @@ def calibrated_model(config: RANetConfig, seed: int = 0) -> RANet:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def official_bundle(official_fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official cifar10-model1 checkpoint exported through the CLI, as a user would."""
+    out = tmp_path_factory.mktemp("official") / "cifar10" / "1"
+    result = runner.invoke(
+        app,
+        ["export", str(official_fixture.checkpoint_path), "--config", "cifar10-model1", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture(scope="session", params=list(CONFIGS))
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(PyTorch model, its exported bundle) per config.
+
+    cifar10-model1 is the official checkpoint's CLI export when the fixtures are there (one export of
+    that config, not two: about 25 s of the suite), and random weights through `write_bundle` otherwise.
+    """
     config = CONFIGS[request.param]
+    if request.param == "cifar10-model1" and official_fixtures_dir() is not None:
+        official = request.getfixturevalue("official_fixture")
+        bundle_dir = request.getfixturevalue("official_bundle")
+        return load_model(official.checkpoint_path, config).eval(), load_bundle(bundle_dir)
     model = calibrated_model(config)
     out = tmp_path_factory.mktemp("bundles") / request.param / "1"
     write_bundle(
@@ -153,17 +176,6 @@ def test_cifar_model1_stage_plan_matches_the_spec(tmp_path: Path) -> None:
     assert shapes["state_1_0"] == (56, 16, 16)
     assert shapes["state_1_1_pre"] == (106, 16, 16) and shapes["state_1_1"] == (118, 8, 8)
     assert shapes["state_2_4"] == (146, 8, 8)
-
-
-@pytest.fixture(scope="module")
-def official_bundle(official_fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("official") / "cifar10" / "1"
-    result = runner.invoke(
-        app,
-        ["export", str(official_fixture.checkpoint_path), "--config", "cifar10-model1", "--out", str(out)],
-    )
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_official_checkpoint_survives_export_and_verify(official_bundle: Path, official_fixture) -> None:
