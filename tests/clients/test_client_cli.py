@@ -78,13 +78,18 @@ def test_classify_reports_server_errors_and_exits_1(
     assert "invalid_budget" in result.stderr and "422" in result.stderr
 
 
-def test_models_lists_versions_and_shows_one_model(runner: CliRunner, server_url: str) -> None:
+def test_models_lists_versions_and_shows_one_model(
+    runner: CliRunner, server_url: str, tiny_info: ModelInfo
+) -> None:
     listing = runner.invoke(app, ["models", "--url", server_url])
     assert listing.exit_code == 0, listing.output
     assert "tiny" in listing.stdout and "balanced" in listing.stdout and "ready" in listing.stdout
     one = runner.invoke(app, ["models", "tiny", "--url", server_url])
     assert one.exit_code == 0, one.output
     assert "exits" in one.stdout and "operating points" in one.stdout and "full-depth" in one.stdout
+    # The server sends accuracies in percent: shown as they are, not multiplied again.
+    for point in tiny_info.latest.operating_points:  # type: ignore[union-attr]
+        assert 0 <= point.val_accuracy <= 100 and f"{point.val_accuracy:.2f}%" in one.stdout
     as_json = runner.invoke(app, ["models", "--url", server_url, "--json"])
     assert json.loads(as_json.stdout)["default_model"] == "tiny"
     missing = runner.invoke(app, ["models", "nope", "--url", server_url])

@@ -19,7 +19,13 @@ def _ms(value: float | None) -> str:
 
 
 def _pct(value: float | None) -> str:
+    """A fraction (0-1) as a percentage."""
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _percent_points(value: float | None) -> str:
+    """A value already in percent (the server's model accuracies, 0-100)."""
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def _mflops(value: float | None) -> str:
@@ -105,7 +111,10 @@ def model_tables(model: ModelInfo) -> list[Table]:
         exits.add_column(column, justify="right")
     for info in entry.exits:
         exits.add_row(
-            str(info.index), _mflops(info.cumulative_flops), _pct(info.val_accuracy), _pct(info.test_accuracy)
+            str(info.index),
+            _mflops(info.cumulative_flops),
+            _percent_points(info.val_accuracy),
+            _percent_points(info.test_accuracy),
         )
     points = Table(title=f"{model.name} v{entry.version}: operating points")
     for column in ("name", "method", "expected MFLOPs", "val accuracy", "thresholds"):
@@ -116,7 +125,7 @@ def model_tables(model: ModelInfo) -> list[Table]:
             point.name + default,
             point.method,
             _mflops(point.expected_flops),
-            _pct(point.val_accuracy),
+            _percent_points(point.val_accuracy),
             " ".join(f"{t:.2f}" for t in point.thresholds),
         )
     return [exits, points]

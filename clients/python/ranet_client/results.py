@@ -202,7 +202,7 @@ class StreamSummary(ClassifyResponse):
 
 @dataclass(frozen=True)
 class ExitInfo:
-    """One exit of a model: its cumulative cost and held-out accuracy (None when not measured)."""
+    """One exit of a model: its cumulative cost and held-out accuracy in percent (None when not measured)."""
 
     index: int
     cumulative_flops: int
@@ -221,7 +221,7 @@ class ExitInfo:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A calibrated set of per-exit thresholds with its expected cost and accuracy (for `target_flops`)."""
+    """A calibrated set of per-exit thresholds (for `target_flops`): expected cost, accuracy in percent."""
 
     name: str
     thresholds: tuple[float, ...]

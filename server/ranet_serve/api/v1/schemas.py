@@ -57,11 +57,15 @@ class ClassifyResponse(BaseModel):
     timings: Timings
 
 
+_VAL_ACCURACY = "accuracy on the validation split, in percent (0-100); null when not measured"
+_TEST_ACCURACY = "accuracy on the test split, in percent (0-100); null when not measured"
+
+
 class ExitInfo(BaseModel):
     index: int
     cumulative_flops: int
-    val_accuracy: float | None
-    test_accuracy: float | None
+    val_accuracy: float | None = Field(description=_VAL_ACCURACY)
+    test_accuracy: float | None = Field(description=_TEST_ACCURACY)
 
 
 class OperatingPointInfo(BaseModel):
@@ -69,8 +73,8 @@ class OperatingPointInfo(BaseModel):
     method: str
     thresholds: list[float]
     expected_flops: float
-    val_accuracy: float
-    test_accuracy: float | None
+    val_accuracy: float = Field(description="accuracy on the validation split, in percent (0-100)")
+    test_accuracy: float | None = Field(description=_TEST_ACCURACY)
     exit_distribution: list[float]
 
 
