@@ -16,6 +16,7 @@ from typing import Any, cast
 import httpx
 import pytest
 import uvicorn
+from ranet_client import AsyncRanetClient
 from ranet_client.cli import app
 from ranet_client.errors import RanetError, ServerError
 from ranet_client.image_sets import Sample, bundled_samples
@@ -42,6 +43,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typer.testing import CliRunner
+
+RANET_ANSWER = {
+    "model": "m",
+    "version": "1",
+    "operating_point": "p",
+    "results": [{"label": "Trouser", "class_index": 1, "confidence": 0.9, "exit": 0, "flops": 10}],
+    "timings": {"queue_ms": 0.1, "inference_ms": 1.0, "total_ms": 2.0},
+}
 
 
 def _oracle(samples: list[Sample]) -> dict[bytes, int]:
@@ -157,6 +166,32 @@ def test_load_against_a_plain_target_reports_accuracy_and_no_invented_figures() 
     json.dumps(report.to_dict())
 
 
+@pytest.mark.parametrize("wire", ["plain", "ranet"])
+def test_a_200_without_a_readable_answer_counts_as_failed(wire: str) -> None:
+    # Every third answer is a 200 whose JSON lacks the fields: failed, by its code, never "200".
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            return httpx.Response(200, json={"model": "x"})
+        if wire == "plain":
+            return httpx.Response(200, json={"class_index": 1})
+        return httpx.Response(200, json=RANET_ANSWER)
+
+    transport = httpx.MockTransport(handler)
+    if wire == "plain":
+        config = LoadConfig(url="http://stub", requests=12, concurrency=1, plain_path="/p")
+        target: Any = PlainTarget("http://stub", "/p", transport=transport)
+    else:
+        config = LoadConfig(url="http://stub", requests=12, concurrency=1)
+        target = RanetTarget(AsyncRanetClient("http://stub", transport=transport, retry=1))
+    report = run_load_sync(config, bundled_samples(), target=target)
+    assert (report.requests_sent, report.requests_ok, report.requests_failed) == (12, 8, 4)
+    assert report.errors_by_status == {"invalid_response": 4} and report.images_ok == 8
+
+
 def test_plain_configs_refuse_what_a_plain_server_cannot_take() -> None:
     base = LoadConfig(plain_path="/predict")
     assert base.validated().plain_path == "/predict"
@@ -249,6 +284,15 @@ def test_cli_load_drives_a_plain_server(plain_stub: PlainStub, tmp_path: Path) -
     refused = runner.invoke(app, [*args, "--budget-mix", "max_flops=20M"])
     assert refused.exit_code == 1 and "no budget knobs" in refused.stderr
     assert plain_stub.requests == 20  # nothing was sent for the refused runs
+
+    unwritable = runner.invoke(app, [*args, "--json-out", str(tmp_path / "no-such-folder" / "r.json")])
+    assert unwritable.exit_code == 2 and "does not exist" in unwritable.output
+    assert plain_stub.requests == 20  # refused before the run, not after it
+    with socket.socket() as closed:  # a port nothing listens on: every request fails
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        failed = runner.invoke(app, ["load", "--url", nobody, "--plain", "/predictions/m", "-n", "3"])
+    assert failed.exit_code == 1 and "no request succeeded" in failed.stderr
 
 
 class _Gated:

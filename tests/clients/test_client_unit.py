@@ -3,6 +3,7 @@ report arithmetic."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import random
@@ -12,12 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 from ranet_client import (
+    AsyncRanetClient,
     BudgetError,
     InvalidInputError,
     Knobs,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    RanetClient,
+    RanetError,
     RetryPolicy,
     ServerError,
     UnavailableError,
@@ -191,6 +195,25 @@ def test_error_fields_come_from_the_body_and_headers() -> None:
     assert isinstance(v2, NotFoundError) and v2.message == "no model"
     html = error_from_response(_answer(502, b"<html>bad gateway</html>"))
     assert isinstance(html, ServerError) and "bad gateway" in html.message and html.code == "http_502"
+
+
+@pytest.mark.parametrize("body", [{"model": "x"}, {"model": "x", "version": "1", "results": [{"label": 3}]}])
+def test_a_200_the_client_cannot_read_is_a_ranet_error_not_a_key_error(body: dict) -> None:
+    # A proxy's page or another server on the port: every call raises RanetError(invalid_response).
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    with RanetClient("http://stub", transport=transport) as client:
+        for call in (lambda: client.classify(b"png"), lambda: client.model("m")):
+            with pytest.raises(RanetError) as raised:
+                call()
+            assert (raised.value.code, raised.value.status) == ("invalid_response", 200)
+            assert "cannot read" in raised.value.message
+
+    async def classify_async() -> None:
+        async with AsyncRanetClient("http://stub", transport=transport) as client:
+            await client.classify(b"png")
+
+    with pytest.raises(RanetError, match="cannot read"):
+        asyncio.run(classify_async())
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +29,8 @@ Encoding = Literal["multipart", "json", "raw"]
 ENCODINGS: tuple[str, ...] = ("multipart", "json", "raw")
 DEFAULT_URL = "http://127.0.0.1:8080"
 EVENT_STREAM = "text/event-stream"
+
+Parsed = TypeVar("Parsed")
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,29 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
             code="invalid_response",
         )
     return body
+
+
+def parse_body(response: httpx.Response, parse: Callable[[dict[str, Any]], Parsed]) -> Parsed:
+    """`parse` (a result class's `from_dict`) applied to the answer's JSON object.
+
+    A 200 whose object lacks or mistypes a field (a proxy's page, another server on the port) is a
+    `RanetError` like any other failure, not the `KeyError` the parser would raise."""
+    return parse_document(json_body(response), parse, response.status_code)
+
+
+def parse_document(
+    document: dict[str, Any], parse: Callable[[dict[str, Any]], Parsed], status: int
+) -> Parsed:
+    """`parse(document)`, with a missing or mistyped field raised as `RanetError` (code invalid_response)."""
+    try:
+        return parse(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        problem = f"no field {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise RanetError(
+            f"the server answered {status} with JSON this client cannot read ({problem})",
+            status=status,
+            code="invalid_response",
+        ) from exc
 
 
 def json_or_empty(response: httpx.Response) -> dict[str, Any]:

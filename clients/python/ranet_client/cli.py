@@ -7,6 +7,7 @@ Commands are thin: parse options, make one client call, print a table (or JSON w
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,15 @@ def _errors() -> Iterator[None]:
     except (OSError, ValueError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written before the run, not after it (the run is lost)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise typer.BadParameter(f"folder {str(folder)!r} does not exist", param_hint=option)
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise typer.BadParameter(f"{str(path)!r} is not writable", param_hint=option)
 
 
 def _print_json(data: Any) -> None:
@@ -337,6 +347,8 @@ def load(
         mix = parse_budget_mix(budget_mix)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--budget-mix") from exc
+    if json_out is not None:
+        _check_writable(json_out, "--json-out")
     samples: list[Sample]
     with _errors():
         samples = folder_samples(images) if images is not None else bundled_samples()
@@ -378,3 +390,6 @@ def load(
         print_load_report(report, console)
         if json_out is not None:
             console.print(f"report written to {json_out}")
+    if report.requests_sent and not report.requests_ok:
+        Console(stderr=True).print("[red]error:[/red] no request succeeded", markup=True, highlight=False)
+        raise typer.Exit(1)

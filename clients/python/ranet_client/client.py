@@ -18,8 +18,8 @@ from ranet_client._protocol import (
     Prepared,
     error_from_exception,
     error_from_response,
-    json_body,
     json_or_empty,
+    parse_body,
 )
 from ranet_client.budget import FlopsValue, OnDeadline
 from ranet_client.errors import RanetError, UnavailableError
@@ -121,7 +121,7 @@ class RanetClient(ClientBase):
             deadline_ms=deadline_ms,
             on_deadline=on_deadline,
         )
-        return ClassifyResponse.from_dict(json_body(self._send(prepared)))
+        return parse_body(self._send(prepared), ClassifyResponse.from_dict)
 
     def classify_stream(
         self,
@@ -172,12 +172,12 @@ class RanetClient(ClientBase):
 
     def models(self) -> ModelList:
         """Every model the server has, with versions, exits, operating points and the default model."""
-        return ModelList.from_dict(json_body(self._send(Prepared("GET", "/v1/models"))))
+        return parse_body(self._send(Prepared("GET", "/v1/models")), ModelList.from_dict)
 
     def model(self, name: str) -> ModelInfo:
         """One model's versions, input spec, labels, exits and operating points (NotFoundError if none)."""
-        return ModelInfo.from_dict(
-            json_body(self._send(Prepared("GET", f"/v1/models/{quote(name, safe='')}")))
+        return parse_body(
+            self._send(Prepared("GET", f"/v1/models/{quote(name, safe='')}")), ModelInfo.from_dict
         )
 
     def health(self) -> Health:

@@ -465,7 +465,9 @@ async def _one(
     try:
         answer = await target.classify([s.data for s in batch], knobs)
     except RanetError as exc:
-        status = str(exc.status) if exc.status is not None else exc.code
+        # A 2xx whose body could not be read failed too: it is recorded by its code, never as "200".
+        answered = exc.status is not None and not 200 <= exc.status < 300
+        status = str(exc.status) if answered else (exc.code or "invalid_response")
         return RequestRecord(choice.name, time.perf_counter() - started, status, exc.code)
     latency = time.perf_counter() - started
     images = tuple(

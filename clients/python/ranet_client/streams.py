@@ -24,7 +24,13 @@ from typing import Any
 
 import httpx
 
-from ranet_client._protocol import EVENT_STREAM, TRANSPORT_ERRORS, error_from_document, error_from_exception
+from ranet_client._protocol import (
+    EVENT_STREAM,
+    TRANSPORT_ERRORS,
+    error_from_document,
+    error_from_exception,
+    parse_document,
+)
 from ranet_client.errors import ConnectionFailedError, RanetError
 from ranet_client.results import ExitEvent, StreamSummary
 
@@ -88,7 +94,7 @@ class StreamAssembler:
             return None
         document = _document(data, event)
         if event == "exit":
-            item = ExitEvent.from_dict(document)
+            item = parse_document(document, ExitEvent.from_dict, 200)
             if item.final:
                 self.finals[item.image] = item
             return item
@@ -99,7 +105,8 @@ class StreamAssembler:
                 document,
                 fallback="the server failed while streaming",
             )
-        self.summary = StreamSummary.from_done(document, self.finals)
+        finals = self.finals
+        self.summary = parse_document(document, lambda done: StreamSummary.from_done(done, finals), 200)
         return self.summary
 
     def finish(self) -> None:
