@@ -9,9 +9,12 @@ from __future__ import annotations
 import typer
 
 from ranet_serve.commands import bundle, evaluate, model, serve, train
+from ranet_serve.commands.failures import RanetCommands
 
 app = typer.Typer(
-    help="RANet Serve: train, export, calibrate and serve early-exit RANet models.", no_args_is_help=True
+    cls=RanetCommands,
+    help="RANet Serve: train, export, calibrate and serve early-exit RANet models.",
+    no_args_is_help=True,
 )
 for group in (model, train, bundle, evaluate, serve):
     group.register(app)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ranet_serve.cascade.threads import SINGLE_THREAD_BELOW
@@ -309,6 +309,17 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         return SecretStr(value.get_secret_value().strip())
+
+    @model_validator(mode="after")
+    def _one_process_has_one_front_end(self) -> Settings:
+        """Several front-ends need the engine in its own process: asking for both is a contradiction,
+        refused rather than resolved by ignoring one of them."""
+        if not self.engine_process and self.frontends > 1:
+            raise ValueError(
+                f"RANET_FRONTENDS={self.frontends} needs the engine in its own process; with "
+                "RANET_ENGINE_PROCESS=false (--one-process) it must be 0 or 1"
+            )
+        return self
 
     @property
     def default_model_explicit(self) -> bool:

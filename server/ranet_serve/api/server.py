@@ -68,9 +68,7 @@ def find_bundles(settings: Settings) -> list[str]:
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
     configure_logging(settings.log_level)
-    if not settings.engine_process:
-        if frontend_count(settings) > 1 and settings.frontends != 0:
-            logger.warning("engine_process is false: serving from one process (frontends ignored)")
+    if not settings.engine_process:  # Settings refuses RANET_FRONTENDS > 1 with it
         _serve_one_process(settings)
         return
     Supervisor(settings).run()
@@ -92,7 +90,7 @@ def _serve_one_process(settings: Settings) -> None:
         proxy_headers=False,  # see run_frontend
         http=CoalescingHttpToolsProtocol,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[_bind(settings.host, settings.port)])
 
 
 def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None:
@@ -295,10 +293,19 @@ def _make_run_dir(wanted: Path | None) -> Path:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here (not by uvicorn) so a taken port or unknown host ends the
+    command with one line naming the setting, in every process layout."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"cannot listen on {host} port {port} ({exc.strerror}); set RANET_HOST / RANET_PORT "
+            "(ranet serve --host / --port)"
+        ) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -134,6 +134,7 @@ def evaluate_command(
     """Anytime prediction and budgeted batch classification (both threshold searches); JSON + PNG."""
     from ranet_serve.train.protocols import write_results
 
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the evaluation
     bundle, results = _protocols(bundle_dir, dataset, data_dir, val_size, seed, train_checkpoint)
     for path in write_results(results, out, f"{bundle.manifest.name}/{bundle.manifest.version}"):
         console.print(f"wrote {path}")

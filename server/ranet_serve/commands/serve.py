@@ -67,7 +67,7 @@ def serve_command(
     backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript | eager")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     threads: Annotated[
-        int | None, typer.Option(help="intra-op threads per runtime (0: runtime default)")
+        int | None, typer.Option(help="intra-op threads per runtime (0: a quarter of the CPUs, at least 1)")
     ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="images per batch")] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option(help="how long a batch waits to fill")] = None,
@@ -115,7 +115,7 @@ def serve_command(
         settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        console.print(f"[red]error:[/red] --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        console.print(f"[red]error:[/red] {escape(_setting_source(first['loc'], overrides))}: {first['msg']}")
         raise typer.Exit(2) from exc
     bundles = find_bundles(settings)
     if not bundles:
@@ -151,3 +151,16 @@ def _read_key(path: Path, option: str) -> str:
         console.print(f"[red]error:[/red] {option}: {path} is empty")
         raise typer.Exit(2)
     return key
+
+
+def _setting_source(location: tuple[int | str, ...], overrides: dict[str, Any]) -> str:
+    """Where the invalid value came from: the option given, else the `RANET_*` variable (a setting
+    without an option, or an option not given); a check across settings names no single one."""
+    if not location:
+        return "settings"
+    name = str(location[0])
+    if name in ("api_key", "admin_api_key") and name in overrides:
+        return f"--{name.replace('_', '-')}-file"
+    if name in overrides:
+        return f"--{name.replace('_', '-')}"
+    return f"RANET_{name.upper()}"

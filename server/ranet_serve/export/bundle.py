@@ -83,7 +83,7 @@ def write_bundle(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise BundleError(f"{out} already exists and is not empty (pass overwrite to replace it)")
+            raise BundleError(f"{out} already exists and is not empty (--overwrite replaces it)")
         shutil.rmtree(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)
     model = model.eval()

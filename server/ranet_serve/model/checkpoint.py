@@ -6,6 +6,7 @@ be able to run code. The official key quirks are handled in one place, `normaliz
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,39 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint file safely onto the CPU (CUDA tensors of official checkpoints included)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests loading with weights_only=False: exactly what must not happen.
+        raise CheckpointError(
+            f"refused checkpoint {path}: not a weights-only torch checkpoint ({_unpickler_reason(exc)}); "
+            "only tensors and plain containers are read, nothing else is unpickled"
+        ) from exc
     except Exception as exc:  # torch raises several unrelated types for bad files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from exc
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")
     return dict(raw)
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler found ("Unsupported global: GLOBAL x.Y was not an allowed global
+    by default", "Unsupported operand 149"), without torch's advice to load with weights_only=False."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        after = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if after:
+            return after[0].split(". ", 1)[0].rstrip(".")[:200]
+    for line in text.splitlines():
+        if "unsupported" in line.lower():
+            return line.strip().rstrip(".")[:200]
+    return "a disallowed object"
 
 
 def normalize_state_dict(raw: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -133,5 +158,9 @@ def save_checkpoint(path: str | Path, model: RANet, **extra: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left beside a failed save
+        raise

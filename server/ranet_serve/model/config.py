@@ -203,6 +203,8 @@ def load_config(name_or_path: str | Path, **overrides: object) -> RANetConfig:
             raw = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise ValueError(f"config file {path} does not exist") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config file {path} is not JSON: {exc}") from exc
         config = RANetConfig.model_validate(raw)
     else:
         config = get_config(str(name_or_path))

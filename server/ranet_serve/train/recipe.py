@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainRecipe(BaseModel):
@@ -31,6 +31,20 @@ class TrainRecipe(BaseModel):
     device: str = "auto"
     amp: bool = True  # mixed precision, used only on CUDA
     max_train_images: int | None = Field(None, ge=1, description="train on a prefix (tests, smoke runs)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        """Refuse a device torch cannot name now, not at the first batch."""
+        if value == "auto":
+            return value
+        import torch
+
+        try:
+            torch.device(value)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N") from exc
+        return value
 
 
 PRESETS: dict[str, dict[str, object]] = {
