@@ -307,6 +307,7 @@ def _bad_cases() -> list[Case]:
     multipart_knobs_only = b'--b\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n2\r\n--b--\r\n'
     multipart_text_file = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nnot-a-file\r\n--b--\r\n'
     boundary_b = {"Content-Type": "multipart/form-data; boundary=b"}
+    deep_json = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
     S = Send
     return [
         # -- empty bodies
@@ -998,6 +999,69 @@ def _bad_cases() -> list[Case]:
         # -- routes
         Case("route-unknown", "unknown route", S("GET", "/nowhere"), 404, "not_found"),
         Case("method-not-allowed", "unknown route", S("GET", V1), 405, "method_not_allowed"),
+        # -- inputs that raised past the codecs (500s found in session 13's review)
+        Case("json-nested-deep", "invalid JSON", raw(deep_json, "application/json"), 400, "invalid_input"),
+        Case(
+            "v2-json-nested-deep",
+            "invalid JSON",
+            raw(deep_json, "application/json", V2),
+            400,
+            "invalid_input",
+        ),
+        Case(
+            "json-5000-digit-integer",
+            "absurd budget",
+            raw(b'{"images": ["' + B64.encode() + b'"], "top_k": ' + b"9" * 5000 + b"}", "application/json"),
+            400,
+            "invalid_input",
+        ),
+        Case(
+            "v2-5000-digit-dimension",
+            "v2 tensor wrong shape",
+            raw(
+                b'{"inputs": [{"name": "image", "shape": [' + b"9" * 5000 + b'], "datatype": "FP32", '
+                b'"data": []}]}',
+                "application/json",
+                V2,
+            ),
+            400,
+            "invalid_input",
+        ),
+        Case(
+            "json-top-k-2-to-the-64",
+            "absurd budget",
+            json_send({"images": [B64], "top_k": 2**64}),
+            422,
+            "invalid_request",
+            "top_k",
+        ),
+        Case(
+            "v2-classification-2-to-the-64",
+            "absurd budget",
+            json_send(
+                {
+                    "inputs": [
+                        {"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": zeros_784}
+                    ],
+                    "outputs": [{"name": "probabilities", "parameters": {"classification": 2**64}}],
+                },
+                V2,
+            ),
+            422,
+            "invalid_request",
+            "classification",
+        ),
+        Case(
+            "multipart-boundary-257",
+            "malformed multipart",
+            S(
+                content=b"--" + b"B" * 257 + b"\r\n--" + b"B" * 257 + b"--\r\n",
+                headers={"Content-Type": "multipart/form-data; boundary=" + "B" * 257},
+            ),
+            400,
+            "invalid_input",
+            "boundary",
+        ),
     ]
 
 

@@ -12,6 +12,7 @@ and not forever. A client that disconnects mid-body ends the request as 499, not
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 
 from starlette.requests import Request
@@ -108,3 +109,17 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not decompressor.eof:
         raise InvalidInputError(f"body is truncated {encoding} data")
     return inflated
+
+
+def parse_json(data: bytes | str, what: str) -> object:
+    """`json.loads` of a request's JSON, every way it can fail an `InvalidInputError` (400).
+
+    Beyond malformed text and bad UTF-8 (ValueErrors), a document nested deeper than the interpreter's
+    recursion limit raises RecursionError, and an integer of more than 4300 digits a ValueError of its
+    own: both were 500s."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise InvalidInputError(f"{what} is nested too deeply to be read") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the integer-digits limit
+        raise InvalidInputError(f"{what} is not valid JSON ({exc})") from exc

@@ -138,7 +138,7 @@ def parse_thresholds(value: object, name: str = "thresholds") -> tuple[float, ..
         if text.startswith("["):
             try:
                 items = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # malformed, too deep, an integer of 4300+ digits
                 raise BudgetError(
                     f"{name}: {_show(value)} is not a valid JSON list; it must be {THRESHOLDS_FORMAT}",
                     knob=name,

@@ -65,23 +65,32 @@ def parse_flag(value: object, key: str) -> bool:
     raise InvalidRequestError(f"{key} must be true or false, got {str(value)[:40]!r}")
 
 
+# No count a request gives (top_k, v2 classification) is anywhere near this; the engine checks the real bound.
+COUNT_LIMIT = 1_000_000
+
+
 def parse_count(value: object, key: str) -> int:
     """A positive integer, as a JSON number or a string of digits (query and form values are strings).
 
-    The upper bound (the number of classes) depends on the model, so the engine checks it.
+    The model's own upper bound (the number of classes) is the engine's to check; `COUNT_LIMIT` keeps
+    absurd values (a 20-digit JSON number) from reaching it: the engine's wire carries 64-bit integers.
     """
     if isinstance(value, bool):
         raise InvalidRequestError(f"{key} must be an integer, got {value!r}")
     integral = (
         isinstance(value, int)
         or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value) is not None)
+        or (
+            isinstance(value, str) and len(value) <= 64 and re.fullmatch(r"\s*[+-]?\d+\s*", value) is not None
+        )
     )
     if not integral:
         raise InvalidRequestError(f"{key} must be an integer, got {str(value)[:40]!r}")
     number = int(value)  # type: ignore[call-overload]
     if number < 1:
-        raise InvalidRequestError(f"{key} must be at least 1, got {number}")
+        raise InvalidRequestError(f"{key} must be at least 1, got {str(number)[:40]}")
+    if number > COUNT_LIMIT:
+        raise InvalidRequestError(f"{key} must be at most {COUNT_LIMIT}, got {str(number)[:40]}")
     return number
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from ranet_serve.api.body import read_body, receive_chunks
+from ranet_serve.api.body import parse_json, read_body, receive_chunks
 from ranet_serve.api.knobs import KNOBS
 from ranet_serve.api.multipart import read_form
 from ranet_serve.api.service import ClassifyResult
@@ -118,10 +118,7 @@ async def _read_multipart(
 def _parse_json(body: bytes) -> tuple[tuple[bytes, ...], dict[str, object]]:
     if not body:
         raise InvalidInputError('empty body: send JSON {"images": [base64, ...]}')
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"body is not valid JSON ({exc})") from exc
+    document = parse_json(body, "body")
     if not isinstance(document, dict):
         raise InvalidRequestError('the JSON body must be an object: {"images": [base64, ...], ...knobs}')
     images = document.pop("images", None)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from ranet_serve.api.body import parse_json
 from ranet_serve.api.knobs import Knobs, parse_count, parse_knobs, parse_positive, unknown_parameter
 from ranet_serve.api.service import ClassifyRequest, ClassifyResult, EncodedImages
 from ranet_serve.api.v1.codec import decode_base64
@@ -149,10 +150,7 @@ class V2Input:
 def parse_infer_request(body: bytes, header_length: str | None) -> V2Input:
     """REST: split header and binary part, validate the JSON, decode the one input tensor."""
     header, binary = _split(body, header_length)
-    try:
-        document = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"inference request is not valid JSON ({exc})") from exc
+    document = parse_json(header, "inference request")
     request = validate_request(document)
     offset = 0
     raw: list[bytes | None] = []
