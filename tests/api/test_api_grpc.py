@@ -652,6 +652,23 @@ def test_a_taken_grpc_port_stops_the_server_at_start_with_a_clear_message() -> N
     assert _reserve_grpc_port(Settings(grpc_port=0)) is None
 
 
+def test_a_grpc_port_another_server_shares_with_so_reuseport_is_taken_too() -> None:
+    # Another ranet serve holds its port with SO_REUSEPORT; a second server of the same user must not
+    # join it (the kernel would hand it part of the first one's connections).
+    with socket.socket() as other_server:
+        other_server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot use port {port} for gRPC"):
+            _reserve_grpc_port(Settings(grpc_port=port))
+    reservation = _reserve_grpc_port(Settings(grpc_port=port))  # free again: reserved
+    assert reservation is not None
+    with reservation, socket.socket() as front_end:  # and this server's own front-ends still share it
+        front_end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        front_end.bind(("127.0.0.1", port))
+
+
 def _listening(port: int, pids: set[int]) -> bool:
     """Whether every process in `pids` holds a listening TCP socket on `port` (from /proc)."""
     inodes = set()

@@ -324,8 +324,14 @@ def _reserve_grpc_port(settings: Settings) -> socket.socket | None:
         return None
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     reservation = socket.socket(family, socket.SOCK_STREAM)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
+        # First without SO_REUSEPORT: another server of the same user that holds the port with it
+        # would otherwise let this bind succeed and share the port, taking part of its connections.
+        # (SO_REUSEADDR lets it past connections of a stopped server still in TIME_WAIT, not a listener.)
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((settings.host, settings.grpc_port))
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reservation.bind((settings.host, settings.grpc_port))
     except OSError as exc:
         reservation.close()
