@@ -308,6 +308,9 @@ def _bad_cases() -> list[Case]:
     multipart_text_file = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nnot-a-file\r\n--b--\r\n'
     boundary_b = {"Content-Type": "multipart/form-data; boundary=b"}
     deep_json = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
+    v2_document = {
+        "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": zeros_784}]
+    }
     S = Send
     return [
         # -- empty bodies
@@ -778,6 +781,29 @@ def _bad_cases() -> list[Case]:
             S("GET", "/v2/models/tiny/versions/3"),
             404,
             "model_not_found",
+        ),
+        Case(
+            "v2-infer-query-version-unknown",
+            "unknown model or version",
+            json_send(v2_document, V2, params={"version": "9"}),
+            404,
+            "model_not_found",
+        ),
+        Case(
+            "v2-infer-query-version-conflict",
+            "unknown model or version",
+            json_send(v2_document, "/v2/models/tiny/versions/1/infer", params={"version": "2"}),
+            422,
+            "invalid_request",
+            "both in the path",
+        ),
+        Case(
+            "v2-infer-query-unknown-key",
+            "unknown knob",
+            json_send(v2_document, V2, params={"top_k": "3"}),
+            422,
+            "invalid_request",
+            "unknown query parameter 'top_k'",
         ),
         # -- path-like model names (sent unnormalised: httpx would resolve the dot segments itself)
         Case(

@@ -31,7 +31,7 @@ from ranet_serve.api.v2.codec import (
     parse_infer_request,
 )
 from ranet_serve.engine.catalog import Catalog
-from ranet_serve.errors import NotReadyError
+from ranet_serve.errors import InvalidRequestError, NotReadyError
 from ranet_serve.settings import Settings
 
 # Health, readiness and server metadata stay open; model metadata and inference need the API key
@@ -167,6 +167,7 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
     service: InferenceService = state.service
     settings: Settings = state.settings
     async with service.track(model):
+        version = _query_version(request, version)
         body = await read_body(request, settings.max_body_bytes)
         decoded = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
         result = await service.classify(
@@ -174,3 +175,25 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
         )
         content, headers, media_type = encode_infer_response(decoded, result)
     return Response(content, headers=headers, media_type=media_type)
+
+
+def _query_version(request: Request, path_version: str | None) -> str | None:
+    """`?version=` as the metadata and readiness routes take it (FastAPI reads their query); any other
+    query key is refused: v2 takes its parameters in the body, and an ignored key is a silent typo."""
+    query = request.query_params
+    if not query:
+        return path_version
+    unknown = sorted(key for key in query if key != "version")
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown query parameter {unknown[0][:40]!r}: v2 inference takes its parameters in the "
+            "request body's 'parameters' (the query may name only the version)"
+        )
+    given = query.getlist("version")
+    if len(given) > 1:
+        raise InvalidRequestError("version is given more than once in the query")
+    if path_version is not None and given[0] != path_version:
+        raise InvalidRequestError(
+            f"version is given both in the path ({path_version[:64]!r}) and in the query ({given[0][:64]!r})"
+        )
+    return given[0]
