@@ -181,8 +181,18 @@ def v2_binary(header: dict[str, object], payload: bytes, header_length: str | No
     )
 
 
+def v2_bytes_named(name: str, items: list[str]) -> Send:
+    return json_send(
+        {"inputs": [{"name": name, "shape": [len(items)], "datatype": "BYTES", "data": items}]}, V2
+    )
+
+
 def v2_bytes(items: list[str], shape: list[int] | None = None) -> Send:
-    document = {"inputs": [{"name": "b", "shape": shape or [len(items)], "datatype": "BYTES", "data": items}]}
+    document = {
+        "inputs": [
+            {"name": "image_bytes", "shape": shape or [len(items)], "datatype": "BYTES", "data": items}
+        ]
+    }
     return json_send(document, V2)
 
 
@@ -781,6 +791,22 @@ def _bad_cases() -> list[Case]:
             S("GET", "/v2/models/tiny/versions/3"),
             404,
             "model_not_found",
+        ),
+        Case(
+            "v2-input-misnamed",
+            "v2 tensor wrong dtype",
+            json_send({"inputs": [{**v2_document["inputs"][0], "name": "foo"}]}, V2),  # type: ignore[index]
+            400,
+            "invalid_input",
+            "must be named 'image'",
+        ),
+        Case(
+            "v2-bytes-input-named-image",
+            "v2 tensor wrong dtype",
+            v2_bytes_named("image", [B64]),
+            400,
+            "invalid_input",
+            "must be named 'image_bytes'",
         ),
         Case(
             "v2-infer-query-version-unknown",

@@ -84,7 +84,12 @@ def test_a_knob_in_the_path_and_in_parameters_must_agree(client: httpx.Client, i
     path = "/v2/models/tiny/versions/1/infer"
     body = {
         "inputs": [
-            {"name": "b", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(images[0]).decode()]}
+            {
+                "name": "image_bytes",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(images[0]).decode()],
+            }
         ]
     }
     assert client.post(path, json={**body, "parameters": {"version": "1"}}).status_code == 200

@@ -102,7 +102,7 @@ def test_bad_stream_requests_get_ordinary_json_errors(client: httpx.Client, imag
     v2 = client.post(
         "/v2/models/tiny/infer",
         json={
-            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
+            "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
             "parameters": {"stream": True},
         },
     )
@@ -116,7 +116,7 @@ def test_on_deadline_is_validated_alike_on_v1_and_v2(client: httpx.Client, image
     v2 = client.post(
         "/v2/models/tiny/infer",
         json={
-            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
+            "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
             "parameters": {"on_deadline": "later"},
         },
     )

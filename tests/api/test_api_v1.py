@@ -442,12 +442,12 @@ def test_only_multipart_requests_construct_a_form_parser(
         monkeypatch.setattr(parser, "__init__", spy)
 
     encoded = base64.b64encode(images[0]).decode()
-    v2_json = {"inputs": [{"name": "b", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
+    v2_json = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
     header = json.dumps(
         {
             "inputs": [
                 {
-                    "name": "b",
+                    "name": "image_bytes",
                     "shape": [1],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": 4 + len(images[0])},

@@ -279,8 +279,8 @@ def test_target_flops_parameter_picks_a_point(client: httpx.Client, tensor: np.n
             },
             422,
         ),
-        ({"inputs": [{"name": "b", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}, 400),
-        ({"inputs": [{"name": "b", "shape": [2], "datatype": "BYTES", "data": ["aGVsbG8="]}]}, 400),
+        ({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}, 400),
+        ({"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES", "data": ["aGVsbG8="]}]}, 400),
         ({"inputs": [{"name": "image", "shape": [0, 1, 28, 28], "datatype": "FP32", "data": []}]}, 400),
         (
             {
@@ -363,7 +363,12 @@ def test_truncated_bytes_elements_are_refused(client: httpx.Client) -> None:
     payload = struct.pack("<I", 1000) + b"short"
     header = {
         "inputs": [
-            {"name": "b", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(payload)}}
+            {
+                "name": "image_bytes",
+                "shape": [1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(payload)},
+            }
         ]
     }
     content, headers = binary_request(header, payload)

@@ -53,7 +53,7 @@ def _v1_good() -> tuple[str, dict[str, Any]]:
 
 
 def _v2_good() -> tuple[str, dict[str, Any]]:
-    body = {"inputs": [{"name": "b", "shape": [1], "datatype": "BYTES", "data": [B64]}]}
+    body = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [B64]}]}
     return V2, {"json": body}
 
 

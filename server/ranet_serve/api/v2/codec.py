@@ -253,6 +253,13 @@ def _element_count(tensor: RequestInput) -> int:
 
 def _decode_input(tensor: RequestInput, raw: bytes | None) -> EncodedImages | np.ndarray:
     datatype = tensor.datatype.upper()
+    expected = {"FP32": IMAGE_INPUT, "BYTES": BYTES_INPUT}.get(datatype)
+    if expected is not None and tensor.name != expected:
+        # As Triton does: the names are the model metadata's, and a misnamed input is a client's mistake.
+        raise InvalidInputError(
+            f"input {tensor.name[:64]!r}: this model's inputs are {IMAGE_INPUT!r} (FP32 [N,C,H,W]) and "
+            f"{BYTES_INPUT!r} (BYTES [N]); a {datatype} input must be named {expected!r}"
+        )
     count = _element_count(tensor)
     if datatype == "FP32":
         return _decode_fp32(tensor, raw, count)
