@@ -226,6 +226,24 @@ def stream_infer(served: RunningServer, requests: list[dict[str, Any]]) -> list[
     return heard
 
 
+def test_a_stream_asking_for_an_empty_final_response_is_served(
+    served: RunningServer, tensor: np.ndarray
+) -> None:
+    # tritonclient sends triton_enable_empty_final_response as a request parameter; it was refused as unknown.
+    heard = stream_infer(
+        served,
+        [
+            {
+                "inputs": [image_input(tensor[:1])],
+                "enable_empty_final_response": True,
+                "parameters": {"confidence": 0},
+            }
+        ],
+    )
+    assert [error for _, error in heard] == [None]
+    assert heard[0][0].get_response().parameters["triton_final_response"].bool_param
+
+
 def test_model_stream_infer_answers_every_exit_in_order_then_final(
     served: RunningServer, tensor: np.ndarray
 ) -> None:

@@ -23,6 +23,9 @@ included) and the standard Triton parameters below; any other name is the 422 v1
 * `sequence_id`, `sequence_start`, `sequence_end`: accepted when they name no sequence (id 0 or "",
   what a client sends by default). The models are stateless, so a real sequence id is refused, as
   Triton refuses one for a model without a sequence batcher, rather than silently dropping its state.
+* `triton_enable_empty_final_response` (bool, what tritonclient's `async_stream_infer` sends): accepted;
+  a stream's last response of every request already carries `triton_final_response=true`, and these
+  models are not decoupled, so no empty response is needed after it.
 
 Output `parameters`: `binary_data` (bool) and Triton's classification extension (`classification: k`,
 on the `probabilities` output only: BYTES [N, k] of "probability:class_index:label", most probable
@@ -85,6 +88,10 @@ PROTOCOL_PARAMETERS: dict[str, dict[str, Any]] = {
     "sequence_id": {"description": "0 or empty only: the models are stateless"},
     "sequence_start": {"type": "boolean", "description": "accepted and ignored without a sequence_id"},
     "sequence_end": {"type": "boolean", "description": "accepted and ignored without a sequence_id"},
+    "triton_enable_empty_final_response": {
+        "type": "boolean",
+        "description": "accepted: the last response of a request is marked triton_final_response",
+    },
 }
 OUTPUT_PARAMETERS = ("binary_data", "classification")
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
