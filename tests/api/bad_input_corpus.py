@@ -1051,6 +1051,13 @@ def _bad_cases() -> list[Case]:
         # -- routes
         Case("route-unknown", "unknown route", S("GET", "/nowhere"), 404, "not_found"),
         Case("method-not-allowed", "unknown route", S("GET", V1), 405, "method_not_allowed"),
+        Case(
+            "route-trailing-slash",
+            "unknown route",
+            S("POST", "/v1/classify/", headers={"Host": "evil.example"}),
+            404,
+            "not_found",
+        ),
         # -- inputs that raised past the codecs (500s found in session 13's review)
         Case("json-nested-deep", "invalid JSON", raw(deep_json, "application/json"), 400, "invalid_input"),
         Case(

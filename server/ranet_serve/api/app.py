@@ -105,6 +105,9 @@ def create_app(
         # and with them on every request asked OpenTelemetry whether a provider was configured (2% of a
         # front-end's CPU per single-image request, py-spy under 16 hey clients).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # `/v1/classify/` is a 404 like any unknown path, not a 307 to a URL built from the client's
+        # own Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
