@@ -753,6 +753,22 @@ def _bad_cases() -> list[Case]:
             "not both",
         ),
         Case(
+            "operating-point-and-confidence",
+            "absurd budget",
+            bad_knob(operating_point="nonexistent", confidence="0.5"),
+            422,
+            "invalid_budget",
+            "give either `operating_point` or `confidence`",
+        ),
+        Case(
+            "operating-point-and-target-flops",
+            "absurd budget",
+            bad_knob(operating_point="full-depth", target_flops="1"),
+            422,
+            "invalid_budget",
+            "give either `operating_point` or `target_flops`",
+        ),
+        Case(
             "operating-point-unknown",
             "absurd budget",
             bad_knob(operating_point="warp-speed"),

@@ -7,6 +7,8 @@ Rules (DESIGN.md, "Budget semantics"):
   over `target_flops`; giving both is contradictory and rejected.
 * `target_flops` picks the calibrated operating point with the best held-out accuracy whose expected
   FLOPs per image is within the target.
+* `operating_point` names a calibrated point; with `thresholds`, `confidence` or `target_flops` it is
+  contradictory and rejected (one of the two would be ignored).
 * Nothing set: the bundle's default operating point (full depth when the bundle is uncalibrated).
 """
 
@@ -68,6 +70,18 @@ class ExitPolicy:
         max_exit = self._max_exit(budget.max_flops)
         if budget.thresholds is not None and budget.confidence is not None:
             raise BudgetError("give either `thresholds` or `confidence`, not both")
+        if budget.operating_point is not None:
+            others = [
+                name
+                for name, value in (
+                    ("thresholds", budget.thresholds),
+                    ("confidence", budget.confidence),
+                    ("target_flops", budget.target_flops),
+                )
+                if value is not None
+            ]
+            if others:  # both name the thresholds: one of them would be ignored without a word
+                raise BudgetError(f"give either `operating_point` or `{others[0]}`, not both")
         if budget.thresholds is not None:
             values = self._check_thresholds(budget.thresholds)
             return ExitPlan(values, max_exit, "custom-thresholds")
