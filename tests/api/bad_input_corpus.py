@@ -993,6 +993,19 @@ def _bad_cases() -> list[Case]:
             "file upload",
         ),
         Case(
+            "multipart-image-without-filename",
+            "malformed multipart",
+            S(
+                content=b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\n'
+                + PNG
+                + b"\r\n--b--\r\n",
+                headers=boundary_b,
+            ),
+            400,
+            "invalid_input",
+            "a file part needs a filename",
+        ),
+        Case(
             "multipart-knobs-only",
             "malformed multipart",
             S(content=multipart_knobs_only, headers=boundary_b),

@@ -22,6 +22,8 @@ from ranet_serve.errors import InvalidInputError, PayloadTooLargeError
 # (a 500) beyond: longer boundaries are refused here as the malformed input they are.
 MAX_BOUNDARY_LENGTH = 256
 
+# A part without a filename is a text field: an image sent that way fails as one, so say how to send it.
+_FILE_HINT = " (a file part needs a filename in its Content-Disposition)"
 MAX_FIELD_BYTES = 64 * 1024  # a knob's value; an image part is bounded by the body limit only
 # Header values up to this long are parsed once (`_options`): a client sends the same Content-Type and
 # Content-Disposition on every request, and parsing them took about 3% of a front-end's CPU per
@@ -114,7 +116,7 @@ def read_form(content_type: str, body: Iterable[bytes], *, max_files: int, max_f
         current.size += end - start
         if not current.filename and current.size > MAX_FIELD_BYTES:
             raise InvalidInputError(
-                f"malformed multipart body: form field {current.name[:40]!r} is over 64 KiB"
+                f"malformed multipart body: form field {current.name[:40]!r} is over 64 KiB{_FILE_HINT}"
             )
         current.chunks.append(data[start:end])
 
@@ -126,7 +128,9 @@ def read_form(content_type: str, body: Iterable[bytes], *, max_files: int, max_f
             try:
                 parts.fields.append((current.name, value.decode("utf-8")))
             except UnicodeDecodeError as exc:
-                raise InvalidInputError(f"form field {current.name[:40]!r} is not UTF-8 text") from exc
+                raise InvalidInputError(
+                    f"form field {current.name[:40]!r} is not UTF-8 text{_FILE_HINT}"
+                ) from exc
 
     def on_end() -> None:
         nonlocal finished
