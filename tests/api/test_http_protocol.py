@@ -155,3 +155,8 @@ def test_a_large_body_in_one_write_is_not_counted_as_head(head_server) -> None:
     request = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
     answer = _exchange(head_server, request + body)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n%d" % len(body))
+
+
+def test_a_request_httptools_cannot_parse_answers_400_json(head_server) -> None:
+    bad_length = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+    assert _json_error(_exchange(head_server, bad_length)) == (400, "invalid_http")

@@ -69,6 +69,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                     f"the request line and headers exceed {self.max_head_bytes} bytes",
                 )
 
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request httptools cannot parse (a bad Content-Length, chunked with a
+        length, a raw non-ASCII URL): the JSON error every other 400 is, not uvicorn's plain text."""
+        message = "the request is not valid HTTP/1.1 (its request line, a header or its framing)"
+        self._refuse(400, "Bad Request", "invalid_http", message)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
