@@ -159,6 +159,7 @@ def test_sigterm_stops_every_process_and_removes_the_run_directory(served: Serve
 
 def test_a_supervisor_killed_outright_takes_its_children_with_it(served: Served) -> None:
     children = served.frontend_pids() | {served.engine_pid()}
+    run_dir = served.run_dir
     served.process.kill()  # SIGKILL: the supervisor cannot stop anyone
     served.process.wait(30)
     deadline = time.monotonic() + 30
@@ -167,6 +168,8 @@ def test_a_supervisor_killed_outright_takes_its_children_with_it(served: Served)
         assert time.monotonic() < deadline, f"still running after their supervisor died: {alive}"
         alive = {pid for pid in alive if _running(pid)}
         time.sleep(0.05)
+    # The last child out removed the run directory the supervisor could not (the children have exited).
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
 
 
 def _running(pid: int) -> bool:

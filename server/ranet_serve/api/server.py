@@ -19,6 +19,7 @@ bound, non-listening socket on it (`_reserve_grpc_port`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ METRICS_DIR = "metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_PAUSE_SECONDS = 0.5  # between restarts of a process that keeps dying
 PR_SET_PDEATHSIG = 1  # prctl(2)
+ALIVE_LOCK = "alive.lock"  # in the run directory: a shared flock per running child
 
 
 def find_bundles(settings: Settings) -> list[str]:
@@ -95,6 +97,13 @@ def _serve_one_process(settings: Settings) -> None:
 
 def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None:
     """Front-end process entry point: uvicorn on the shared socket, the engine over IPC."""
+    configure_logging(settings.log_level)
+    stop_with_parent()
+    with last_one_out_removes(run_dir):
+        _serve_frontend(settings, sock, run_dir)
+
+
+def _serve_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None:
     import uvicorn
 
     from ranet_serve.api.app import create_app
@@ -103,8 +112,6 @@ def run_frontend(settings: Settings, sock: socket.socket, run_dir: Path) -> None
     from ranet_serve.heap import freeze_heap
     from ranet_serve.metrics import RequestMetrics
 
-    configure_logging(settings.log_level)
-    stop_with_parent()
     (run_dir / f"frontend-{os.getpid()}.pid").write_text(f"{os.getpid()}\n")  # for operators and tests
     engine = RemoteEngine(run_dir, settings.shared_memory_mib << 20)
     app = create_app(settings, engine=engine, request_metrics=RequestMetrics(), grpc_reuse_port=True)
@@ -130,7 +137,41 @@ def run_engine(settings: Settings, run_dir: Path) -> None:
     from ranet_serve.engine.process import run_engine as run
 
     stop_with_parent()
-    run(settings, run_dir)
+    with last_one_out_removes(run_dir):
+        run(settings, run_dir)
+
+
+@contextmanager
+def last_one_out_removes(run_dir: Path) -> Iterator[None]:
+    """Around a child's life: if the supervisor died without removing the run directory (SIGKILL, an
+    OOM kill), the last of its children to exit removes it, so crash loops do not fill /dev/shm.
+
+    Every child holds a shared `flock` on `alive.lock` while it runs (the kernel drops it with the
+    process, however it ends); an orphaned child leaving takes the lock exclusively, which succeeds only
+    when no other child holds it, and then removes the directory. A child of a live supervisor leaves
+    the directory to it.
+    """
+    supervisor = os.getppid()
+    # uvicorn re-raises the SIGTERM it drained on, once it has put back the handler it found: with the
+    # default one the process died there and this block's cleanup never ran.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    lock = os.open(run_dir / ALIVE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+    finally:
+        if os.getppid() != supervisor:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass  # another child still runs: the last one out removes it
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        os.close(lock)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # the shell's code for death by that signal, cleanup on the way
 
 
 def stop_with_parent() -> None:
