@@ -1563,6 +1563,20 @@ def test_core_manifests_validate_against_kubernetes_schemas() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_metrics_table_has_a_row_for_every_metric_the_server_registers() -> None:
+    # From the code, not a hand-kept list: ranet_cancelled_total and ranet_deadline_limited_total were
+    # exported for sessions without a row.
+    from ranet_serve.metrics import EngineMetrics, RequestMetrics
+
+    doc = OPERATIONS_DOC.read_text()
+    registered = set()
+    for metrics in (RequestMetrics(), EngineMetrics()):
+        for family in metrics.registry.collect():
+            registered.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    missing = sorted(name for name in registered if f"| `{name}` |" not in doc)
+    assert not missing, f"docs/operations.md's metrics table has no row for {missing}"
+
+
 def test_operations_guide_explains_every_metric_panel_alert_and_setting() -> None:
     doc = OPERATIONS_DOC.read_text()
     missing = [name for name in SERVER_METRICS if f"`{name}" not in doc]
