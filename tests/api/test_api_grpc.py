@@ -30,9 +30,10 @@ from helpers.waiting import wait_until
 from ranet_serve.api.errors import GRPC_STATUS_TABLE, STATUS_TABLE
 from ranet_serve.api.grpc.protos import grpc_service_pb2 as pb
 from ranet_serve.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
-from ranet_serve.api.grpc.servicer import is_loopback_peer
+from ranet_serve.api.grpc.servicer import _deadline_ms, is_loopback_peer
 from ranet_serve.api.images import ImageLimits, preprocess_batch
 from ranet_serve.api.server import _reserve_grpc_port
+from ranet_serve.errors import DeadlineExceededError
 from ranet_serve.export.defaults import default_input_spec
 from ranet_serve.model.config import load_config
 from ranet_serve.settings import Settings
@@ -658,6 +659,20 @@ def test_two_front_end_processes_share_the_grpc_port(
         if served.process.poll() is None:
             served.process.kill()
             served.process.wait()
+
+
+def test_a_grpc_deadline_with_on_deadline_best_leaves_time_to_send_the_best_answer() -> None:
+    # The call's own deadline: as it is for on_deadline=error; brought forward for best, so the answer
+    # the engine gives at the next stage boundary reaches the client before it gives up.
+    assert _deadline_ms(None, 0.040) == pytest.approx(40.0)
+    assert _deadline_ms(None, 0.040, best_effort=True) == pytest.approx(30.0)  # a quarter earlier
+    assert _deadline_ms(None, 0.004, best_effort=True) == pytest.approx(2.0)  # at least 2 ms earlier
+    assert _deadline_ms(None, 2.0, best_effort=True) == pytest.approx(1900.0)  # at most 100 ms earlier
+    # A deadline_ms the client chose is honoured as given.
+    assert _deadline_ms(25.0, 0.040, best_effort=True) == pytest.approx(25.0)
+    assert _deadline_ms(25.0, None, best_effort=True) == 25.0
+    with pytest.raises(DeadlineExceededError, match="no time to answer"):
+        _deadline_ms(None, 0.0015, best_effort=True)
 
 
 def test_a_taken_grpc_port_stops_the_server_at_start_with_a_clear_message() -> None:

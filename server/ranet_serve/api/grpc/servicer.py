@@ -141,7 +141,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.model_name:
             raise InvalidRequestError("model_name is empty: name the model to run")
         decoded = await _decode(request)
-        deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
+        deadline_ms = _deadline_ms(
+            decoded.deadline_ms, context.time_remaining(), decoded.knobs.on_deadline == "best"
+        )
         result = await self.service.classify(
             decoded.classify_request(request.model_name, request.model_version or None, received, deadline_ms)
         )
@@ -199,7 +201,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if not model:
                         raise InvalidRequestError("model_name is empty: name the model to run")
                     decoded = await _decode(request)
-                    deadline_ms = _deadline_ms(decoded.deadline_ms, context.time_remaining())
+                    deadline_ms = _deadline_ms(
+                        decoded.deadline_ms, context.time_remaining(), decoded.knobs.on_deadline == "best"
+                    )
                     updates = self.service.stream(
                         decoded.classify_request(model, request.model_version or None, received, deadline_ms)
                     )
@@ -342,13 +346,28 @@ def _metadata(context: Any, key: str) -> str | None:
     return None
 
 
-def _deadline_ms(requested_ms: float | None, remaining_seconds: float | None) -> float | None:
+# With on_deadline=best the engine answers at the first stage boundary after the deadline, and the answer
+# still has to be encoded and sent: a call's own deadline is brought forward by this share of what is
+# left (at least 2 ms, at most 100 ms), so the best-so-far answer reaches a client that gives up at its
+# deadline. A `deadline_ms` the client chose is the server's to honour as given.
+BEST_EFFORT_MARGIN_SHARE = 0.25
+BEST_EFFORT_MARGIN_MS = (2.0, 100.0)
+
+
+def _deadline_ms(
+    requested_ms: float | None, remaining_seconds: float | None, best_effort: bool = False
+) -> float | None:
     """The shorter of the request's own deadline and the gRPC call's (None: the server's timeout)."""
     if remaining_seconds is None:
         return requested_ms
     if remaining_seconds <= 0:
         raise DeadlineExceededError("the call's gRPC deadline passed before inference started")
     remaining_ms = 1000.0 * remaining_seconds
+    if best_effort:
+        low, high = BEST_EFFORT_MARGIN_MS
+        remaining_ms -= min(max(BEST_EFFORT_MARGIN_SHARE * remaining_ms, low), high)
+        if remaining_ms <= 0:
+            raise DeadlineExceededError("the call's gRPC deadline leaves no time to answer before it passes")
     return remaining_ms if requested_ms is None else min(requested_ms, remaining_ms)
 
 
