@@ -437,12 +437,19 @@ def test_pillows_own_bomb_guard_becomes_image_too_large() -> None:
 
 
 def test_side_limit_and_pixel_limit_boundaries() -> None:
-    assert isinstance(_error(png_header_only(16385, 2)), ImageTooLargeError)  # 32770 pixels, too long a side
+    long_side = _error(png_header_only(16385, 2))  # 32770 pixels, too long a side
+    assert isinstance(long_side, ImageTooLargeError)
+    assert long_side.message.endswith("exceeds the limit of 16384 pixels per side")  # only the limit it broke
     assert decode_image(encode(Image.new("L", (16384, 1))), LIMITS).size == (16384, 1)
     tight = ImageLimits(max_image_pixels=100, max_side=10)
     assert decode_image(encode(Image.new("L", (10, 10))), tight).size == (10, 10)
     assert isinstance(_error(encode(Image.new("L", (11, 9))), tight), ImageTooLargeError)  # 99 px, 11 wide
     assert isinstance(_error(encode(Image.new("L", (10, 11))), tight), ImageTooLargeError)  # 110 px
+
+
+def test_a_zero_sized_image_is_refused_without_naming_pillows_file_object() -> None:
+    error = _error(png_header_only(0, 0))
+    assert type(error) is InvalidInputError and "BytesIO" not in error.message and "0x" not in error.message
 
 
 def test_image_over_the_byte_limit_is_payload_too_large() -> None:

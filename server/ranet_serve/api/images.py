@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -245,9 +246,13 @@ def decode_image(
 
     width, height = image.size
     if width * height > limits.max_image_pixels or max(width, height) > limits.max_side:
+        over = (
+            f"the limit of {limits.max_image_pixels} pixels"
+            if width * height > limits.max_image_pixels
+            else f"the limit of {limits.max_side} pixels per side"
+        )
         raise ImageTooLargeError(
-            f"{prefix}: {width}x{height} pixels exceeds the limit of {limits.max_image_pixels} pixels "
-            f"and {limits.max_side} pixels per side",
+            f"{prefix}: {width}x{height} pixels exceeds {over}",
             index=index,
             width=width,
             height=height,
@@ -324,6 +329,7 @@ def _request_draft(image: Image.Image, spec: InputSpec) -> None:
 def _reason(exc: BaseException) -> str:
     """Pillow's message, bounded: it can quote file content."""
     text = str(exc) or type(exc).__name__
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)  # Pillow names its file object
     return text if len(text) <= 160 else text[:157] + "..."
 
 

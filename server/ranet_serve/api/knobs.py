@@ -113,7 +113,8 @@ def parse_name(value: object, key: str) -> str:
         value = str(value)
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidRequestError(
-            f"{key} must be a name of letters, digits, '.', '_', '-' (got {str(value)[:40]!r})"
+            f"{key} must be a name of up to 64 letters, digits, '.', '_', '=', '-' starting with a letter "
+            f"or digit (got {str(value)[:40]!r})"
         )
     return value
 
