@@ -240,6 +240,9 @@ def test_a_broken_bundle_fails_to_load_with_its_reason_and_the_others_keep_servi
     assert "stage_3.onnx" in str(raised.value)
     (entry,) = [e for e in index(triton) if e[0] == "broken"]
     assert entry[:3] == ("broken", "1", "UNAVAILABLE") and "checksum" in entry[3]
+    # The reason names the bundle's place in the store, not the server's file system.
+    assert str(server.settings.model_store) not in str(raised.value) + entry[3]
+    assert "broken/1/stages/stage_3.onnx" in entry[3]
     assert not triton.is_model_ready("broken")
     with server.client() as client:
         assert client.post("/v2/repository/models/broken/load").json()["code"] == "load_failed"

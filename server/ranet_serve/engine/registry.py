@@ -459,7 +459,10 @@ class ModelStore:
             adaptive = self._adaptive(name, policy, batcher)
         except Exception as exc:
             logger.error("bundle %s/%s at %s failed to load: %s", name, version, path, exc)
-            return FailedVersion(name, version, path, fingerprint, str(exc) or type(exc).__name__)
+            # Clients see the error (GET /v1/models): the bundle's place in the store, not the server's
+            # file system; the log above keeps the full path for the operator.
+            reason = (str(exc) or type(exc).__name__).replace(str(path), f"{name}/{version}")
+            return FailedVersion(name, version, path, fingerprint, reason)
         logger.info(
             "bundle %s/%s ready (%s) in %.2f s",
             name,
