@@ -252,6 +252,24 @@ def test_a_broken_bundle_fails_to_load_with_its_reason_and_the_others_keep_servi
         assert model_info(client) == {("other", "1"), ("tiny", "1"), ("tiny", "2")}
 
 
+def test_a_stage_file_changed_in_place_is_a_changed_version_on_load(
+    server: RunningServer, triton: Any, tiny_bundle_dir: Path
+) -> None:
+    # Only the manifest's time and size used to count: a stage file replaced in place kept serving the
+    # old weights, its checksum never checked again.
+    bundle = Path(server.settings.model_store) / "changing" / "1"
+    shutil.copytree(tiny_bundle_dir, bundle)
+    write_manifest(bundle, load_bundle(bundle).manifest.model_copy(update={"name": "changing"}))
+    triton.load_model("changing")
+    assert triton.is_model_ready("changing")
+    with (bundle / "stages" / "stage_2.onnx").open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(InferenceServerException) as raised:
+        triton.load_model("changing")
+    assert "changing/1/stages/stage_2.onnx" in str(raised.value) and "checksum" in str(raised.value)
+    assert not triton.is_model_ready("changing")
+
+
 def post_from(server: RunningServer, peer: tuple[str, int], path: str, **kwargs: Any) -> httpx.Response:
     """POST to the app in process as if the connection came from `peer` (refused before the engine)."""
 

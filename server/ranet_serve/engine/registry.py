@@ -562,12 +562,19 @@ class ModelStore:
 
 
 def _fingerprint(path: Path) -> tuple[int, int]:
-    """Changes when the manifest is rewritten (every bundle write ends with one)."""
+    """Changes when any file of the bundle changes (its time or size), not only the manifest: a stage
+    file replaced in place is a changed version, loaded again (and its checksum checked) on reload."""
     try:
-        stat = (path / MANIFEST_FILE).stat()
+        files = sorted(
+            (str(entry.relative_to(path)), stat.st_mtime_ns, stat.st_size)
+            for entry in path.rglob("*")
+            if entry.is_file() and (stat := entry.stat())
+        )
     except OSError:
         return (0, 0)
-    return (stat.st_mtime_ns, stat.st_size)
+    if not any(name == MANIFEST_FILE for name, _, _ in files):
+        return (0, 0)
+    return (max(mtime for _, mtime, _ in files), hash(tuple(files)))
 
 
 def warm_up_sizes(device: torch.device, max_batch_size: int) -> list[int]:
