@@ -225,14 +225,25 @@ def test_loading_an_unknown_model_is_404_json(server: RunningServer, triton: Any
     assert index(triton)[0] == ("other", "1", "READY", "")
 
 
+def _copy_as(bundle: Path, server: RunningServer, name: str) -> Path:
+    """A copy of `bundle` as model `name`, version 1, in the server's store (not loaded yet)."""
+    copy = Path(server.settings.model_store) / name / "1"
+    shutil.copytree(bundle, copy)
+    write_manifest(copy, load_bundle(copy).manifest.model_copy(update={"name": name}))
+    return copy
+
+
+def _tamper(path: Path) -> None:
+    """Change a bundle file after its checksum was written."""
+    with path.open("ab") as handle:
+        handle.write(b"tampered")
+
+
 def test_a_broken_bundle_fails_to_load_with_its_reason_and_the_others_keep_serving(
     server: RunningServer, triton: Any, tiny_bundle_dir: Path
 ) -> None:
-    broken = Path(server.settings.model_store) / "broken" / "1"
-    shutil.copytree(tiny_bundle_dir, broken)
-    write_manifest(broken, load_bundle(broken).manifest.model_copy(update={"name": "broken"}))
-    with (broken / "stages" / "stage_3.onnx").open("ab") as handle:
-        handle.write(b"tampered")
+    broken = _copy_as(tiny_bundle_dir, server, "broken")
+    _tamper(broken / "stages" / "stage_3.onnx")
     with pytest.raises(InferenceServerException) as raised:
         triton.load_model("broken")
     assert raised.value.status() == "400"
@@ -257,13 +268,10 @@ def test_a_stage_file_changed_in_place_is_a_changed_version_on_load(
 ) -> None:
     # Only the manifest's time and size used to count: a stage file replaced in place kept serving the
     # old weights, its checksum never checked again.
-    bundle = Path(server.settings.model_store) / "changing" / "1"
-    shutil.copytree(tiny_bundle_dir, bundle)
-    write_manifest(bundle, load_bundle(bundle).manifest.model_copy(update={"name": "changing"}))
+    bundle = _copy_as(tiny_bundle_dir, server, "changing")
     triton.load_model("changing")
     assert triton.is_model_ready("changing")
-    with (bundle / "stages" / "stage_2.onnx").open("ab") as handle:
-        handle.write(b"tampered")
+    _tamper(bundle / "stages" / "stage_2.onnx")
     with pytest.raises(InferenceServerException) as raised:
         triton.load_model("changing")
     assert "changing/1/stages/stage_2.onnx" in str(raised.value) and "checksum" in str(raised.value)
