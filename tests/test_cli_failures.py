@@ -70,6 +70,7 @@ def test_an_unwritable_out_fails_before_the_work_and_leaves_nothing(tmp_path: Pa
     )
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch notes the plain pickle
 def test_a_pickle_with_code_is_refused_without_running_it_or_advising_unsafe_loading(tmp_path: Path) -> None:
     marker, planted = tmp_path / "ran", tmp_path / "planted.pt"
     planted.write_bytes(pickle.dumps({"state_dict": Planted(marker)}))
