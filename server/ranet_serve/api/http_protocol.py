@@ -30,6 +30,7 @@ from ranet_serve.engine.transport import CoalescingTransport
 # one connection can make the parser buffer.
 MAX_HEAD_BYTES = 1 << 20
 HEAD_TIMEOUT_S = 30.0  # as long as a body may take to arrive (RANET_BODY_READ_TIMEOUT_S's default)
+LINGER_S = 2.0  # how long a refused connection's input is still read and dropped before it closes
 
 
 def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -54,8 +55,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # refused: what the client still sends is read and dropped until it stops
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
             # The whole chunk went into a head that is still not complete (an upper bound when the
@@ -87,6 +91,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def _end_head(self) -> None:
@@ -106,6 +112,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        """Answer, then close the way nginx's lingering close does: closing a socket with unread input
+        sends a reset, which can destroy the answer before the client reads it (a client still sending
+        its headers got ECONNRESET instead of the 431). So the write side is shut first (the client sees
+        the answer, then end of file), input is dropped, and the socket closes after `LINGER_S`."""
         self._end_head()
         self.transport.write(_error_response(status, reason, code, message))
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
