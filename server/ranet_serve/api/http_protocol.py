@@ -65,6 +65,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             # The whole chunk went into a head that is still not complete (an upper bound when the
             # chunk also ended the previous request's body).
             self._head_bytes += len(data)
+            if self._head_timer is None:  # only a head that spans reads needs a clock
+                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(
                     431,
@@ -81,9 +83,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # No timer here: nearly every head arrives in the read that begins it, and a timer per request
+        # would be an allocation on the request path for nothing (`data_received` starts one if not).
         self._in_head = True
         self._head_bytes = 0
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._end_head()
